@@ -1,0 +1,269 @@
+"""Times the Triton attention backend and fused ops against their torch counterparts on one GPU.
+
+    PYTHONPATH=src python bench/triton_kernels.py [--sweep]
+
+Each row runs the Triton kernel and plain PyTorch (the torch attention backend; unfused torch
+math for the ops) on the same random inputs (bf16, Llama-3.1-8B or Qwen2.5-0.5B attention
+shapes, block size 16) and reports median milliseconds, the speedup, and what the Triton kernel
+reached: TFLOP/s for prefill (causal FLOPs only), GB/s of KV cache read for decode,
+GB/s of activations moved for the fused ops. ``--sweep`` also times alternative tile shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+
+from llmbatch.layers.attention import triton_kernels_decode, triton_kernels_prefill
+from llmbatch.layers.attention.base import AttentionMetadata
+from llmbatch.layers.attention.torch_backend import TorchAttentionBackend
+from llmbatch.layers.attention.triton_backend import TritonAttentionBackend
+from llmbatch.layers.triton import apply_rotary, rms_norm, silu_and_mul
+
+DTYPE = torch.bfloat16
+BLOCK_SIZE = 16
+HEADS = {"llama-8b": (32, 8, 128), "qwen-0.5b": (14, 2, 64)}
+
+
+@dataclass(slots=True)
+class Scenario:
+    name: str
+    model: str
+    query_lens: list[int]
+    seq_lens: list[int]
+
+    @property
+    def decode_only(self) -> bool:
+        return max(self.query_lens) == 1
+
+
+SCENARIOS = [
+    Scenario("decode 256 x 1k", "llama-8b", [1] * 256, [1024] * 256),
+    Scenario("decode 32 x 4k", "llama-8b", [1] * 32, [4096] * 32),
+    Scenario("decode 4 x 16k (split)", "llama-8b", [1] * 4, [16384] * 4),
+    Scenario("decode 256 x 1k", "qwen-0.5b", [1] * 256, [1024] * 256),
+    Scenario("prefill 4 x 2k", "llama-8b", [2048] * 4, [2048] * 4),
+    Scenario("prefill 256 x 46 (16 cached)", "llama-8b", [30] * 256, [46] * 256),
+    Scenario(
+        "chunk 2 x 512 after 3.5k + 64 decodes",
+        "llama-8b",
+        [512] * 2 + [1] * 64,
+        [4096] * 2 + [700] * 64,
+    ),
+    Scenario("prefill 4 x 2k", "qwen-0.5b", [2048] * 4, [2048] * 4),
+]
+
+
+def build_step(scenario: Scenario) -> tuple:
+    """q, k, v, a KV cache with every sequence's blocks scattered, and the step's metadata."""
+    num_heads, num_kv_heads, head_dim = HEADS[scenario.model]
+    blocks_per_seq = [-(-s // BLOCK_SIZE) for s in scenario.seq_lens]
+    num_blocks = sum(blocks_per_seq)
+    kv_cache = torch.randn(2, num_blocks, BLOCK_SIZE, num_kv_heads, head_dim, device="cuda")
+    kv_cache = kv_cache.to(DTYPE)
+    order = torch.randperm(num_blocks, device="cuda").to(torch.int32)
+    block_tables = torch.zeros(len(blocks_per_seq), max(blocks_per_seq), dtype=torch.int32)
+    block_tables = block_tables.cuda()
+    slots, used = [], 0
+    for seq, (query_len, seq_len) in enumerate(zip(scenario.query_lens, scenario.seq_lens)):
+        blocks = order[used : used + blocks_per_seq[seq]]
+        used += blocks_per_seq[seq]
+        block_tables[seq, : len(blocks)] = blocks
+        positions = torch.arange(seq_len - query_len, seq_len, device="cuda")
+        slots.append(blocks[positions // BLOCK_SIZE].long() * BLOCK_SIZE + positions % BLOCK_SIZE)
+    num_tokens = sum(scenario.query_lens)
+    q = torch.randn(num_tokens, num_heads, head_dim, device="cuda", dtype=DTYPE)
+    k = torch.randn(num_tokens, num_kv_heads, head_dim, device="cuda", dtype=DTYPE)
+    v = torch.randn_like(k)
+    query_start_loc = torch.tensor([0, *itertools.accumulate(scenario.query_lens)], device="cuda")
+    meta = AttentionMetadata(
+        num_seqs=len(scenario.seq_lens),
+        num_tokens=num_tokens,
+        query_start_loc=query_start_loc.to(torch.int32),
+        seq_lens=torch.tensor(scenario.seq_lens, dtype=torch.int32, device="cuda"),
+        block_tables=block_tables,
+        slot_mapping=torch.cat(slots),
+        max_query_len=max(scenario.query_lens),
+        max_seq_len=max(scenario.seq_lens),
+        query_lens_cpu=list(scenario.query_lens),
+        seq_lens_cpu=list(scenario.seq_lens),
+    )
+    return q, k, v, kv_cache, meta
+
+
+def attention_work(scenario: Scenario) -> tuple[float, str]:
+    """The floor-defining amount: causal FLOPs for steps with prefills, KV bytes for decode."""
+    num_heads, num_kv_heads, head_dim = HEADS[scenario.model]
+    if scenario.decode_only:
+        return sum(scenario.seq_lens) * num_kv_heads * head_dim * 2 * DTYPE.itemsize, "GB/s"
+    flops = sum(
+        4 * num_heads * head_dim * (q * (s - q) + q * (q + 1) / 2)
+        for q, s in zip(scenario.query_lens, scenario.seq_lens)
+    )
+    return flops, "TFLOP/s"
+
+
+def median_ms(fn: Callable[[], object]) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def time_backend(backend: object, scenario: Scenario, step: tuple) -> float:
+    q, k, v, kv_cache, meta = step
+    scale = HEADS[scenario.model][2] ** -0.5
+    return median_ms(lambda: backend.forward(q, k, v, kv_cache, meta, scale))
+
+
+def rate(work: float, unit: str, ms: float) -> str:
+    scale = 1e12 if unit == "TFLOP/s" else 1e9
+    return f"{work / (ms * 1e-3) / scale:,.0f} {unit}"
+
+
+def attention_rows() -> list[tuple[str, ...]]:
+    rows = []
+    triton_backend, torch_backend = TritonAttentionBackend(), TorchAttentionBackend()
+    for scenario in SCENARIOS:
+        step = build_step(scenario)
+        triton_ms = time_backend(triton_backend, scenario, step)
+        torch_ms = time_backend(torch_backend, scenario, step)
+        work, unit = attention_work(scenario)
+        rows.append(
+            (
+                f"{scenario.model} {scenario.name}",
+                f"{triton_ms:.3f}",
+                f"{torch_ms:.3f}",
+                f"{torch_ms / triton_ms:.1f}x",
+                rate(work, unit, triton_ms),
+            )
+        )
+    return rows
+
+
+def fused_op_rows(num_tokens: int = 8192) -> list[tuple[str, ...]]:
+    rows = []
+    hidden, intermediate = 4096, 14336
+    x = torch.randn(num_tokens, hidden, device="cuda", dtype=DTYPE)
+    residual = torch.randn_like(x)
+    weight = torch.randn(hidden, device="cuda", dtype=DTYPE)
+    gate_up = torch.randn(num_tokens, 2 * intermediate, device="cuda", dtype=DTYPE)
+    num_heads, num_kv_heads, head_dim = HEADS["llama-8b"]
+    qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, device="cuda")
+    qkv = qkv.to(DTYPE)
+    q = qkv[:, : num_heads * head_dim].view(num_tokens, num_heads, head_dim)
+    k = qkv[:, num_heads * head_dim : (num_heads + num_kv_heads) * head_dim]
+    k = k.view(num_tokens, num_kv_heads, head_dim)
+    angles = torch.rand(8192, head_dim // 2, device="cuda") * 100
+    cos, sin = angles.cos(), angles.sin()
+    positions = torch.randint(0, 8192, (num_tokens,), device="cuda")
+
+    def torch_rotary() -> None:
+        cos_t, sin_t = cos[positions, None].to(DTYPE), sin[positions, None].to(DTYPE)
+        for x in (q, k):
+            first, second = x.chunk(2, dim=-1)
+            x.copy_(torch.cat((first * cos_t - second * sin_t, second * cos_t + first * sin_t), -1))
+
+    def torch_silu_and_mul() -> None:
+        gate, up = gate_up.chunk(2, dim=-1)
+        F.silu(gate) * up
+
+    def torch_add_norm() -> None:
+        summed = (x + residual).float()
+        weight * (summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + 1e-5)).to(DTYPE)
+
+    item = DTYPE.itemsize
+    ops = [
+        (
+            "rms_norm + residual 8k x 4096",
+            lambda: rms_norm(x, weight, 1e-5, residual),
+            torch_add_norm,
+            4 * x.numel() * item,
+        ),
+        (
+            "silu_and_mul 8k x 14336",
+            lambda: silu_and_mul(gate_up),
+            torch_silu_and_mul,
+            1.5 * gate_up.numel() * item,
+        ),
+        (
+            "rotary q+k 8k x (32+8) x 128",
+            lambda: apply_rotary(q, k, cos, sin, positions),
+            torch_rotary,
+            2 * (q.numel() + k.numel()) * item,
+        ),
+    ]
+    for name, triton_fn, torch_fn, bytes_moved in ops:
+        triton_ms, torch_ms = median_ms(triton_fn), median_ms(torch_fn)
+        rows.append(
+            (
+                name,
+                f"{triton_ms:.3f}",
+                f"{torch_ms:.3f}",
+                f"{torch_ms / triton_ms:.1f}x",
+                rate(bytes_moved, "GB/s", triton_ms),
+            )
+        )
+    return rows
+
+
+def sweep_rows() -> list[tuple[str, ...]]:
+    """Times other tile shapes of the prefill and decode kernels on their main scenarios."""
+    rows = []
+    backend = TritonAttentionBackend()
+    default_prefill, default_decode = (
+        triton_kernels_prefill._tile_shape,
+        triton_kernels_decode._tile_shape,
+    )
+    prefill_tiles = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2)]
+    decode_tiles = [(64, 4, 2), (64, 4, 3), (32, 4, 2), (128, 4, 2)]
+    try:
+        for scenario in (SCENARIOS[4], SCENARIOS[7], SCENARIOS[5]):
+            step = build_step(scenario)
+            work, unit = attention_work(scenario)
+            for tile in prefill_tiles:
+                triton_kernels_prefill._tile_shape = lambda *_, tile=tile: tile
+                ms = time_backend(backend, scenario, step)
+                rows.append(
+                    (f"{scenario.model} {scenario.name} {tile}", f"{ms:.3f}", rate(work, unit, ms))
+                )
+        for scenario in (SCENARIOS[0], SCENARIOS[3], SCENARIOS[2]):
+            step = build_step(scenario)
+            work, unit = attention_work(scenario)
+            for tile in decode_tiles:
+                triton_kernels_decode._tile_shape = lambda *_, tile=tile: tile
+                ms = time_backend(backend, scenario, step)
+                rows.append(
+                    (f"{scenario.model} {scenario.name} {tile}", f"{ms:.3f}", rate(work, unit, ms))
+                )
+    finally:
+        triton_kernels_prefill._tile_shape = default_prefill
+        triton_kernels_decode._tile_shape = default_decode
+    return rows
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", action="store_true", help="also time other tile shapes")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(torch.cuda.get_device_name(), f"torch {torch.__version__}, triton {triton.__version__}")
+    header = ("bf16", "triton ms", "torch ms", "speedup", "triton rate")
+    print_table(header, fused_op_rows())
+    print_table(header, attention_rows())
+    if args.sweep:
+        print_table(("tile sweep", "triton ms", "rate"), sweep_rows())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""llmbatch: fast offline LLM inference over datasets."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from llmbatch.engine.llm import LLM
+    from llmbatch.engine.sampling_params import SamplingParams
+
+# Imported on first use: `import llmbatch` stays fast, without torch or transformers.
+_LAZY_EXPORTS = {
+    "LLM": "llmbatch.engine.llm",
+    "SamplingParams": "llmbatch.engine.sampling_params",
+}
+
+__all__ = ["LLM", "SamplingParams", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_EXPORTS:
+        return getattr(import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module 'llmbatch' has no attribute {name!r}")

@@ -1,0 +1,103 @@
+"""The `llmbatch` command: `llmbatch run job.yaml` and `llmbatch demo`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+JOB_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmbatch", description="Fast offline LLM inference over datasets."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a job described in a YAML file")
+    run.add_argument("job", help="the job file (see README: input, processor, prompt, ...)")
+    run.add_argument("--limit", type=_positive_int, help="process only the first N rows")
+    run.add_argument("--output", help="write the results to this folder instead")
+    run.add_argument(
+        "--output-format", choices=("parquet", "csv", "json"), help="override output.format"
+    )
+    run.add_argument("--model", help="override processor.model_source")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    demo = commands.add_parser(
+        "demo", help="the Ray Data LLM tutorial on SmolLM2 and generated customers"
+    )
+    demo.add_argument(
+        "--rows", type=_positive_int, help="customers to process (default: 64 on CPU, 10000 on GPU)"
+    )
+    demo.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        help="new tokens per row at most (default: 32 on CPU, 150 on GPU)",
+    )
+    demo.add_argument("--output", help="also write the results as Parquet to this folder")
+    demo.add_argument("--model", help="another model instead of SmolLM2 (folder, .gguf or Hub id)")
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from llmbatch.llm.job import JobSpec, run_job
+
+    spec = JobSpec.from_yaml(args.job)
+    if args.limit is not None:
+        spec.input.limit = args.limit
+    if args.output is not None:
+        spec.output.path = args.output
+    if args.output_format is not None:
+        spec.output.format = args.output_format
+    if args.model is not None:
+        spec.processor.model_source = args.model
+    summary = run_job(spec, show_progress=not args.no_progress)
+    print(f"wrote {summary.rows} rows to {spec.output.path} ({spec.output.format})")
+    print(summary.format())
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from llmbatch.llm.demo import DemoSettings, run_demo
+
+    settings = DemoSettings.for_device(on_gpu=torch.cuda.is_available())
+    settings.num_rows = args.rows or settings.num_rows
+    settings.max_tokens = args.max_tokens or settings.max_tokens
+    result = run_demo(settings, output=args.output, model_source=args.model)
+    for i, row in enumerate(result.rows):
+        print(f"--- row {i}")
+        for name, value in row.items():
+            print(f"{name}: {value!r}" if isinstance(value, str) else f"{name}: {value}")
+    print("---")
+    if args.output is not None:
+        print(f"wrote {result.summary.rows} rows to {args.output} (parquet)")
+    print(result.summary.format())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `llmbatch` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    command = run_command if args.command == "run" else demo_command
+    try:
+        return command(args)
+    except JOB_ERRORS as exc:
+        print(f"llmbatch {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

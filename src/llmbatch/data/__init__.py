@@ -1,0 +1,40 @@
+"""Datasets in the shape of Ray Data, streamed as Arrow blocks through one process.
+
+Code written for ``ray.data`` ports by changing the import::
+
+    from llmbatch import data
+
+    ds = data.read_csv("customers.csv").limit(1000).repartition(num_blocks=4)
+    ds.map(lambda row: {**row, "greeting": f"Hi {row['First Name']}"}).write_parquet("out/")
+"""
+
+from llmbatch.data.blocks import SchemaConflictError
+from llmbatch.data.customers import CUSTOMERS_SCHEMA, generate_customers, write_customers_csv
+from llmbatch.data.dataset import Dataset, MaterializedDataset
+from llmbatch.data.readers import read_csv, read_json, read_parquet
+from llmbatch.data.sources import (
+    from_arrow,
+    from_huggingface,
+    from_items,
+    from_numpy,
+    from_pandas,
+    range,
+)
+
+__all__ = [
+    "CUSTOMERS_SCHEMA",
+    "Dataset",
+    "MaterializedDataset",
+    "SchemaConflictError",
+    "from_arrow",
+    "from_huggingface",
+    "from_items",
+    "from_numpy",
+    "from_pandas",
+    "generate_customers",
+    "range",
+    "read_csv",
+    "read_json",
+    "read_parquet",
+    "write_customers_csv",
+]

@@ -1,0 +1,169 @@
+"""Arrow blocks: building them from Python rows, and joining blocks whose types differ.
+
+Types are inferred per block, so one block may hold a column of nulls where the next holds strings,
+or a struct with fewer fields. Whenever blocks meet (concatenation, one output file), their schemas
+are unified: null columns take the other type, numbers widen, structs merge their fields, and a
+column missing from a block is filled with nulls. Types that cannot meet raise SchemaConflictError.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+Stream = Iterator[pa.Table]
+
+_OVERFLOW_BLOCK_ROWS = 65_536
+
+
+class SchemaConflictError(TypeError):
+    """A column holds values of types that cannot share one Arrow column."""
+
+
+def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """A table of row dicts; its columns are the union of the rows' keys, in first-seen order."""
+    if rows and all(row.keys() == rows[0].keys() for row in rows):
+        try:
+            return pa.Table.from_pylist(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # converted column by column below, to name the column that fails
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    return pa.table(
+        {name: values_to_array(name, [row.get(name) for row in rows]) for name in names}
+    )
+
+
+def values_to_array(column: str, values: Sequence[Any]) -> pa.Array:
+    """One column's Python values as Arrow; the error names the column when types clash."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        kinds = sorted({type(value).__name__ for value in values if value is not None})
+        raise SchemaConflictError(
+            f"Column {column!r} mixes values that cannot share one column "
+            f"(Python types: {', '.join(kinds)}; Arrow says: {error}). "
+            f"Return one type per column, e.g. convert with str(...)."
+        ) from error
+
+
+def unify_schemas(schemas: Sequence[pa.Schema]) -> pa.Schema:
+    """The schema all of ``schemas`` can be cast to; the error names a conflicting column."""
+    try:
+        return pa.unify_schemas(list(schemas), promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise SchemaConflictError(_describe_conflict(schemas, error)) from error
+
+
+def _describe_conflict(schemas: Sequence[pa.Schema], error: Exception) -> str:
+    seen: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for field in schema:
+            earlier = seen.setdefault(field.name, field.type)
+            try:
+                pa.unify_schemas(
+                    [pa.schema([(field.name, earlier)]), pa.schema([field])],
+                    promote_options="permissive",
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return (
+                    f"Column {field.name!r} is {earlier} in one batch and {field.type} in another. "
+                    f"Make the function that produces it return one type (e.g. always str)."
+                )
+    return f"Batches have incompatible schemas: {error}"
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Casts ``table`` to ``schema`` (a unification of its own), adding missing columns as nulls."""
+    if table.schema.equals(schema):
+        return table
+    columns = [
+        table.column(field.name).cast(field.type)
+        if field.name in table.column_names
+        else pa.nulls(table.num_rows, field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def concat(tables: Sequence[pa.Table]) -> pa.Table:
+    """Concatenates blocks in order, unifying their schemas."""
+    if len(tables) == 1:
+        return tables[0]
+    schema = unify_schemas([table.schema for table in tables])
+    return pa.concat_tables([conform(table, schema) for table in tables])
+
+
+def balanced_sizes(num_rows: int, num_blocks: int) -> list[int]:
+    """Sizes of ``num_blocks`` blocks holding ``num_rows`` rows, differing by at most one row."""
+    base, extra = divmod(num_rows, num_blocks)
+    return [base + 1 if index < extra else base for index in range(num_blocks)]
+
+
+def coalesce(stream: Iterable[pa.Table], size: Callable[[pa.Table], int], minimum: int) -> Stream:
+    """Joins consecutive blocks (without copying rows) until each has ``size >= minimum``."""
+    pending: list[pa.Table] = []
+    pending_size = 0
+    for table in stream:
+        pending.append(table)
+        pending_size += size(table)
+        if pending_size >= minimum:
+            yield concat(pending)
+            pending, pending_size = [], 0
+    if pending:
+        yield concat(pending)
+
+
+def rebatch(stream: Iterable[pa.Table], batch_size: int) -> Stream:
+    """Re-cuts a stream into blocks of exactly ``batch_size`` rows; the last may be smaller."""
+    return _cut(stream, itertools.repeat(batch_size))
+
+
+def split_into(stream: Iterable[pa.Table], sizes: Sequence[int]) -> Stream:
+    """Re-cuts a stream into exactly ``len(sizes)`` blocks of these sizes.
+
+    Sizes not reached when the stream ends become empty blocks, so the count stays exact. Rows
+    beyond ``sum(sizes)`` (a source that grew since it was counted) go into further blocks.
+    """
+    positive = [size for size in sizes if size > 0]
+    overflow = positive[-1] if positive else _OVERFLOW_BLOCK_ROWS
+    schema: pa.Schema | None = None
+
+    def remember_schema(tables: Iterable[pa.Table]) -> Stream:
+        nonlocal schema
+        for table in tables:
+            schema = table.schema
+            yield table
+
+    emitted = 0
+    for block in _cut(
+        remember_schema(stream), itertools.chain(positive, itertools.repeat(overflow))
+    ):
+        emitted += 1
+        yield block
+    if schema is not None:
+        for _ in range(len(sizes) - emitted):
+            yield schema.empty_table()
+
+
+def _cut(stream: Iterable[pa.Table], sizes: Iterator[int]) -> Stream:
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    target = next(sizes)
+    for table in stream:
+        offset = 0
+        while offset < table.num_rows:
+            piece = table.slice(offset, target - pending_rows)
+            pending.append(piece)
+            pending_rows += piece.num_rows
+            offset += piece.num_rows
+            if pending_rows == target:
+                yield concat(pending)
+                pending, pending_rows = [], 0
+                target = next(sizes)
+    if pending:
+        yield concat(pending)

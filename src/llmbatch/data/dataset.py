@@ -1,0 +1,355 @@
+"""Dataset: Ray Data's Dataset API over a lazy stream of Arrow blocks, run in this process."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from llmbatch.data import operators
+from llmbatch.data.batch_format import BatchFormat, check_batch_format
+from llmbatch.data.blocks import Stream, balanced_sizes, conform, rebatch, split_into
+from llmbatch.data.blocks import unify_schemas as unify
+from llmbatch.data.outputs import DatasetOutputs, check_count
+from llmbatch.data.plan import PlanInfo, StageStats, describe_stats
+from llmbatch.data.udf import UserFunction, check_scheduling_keywords
+
+StreamTransform = Callable[[Iterator[pa.Table]], Iterable[pa.Table]]
+
+
+class Dataset(DatasetOutputs):
+    """Rows in input order, held as a stream of blocks (``pyarrow.Table``), built lazily.
+
+    Operations add stages to a plan and return a new Dataset; nothing is read until the dataset
+    is consumed (iterated, taken, counted, written or materialized), and every consumption runs
+    the plan again from its source unless the dataset was materialized. Blocks flow one at a
+    time, so memory holds a few blocks, never the whole dataset.
+
+    Ray's scheduling keywords (``compute``, ``concurrency``, ``num_cpus``, ``num_gpus``,
+    ``memory``, ...) are accepted by the map-like methods so that Ray code runs unchanged; they
+    have no effect, since everything runs in this process.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Iterator[pa.Table]],
+        *,
+        name: str,
+        info: PlanInfo | None = None,
+        parent: Dataset | None = None,
+    ) -> None:
+        self._open_stream = open_stream
+        self._info = info or PlanInfo()
+        self._parent = parent
+        self._stats = StageStats(name)
+
+    def _blocks(self) -> Stream:
+        return self._stats.track(iter(self._open_stream()))
+
+    def _chain(self, name: str, apply: Callable[[Stream], Stream], info: PlanInfo) -> Dataset:
+        return Dataset(lambda: apply(self._blocks()), name=name, info=info, parent=self)
+
+    # Stages
+
+    def transform(self, fn: StreamTransform, name: str, *, preserves_rows: bool = False) -> Dataset:
+        """Adds a stage that sees the whole stream: the way processing stages plug in.
+
+        ``fn`` receives an iterator over the upstream blocks (``pyarrow.Table``, in input order)
+        and yields output tables in order. It may keep state, buffer rows across blocks, cut them
+        into batches of its own size (``llmbatch.data.blocks.rebatch``) and change the columns.
+        It runs once per consumption and pulls upstream only as fast as it asks for blocks. Each
+        yielded table is one output block, and writers write one file per block.
+
+        ``preserves_rows=True`` promises one output row per input row, in order: the output is
+        then cut back into the input's blocks (so ``repartition`` still sets the file count after
+        this stage), the row count stays known, and a broken promise raises ValueError.
+        """
+        if not callable(fn):
+            raise TypeError(f"transform {name!r}: fn must be callable, got {type(fn).__name__}")
+        if preserves_rows:
+            info = PlanInfo(self._info.num_rows, self._info.max_rows, self._info.count_rows)
+            return self._chain(
+                name, lambda stream: operators.transform_preserving_rows(stream, fn, name), info
+            )
+        return self._chain(name, lambda stream: operators.transform(stream, fn, name), PlanInfo())
+
+    def limit(self, limit: int) -> Dataset:
+        """The first ``limit`` rows; reading upstream stops as soon as they have passed."""
+        check_count("limit", limit, minimum=0)
+        return self._chain(
+            f"limit({limit})",
+            lambda stream: operators.limit(stream, limit),
+            self._info.limited(limit),
+        )
+
+    def repartition(
+        self,
+        num_blocks: int | None = None,
+        target_num_rows_per_block: int | None = None,
+        *,
+        shuffle: bool = False,
+    ) -> Dataset:
+        """Re-cuts the stream into blocks, which also sets how many files the writers produce.
+
+        ``num_blocks=k`` gives exactly k blocks of n/k rows (sizes differ by at most one), where
+        n is the row count known before running: from an in-memory or materialized source, a
+        ``limit``, or by counting the source's rows in a first pass when only row-preserving
+        stages (map, select, ...) follow it. When a ``limit`` comes after a stage that drops rows
+        (filter), n is that limit and the last blocks may be short or empty. When n cannot be
+        known without running (after flat_map, map_batches or a transform), blocks keep their
+        sizes and a warning says so. ``target_num_rows_per_block=r`` needs no count: blocks of
+        exactly r rows, the last one smaller. Rows always keep their order (``shuffle=True`` is
+        not supported).
+        """
+        if shuffle:
+            raise ValueError("repartition(shuffle=True) is not supported: rows keep input order")
+        if (num_blocks is None) == (target_num_rows_per_block is None):
+            raise ValueError(
+                "repartition needs exactly one of num_blocks, target_num_rows_per_block"
+            )
+        info = self._info
+        if target_num_rows_per_block is not None:
+            rows = target_num_rows_per_block
+            check_count("target_num_rows_per_block", rows, minimum=1)
+            blocks = None if info.num_rows is None else math.ceil(info.num_rows / rows)
+            return self._chain(
+                f"repartition(target_num_rows_per_block={rows})",
+                lambda stream: rebatch(stream, rows),
+                PlanInfo(info.num_rows, info.max_rows, info.count_rows, blocks, info.schema),
+            )
+        check_count("num_blocks", num_blocks, minimum=1)
+        name = f"repartition({num_blocks})"
+        if info.row_bound is None and info.count_rows is None:
+            warnings.warn(
+                f"{name}: the number of rows is unknown until the dataset runs (a flat_map, "
+                f"map_batches or transform comes before it), so blocks keep their sizes. Call "
+                f"limit() or materialize() first, or use target_num_rows_per_block.",
+                stacklevel=2,
+            )
+            return self._chain(name, lambda stream: stream, info)
+
+        def split(stream: Stream) -> Stream:
+            rows = info.exact_rows()
+            rows = info.max_rows if rows is None else rows
+            yield from split_into(stream, balanced_sizes(rows, num_blocks))
+
+        laid_out = PlanInfo(info.num_rows, info.max_rows, info.count_rows, num_blocks, info.schema)
+        return self._chain(name, split, laid_out)
+
+    def map(
+        self,
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        fn_args: Iterable[Any] | None = None,
+        fn_kwargs: Mapping[str, Any] | None = None,
+        fn_constructor_args: Iterable[Any] | None = None,
+        fn_constructor_kwargs: Mapping[str, Any] | None = None,
+        **scheduling: Any,
+    ) -> Dataset:
+        """Applies ``fn`` to each row (a dict) and keeps the dict it returns.
+
+        ``fn`` may be a callable class, instantiated once per run with ``fn_constructor_args``;
+        ``fn_args``/``fn_kwargs`` are passed after the row.
+        """
+        check_scheduling_keywords("map", scheduling)
+        udf = UserFunction.of(fn, fn_args, fn_kwargs, fn_constructor_args, fn_constructor_kwargs)
+        return self._chain(
+            f"map({udf.name})",
+            lambda stream: operators.map_rows(stream, udf),
+            self._info.with_schema(None),
+        )
+
+    def flat_map(
+        self,
+        fn: Callable[[dict[str, Any]], list[dict[str, Any]]],
+        *,
+        fn_args: Iterable[Any] | None = None,
+        fn_kwargs: Mapping[str, Any] | None = None,
+        fn_constructor_args: Iterable[Any] | None = None,
+        fn_constructor_kwargs: Mapping[str, Any] | None = None,
+        **scheduling: Any,
+    ) -> Dataset:
+        """Applies ``fn`` to each row; each returns a list of rows (possibly empty)."""
+        check_scheduling_keywords("flat_map", scheduling)
+        udf = UserFunction.of(fn, fn_args, fn_kwargs, fn_constructor_args, fn_constructor_kwargs)
+        return self._chain(
+            f"flat_map({udf.name})",
+            lambda stream: operators.flat_map_rows(stream, udf),
+            PlanInfo(num_blocks=self._info.num_blocks),
+        )
+
+    def filter(
+        self,
+        fn: Callable[[dict[str, Any]], bool],
+        *,
+        fn_args: Iterable[Any] | None = None,
+        fn_kwargs: Mapping[str, Any] | None = None,
+        fn_constructor_args: Iterable[Any] | None = None,
+        fn_constructor_kwargs: Mapping[str, Any] | None = None,
+        **scheduling: Any,
+    ) -> Dataset:
+        """Keeps the rows for which ``fn(row)`` is true."""
+        check_scheduling_keywords("filter", scheduling)
+        udf = UserFunction.of(fn, fn_args, fn_kwargs, fn_constructor_args, fn_constructor_kwargs)
+        return self._chain(
+            f"filter({udf.name})",
+            lambda stream: operators.filter_rows(stream, udf),
+            self._info.fewer_rows(),
+        )
+
+    def map_batches(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        batch_size: int | None = None,
+        batch_format: BatchFormat | None = "default",
+        fn_args: Iterable[Any] | None = None,
+        fn_kwargs: Mapping[str, Any] | None = None,
+        fn_constructor_args: Iterable[Any] | None = None,
+        fn_constructor_kwargs: Mapping[str, Any] | None = None,
+        **scheduling: Any,
+    ) -> Dataset:
+        """Applies ``fn`` to batches of rows; it returns (or yields) batches of any length.
+
+        A batch is a dict of numpy arrays ("default", "numpy"), a pandas DataFrame ("pandas") or
+        a pyarrow Table ("pyarrow"); fn may return any of these. ``batch_size=None`` passes each
+        block whole; otherwise whole blocks are grouped until they hold ``batch_size`` rows and
+        cut into batches of ``batch_size``, so the last batch of a group may be smaller. Each
+        group gives one output block. A callable class is instantiated once per run.
+        """
+        check_scheduling_keywords("map_batches", scheduling)
+        if batch_size is not None:
+            check_count("batch_size", batch_size, minimum=1)
+        batch_format = check_batch_format(batch_format)
+        udf = UserFunction.of(fn, fn_args, fn_kwargs, fn_constructor_args, fn_constructor_kwargs)
+        return self._chain(
+            f"map_batches({udf.name})",
+            lambda stream: operators.map_batches(stream, udf, batch_size, batch_format),
+            PlanInfo(num_blocks=self._info.num_blocks if batch_size is None else None),
+        )
+
+    def add_column(
+        self,
+        col: str,
+        fn: Callable[[Any], Any],
+        *,
+        batch_format: BatchFormat | None = "pandas",
+        **scheduling: Any,
+    ) -> Dataset:
+        """Adds column ``col`` computed by ``fn`` from each block (a DataFrame by default)."""
+        check_scheduling_keywords("add_column", scheduling)
+        batch_format = check_batch_format(batch_format)
+        if self._info.schema is not None and col in self._info.schema.names:
+            raise ValueError(f"add_column: column {col!r} already exists")
+        udf = UserFunction.of(fn)
+        return self._chain(
+            f"add_column({col})",
+            lambda stream: operators.add_column(stream, col, udf, batch_format),
+            self._info.with_schema(None),
+        )
+
+    def select_columns(self, cols: str | Sequence[str], **scheduling: Any) -> Dataset:
+        """Keeps only ``cols``, in that order."""
+        check_scheduling_keywords("select_columns", scheduling)
+        cols = [cols] if isinstance(cols, str) else list(cols)
+        schema = self._known_schema_with(cols, "select_columns")
+        return self._chain(
+            f"select_columns({cols})",
+            lambda stream: operators.select_columns(stream, cols),
+            self._info.with_schema(
+                None if schema is None else pa.schema(schema.field(c) for c in cols)
+            ),
+        )
+
+    def drop_columns(self, cols: str | Sequence[str], **scheduling: Any) -> Dataset:
+        """Removes ``cols``."""
+        check_scheduling_keywords("drop_columns", scheduling)
+        cols = [cols] if isinstance(cols, str) else list(cols)
+        schema = self._known_schema_with(cols, "drop_columns")
+        return self._chain(
+            f"drop_columns({cols})",
+            lambda stream: operators.drop_columns(stream, cols),
+            self._info.with_schema(
+                None if schema is None else pa.schema(f for f in schema if f.name not in cols)
+            ),
+        )
+
+    def rename_columns(
+        self, names: Mapping[str, str] | Sequence[str], **scheduling: Any
+    ) -> Dataset:
+        """Renames columns: a dict ``{old: new}``, or a list with a new name for every column."""
+        check_scheduling_keywords("rename_columns", scheduling)
+        names = dict(names) if isinstance(names, Mapping) else list(names)
+        schema = self._info.schema
+        if schema is not None and isinstance(names, dict):
+            self._known_schema_with(list(names), "rename_columns")
+        return self._chain(
+            "rename_columns",
+            lambda stream: operators.rename_columns(stream, names),
+            self._info.with_schema(None),
+        )
+
+    def _known_schema_with(self, cols: list[str], method: str) -> pa.Schema | None:
+        schema = self._info.schema
+        missing = [] if schema is None else [c for c in cols if c not in schema.names]
+        if missing:
+            raise KeyError(f"{method}: no column(s) {missing}; the columns are {schema.names}")
+        return schema
+
+    def materialize(self) -> MaterializedDataset:
+        """Runs the plan once and keeps every block in memory for any number of later uses."""
+        blocks = list(self._blocks())
+        return MaterializedDataset(blocks, upstream_stats=self.stats())
+
+    # Description
+
+    def stats(self) -> str:
+        """Blocks, rows and seconds of each stage during its latest run, source first."""
+        stages = []
+        node: Dataset | None = self
+        while node is not None:
+            stages.append(node._stats)
+            node = node._parent
+        return describe_stats(stages[::-1])
+
+    def __repr__(self) -> str:
+        rows = "?" if self._info.num_rows is None else self._info.num_rows
+        return f"{type(self).__name__}(num_rows={rows}, schema={_format_schema(self._info.schema)})"
+
+
+class MaterializedDataset(Dataset):
+    """A dataset whose blocks are in memory: consuming it again never re-runs what made it."""
+
+    def __init__(self, blocks: Sequence[pa.Table], *, upstream_stats: str = "") -> None:
+        schema = unify([block.schema for block in blocks]) if blocks else None
+        self._tables = [conform(block, schema) for block in blocks]
+        self._upstream_stats = upstream_stats
+        info = PlanInfo(
+            num_rows=sum(block.num_rows for block in self._tables),
+            num_blocks=len(self._tables),
+            schema=schema,
+        )
+        super().__init__(lambda: iter(self._tables), name="materialized", info=info)
+
+    def materialize(self) -> MaterializedDataset:
+        return self
+
+    def stats(self) -> str:
+        own = super().stats()
+        return f"{self._upstream_stats}\n{own}" if self._upstream_stats else own
+
+    def __repr__(self) -> str:
+        info = self._info
+        return (
+            f"MaterializedDataset(num_blocks={info.num_blocks}, num_rows={info.num_rows}, "
+            f"schema={_format_schema(info.schema)})"
+        )
+
+
+def _format_schema(schema: pa.Schema | None) -> str:
+    if schema is None:
+        return "Unknown schema"
+    return "{" + ", ".join(f"{field.name}: {field.type}" for field in schema) + "}"

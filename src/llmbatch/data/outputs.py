@@ -1,0 +1,191 @@
+"""How rows leave a dataset: iteration, in-memory results, counts and files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+
+from llmbatch.data.batch_format import BatchFormat, check_batch_format, to_batch
+from llmbatch.data.blocks import Stream, concat, rebatch
+from llmbatch.data.files import PathLike
+from llmbatch.data.operators import ROWS_PER_CALL
+from llmbatch.data.plan import PlanInfo
+from llmbatch.data.writers import write_blocks
+
+if TYPE_CHECKING:
+    from llmbatch.data.dataset import Dataset
+
+
+class DatasetOutputs:
+    """The consuming half of ``Dataset``: every method here runs the plan."""
+
+    _info: PlanInfo
+
+    if TYPE_CHECKING:
+
+        def _blocks(self) -> Stream: ...
+
+        def limit(self, limit: int) -> Dataset: ...
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        """Rows as dicts, in order."""
+        for table in self._blocks():
+            for batch in table.to_batches(max_chunksize=ROWS_PER_CALL):
+                yield from batch.to_pylist()
+
+    def iter_batches(
+        self,
+        *,
+        batch_size: int | None = 256,
+        batch_format: BatchFormat | None = "default",
+        drop_last: bool = False,
+    ) -> Iterator[Any]:
+        """Batches of exactly ``batch_size`` rows (the last may be smaller unless ``drop_last``);
+        ``batch_size=None`` gives each block as it is."""
+        if batch_size is not None:
+            check_count("batch_size", batch_size, minimum=1)
+        batch_format = check_batch_format(batch_format)
+        stream = self._blocks()
+        batches = (
+            (t for t in stream if t.num_rows) if batch_size is None else rebatch(stream, batch_size)
+        )
+        for table in batches:
+            if drop_last and batch_size is not None and table.num_rows < batch_size:
+                return
+            yield to_batch(table, batch_format)
+
+    def take(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The first ``limit`` rows as dicts."""
+        return list(self.limit(limit).iter_rows())
+
+    def take_all(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """All rows as dicts; raises ValueError when there are more than ``limit``."""
+        source = self if limit is None else self.limit(limit + 1)
+        rows = list(source.iter_rows())
+        _check_at_most(len(rows), limit, "take_all")
+        return rows
+
+    def take_batch(
+        self, batch_size: int = 20, *, batch_format: BatchFormat | None = "default"
+    ) -> Any:
+        """The first batch of up to ``batch_size`` rows."""
+        for batch in self.limit(batch_size).iter_batches(
+            batch_size=batch_size, batch_format=batch_format
+        ):
+            return batch
+        raise ValueError("take_batch: the dataset is empty")
+
+    def show(self, limit: int = 20) -> None:
+        """Prints the first ``limit`` rows, one per line."""
+        for row in self.take(limit):
+            print(row)
+
+    def to_pandas(self, limit: int | None = None) -> pd.DataFrame:
+        """The dataset as one DataFrame; raises ValueError when it has more than ``limit`` rows."""
+        source = self if limit is None else self.limit(limit + 1)
+        tables = list(source._blocks())
+        if not tables:
+            return pd.DataFrame()
+        table = concat(tables)
+        _check_at_most(table.num_rows, limit, "to_pandas")
+        return table.to_pandas()
+
+    def count(self) -> int:
+        """The number of rows: from what the plan knows, a source's metadata, or by running."""
+        rows = self._info.exact_rows()
+        return rows if rows is not None else sum(table.num_rows for table in self._blocks())
+
+    def schema(self, fetch_if_missing: bool = True) -> pa.Schema | None:
+        """The columns and their types; when not known before running, those of the first block."""
+        if self._info.schema is not None or not fetch_if_missing:
+            return self._info.schema
+        first = next(self._blocks(), None)
+        return None if first is None else first.schema
+
+    def columns(self, fetch_if_missing: bool = True) -> list[str] | None:
+        """The column names, as ``schema()`` finds them."""
+        schema = self.schema(fetch_if_missing)
+        return None if schema is None else schema.names
+
+    def num_blocks(self) -> int:
+        """The number of blocks; runs the dataset when the plan does not say."""
+        if self._info.num_blocks is not None:
+            return self._info.num_blocks
+        return sum(1 for _ in self._blocks())
+
+    def write_parquet(
+        self,
+        path: PathLike,
+        *,
+        filesystem: Any = None,
+        min_rows_per_file: int | None = None,
+        max_rows_per_file: int | None = None,
+        **arrow_parquet_args: Any,
+    ) -> None:
+        """Writes Parquet files into the folder ``path``, one per block (see ``writers``).
+
+        ``arrow_parquet_args`` go to ``pyarrow.parquet.ParquetWriter`` (e.g. ``compression``).
+        """
+        write_blocks(
+            self._blocks(),
+            path,
+            "parquet",
+            filesystem=filesystem,
+            min_rows_per_file=min_rows_per_file,
+            max_rows_per_file=max_rows_per_file,
+            options=arrow_parquet_args,
+        )
+
+    def write_csv(
+        self,
+        path: PathLike,
+        *,
+        filesystem: Any = None,
+        min_rows_per_file: int | None = None,
+        max_rows_per_file: int | None = None,
+        **arrow_csv_args: Any,
+    ) -> None:
+        """Writes CSV files into the folder ``path``; ``arrow_csv_args`` go to ``CSVWriter``."""
+        write_blocks(
+            self._blocks(),
+            path,
+            "csv",
+            filesystem=filesystem,
+            min_rows_per_file=min_rows_per_file,
+            max_rows_per_file=max_rows_per_file,
+            options=arrow_csv_args,
+        )
+
+    def write_json(
+        self,
+        path: PathLike,
+        *,
+        filesystem: Any = None,
+        min_rows_per_file: int | None = None,
+        max_rows_per_file: int | None = None,
+    ) -> None:
+        """Writes JSON-lines files into the folder ``path``."""
+        write_blocks(
+            self._blocks(),
+            path,
+            "json",
+            filesystem=filesystem,
+            min_rows_per_file=min_rows_per_file,
+            max_rows_per_file=max_rows_per_file,
+        )
+
+
+def check_count(name: str, value: Any, *, minimum: int) -> None:
+    """Rejects anything but an integer of at least ``minimum`` (bools included)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_at_most(num_rows: int, limit: int | None, method: str) -> None:
+    if limit is not None and num_rows > limit:
+        raise ValueError(
+            f"{method}: the dataset has more than {limit} rows; raise the limit or use limit()"
+        )

@@ -1,0 +1,170 @@
+"""Writing a stream of blocks into a folder of Parquet, CSV or JSON-lines files.
+
+One file per non-empty block by default, as in Ray Data, so ``repartition`` sets the file count;
+``min_rows_per_file`` joins consecutive blocks and ``max_rows_per_file`` splits them. Files are
+named ``{write id}_{index:06d}.{ext}``, so sorting the names gives back the input order, and each
+is streamed to a hidden temporary name and renamed when complete. An empty dataset writes one
+file holding only the schema, so that reading the folder back gives its columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import uuid
+from collections.abc import Iterable
+from contextlib import ExitStack
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from llmbatch.data.blocks import conform, unify_schemas
+from llmbatch.data.files import OutputFolder, PathLike
+
+_ROWS_PER_JSON_CHUNK = 1024
+
+
+class _FileWriter(Protocol):
+    def write(self, table: pa.Table) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def write_blocks(
+    blocks: Iterable[pa.Table],
+    path: PathLike,
+    file_format: str,
+    *,
+    filesystem: Any = None,
+    min_rows_per_file: int | None = None,
+    max_rows_per_file: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Writes ``blocks`` under the folder ``path`` as ``file_format`` ("parquet", "csv", "json")."""
+    _check_file_sizes(min_rows_per_file, max_rows_per_file)
+    files = _FileSequence(OutputFolder.create(path, filesystem), file_format, options or {})
+    schema: pa.Schema | None = None
+    with files:
+        for block in blocks:
+            schema = block.schema if schema is None else unify_schemas([schema, block.schema])
+            offset = 0
+            while offset < block.num_rows:
+                take = block.num_rows - offset
+                if max_rows_per_file is not None:
+                    take = min(take, max_rows_per_file - files.rows_in_file)
+                files.write(block.slice(offset, take), schema)
+                offset += take
+                if max_rows_per_file is not None and files.rows_in_file >= max_rows_per_file:
+                    files.finish()
+            if files.rows_in_file >= (min_rows_per_file or 1):
+                files.finish()
+        if files.count == 0 and schema is not None:
+            files.write(schema.empty_table(), schema)
+
+
+class _FileSequence:
+    """The numbered files of one write; a file ends early when the schema must change in it."""
+
+    def __init__(self, folder: OutputFolder, file_format: str, options: dict[str, Any]) -> None:
+        self._folder = folder
+        self._format = file_format
+        self._options = options
+        self._write_id = uuid.uuid4().hex
+        self._open_file = ExitStack()
+        self._writer: _FileWriter | None = None
+        self._schema: pa.Schema | None = None
+        self.count = 0
+        self.rows_in_file = 0
+
+    def write(self, table: pa.Table, schema: pa.Schema) -> None:
+        """Writes ``table`` into the current file; ``schema`` unifies everything seen so far."""
+        if self._writer is not None and self._format != "json" and not schema.equals(self._schema):
+            self.finish()
+        if self._writer is None:
+            name = f"{self._write_id}_{self.count:06d}.{self._format}"
+            stream = self._open_file.enter_context(self._folder.atomic_file(name))
+            self._writer = _open_writer(self._format, stream, schema, self._options)
+            self._schema = schema
+            self.count += 1
+            self.rows_in_file = 0
+        self._writer.write(table if self._format == "json" else conform(table, self._schema))
+        self.rows_in_file += table.num_rows
+
+    def finish(self) -> None:
+        """Completes the current file, if any: it appears under its final name."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._open_file.close()
+        self.rows_in_file = 0
+
+    def __enter__(self) -> _FileSequence:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *rest: Any) -> None:
+        if error_type is None:
+            self.finish()
+        else:
+            self._open_file.__exit__(error_type, *rest)
+
+
+def _check_file_sizes(min_rows: int | None, max_rows: int | None) -> None:
+    for name, value in (("min_rows_per_file", min_rows), ("max_rows_per_file", max_rows)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if min_rows is not None and max_rows is not None and min_rows > max_rows:
+        raise ValueError(
+            f"min_rows_per_file ({min_rows}) is larger than max_rows_per_file ({max_rows})"
+        )
+
+
+def _open_writer(
+    file_format: str, stream: pa.NativeFile, schema: pa.Schema, options: dict[str, Any]
+) -> _FileWriter:
+    if file_format == "parquet":
+        return pq.ParquetWriter(stream, schema, **options)
+    if file_format == "csv":
+        nested = [
+            f"{field.name!r} ({field.type})" for field in schema if pa.types.is_nested(field.type)
+        ]
+        if nested:
+            raise TypeError(
+                f"write_csv cannot store nested column(s) {', '.join(nested)}; "
+                f"use write_parquet or write_json, or flatten them with map first"
+            )
+        return pacsv.CSVWriter(stream, schema, **options)
+    return _JsonLinesWriter(stream)
+
+
+class _JsonLinesWriter:
+    """One JSON object per line; dates as ISO strings, bytes as base64, decimals as numbers."""
+
+    def __init__(self, stream: pa.NativeFile) -> None:
+        self._stream = stream
+
+    def write(self, table: pa.Table) -> None:
+        for batch in table.to_batches(max_chunksize=_ROWS_PER_JSON_CHUNK):
+            lines = "".join(
+                json.dumps(row, ensure_ascii=False, default=_json_value) + "\n"
+                for row in batch.to_pylist()
+            )
+            self._stream.write(lines.encode())
+
+    def close(self) -> None:
+        """The stream is closed by the folder, which then renames the file."""
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    raise TypeError(f"write_json cannot store a value of type {type(value).__name__}: {value!r}")

@@ -1,0 +1,220 @@
+"""Engine configuration, named as vLLM names its engine arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DTYPE_NAMES = {
+    "auto": "auto",
+    "float32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+}
+TORCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LOAD_FORMATS = ("auto", "dummy")
+CPU_KV_CACHE_CAP_BYTES = 1 << 30
+CPU_KV_CACHE_RAM_SHARE = 0.1
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Everything that shapes one engine; build it with `EngineConfig.from_kwargs(**engine_kwargs)`.
+
+    Fields left as None (and device/attention_backend "auto") are resolved by the engine once the
+    model is loaded; `LLMEngine.config` shows the resolved values.
+
+    - model: local folder, .gguf file or Hugging Face Hub id. tokenizer: another tokenizer source.
+    - dtype: "auto" (float32 on CPU, the checkpoint's dtype on GPU), "float32", "bfloat16",
+      "float16" ("float", "half" too) or a torch dtype.
+    - seed: seeds dummy weights and the sampling of requests that give no seed of their own.
+    - max_model_len: longest prompt + output; default the model's positions, capped by the KV cache.
+    - max_num_batched_tokens: tokens per step (8192 by default; at least max_model_len when
+      chunked prefill is off). max_num_seqs: sequences per step (256).
+    - enable_chunked_prefill: split long prompts over steps. enable_prefix_caching: reuse the KV
+      of shared prompt prefixes.
+    - gpu_memory_utilization: share of GPU memory the engine may fill (KV cache included).
+      kv_cache_memory_bytes: KV cache size instead (on CPU by default min(1 GiB, 10% of RAM)).
+      num_gpu_blocks_override: a fixed number of KV blocks of block_size tokens (any device).
+    - enforce_eager: never use CUDA graphs (otherwise decode steps replay captured graphs when
+      the attention backend allows it: "triton").
+    - tensor_parallel_size, pipeline_parallel_size: 1 only, for now.
+    - trust_remote_code, revision, load_format ("auto" or "dummy": random weights): loading.
+    - max_logprobs: largest `logprobs` a request may ask for.
+    - device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
+    - attention_backend: "auto" (triton on CUDA, torch on CPU), "torch" or "triton".
+    """
+
+    model: str
+    tokenizer: str | None = None
+    dtype: str | torch.dtype = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int = 256
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    kv_cache_memory_bytes: int | None = None
+    num_gpu_blocks_override: int | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+    load_format: str = "auto"
+    max_logprobs: int = 20
+    device: str = "auto"
+    attention_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_values(self)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
+        """Builds a config from engine kwargs; an unknown name is a ValueError listing the known ones."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown engine argument(s) {unknown}; accepted engine arguments: {', '.join(known)}"
+            )
+        if "model" not in kwargs:
+            raise ValueError(
+                "engine argument 'model' is required (a local folder, .gguf file or Hub id)"
+            )
+        return cls(**kwargs)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(resolve_device(self.device))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def default_cpu_kv_cache_bytes() -> int:
+    """A share of physical RAM, capped, so the KV cache never crowds out the rest of the process."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return CPU_KV_CACHE_CAP_BYTES
+    return min(CPU_KV_CACHE_CAP_BYTES, int(ram * CPU_KV_CACHE_RAM_SHARE))
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("NoneType", "None")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _check_types(config: EngineConfig) -> None:
+    hints = typing.get_type_hints(EngineConfig)
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if not _matches(value, hints[field.name]):
+            raise ValueError(
+                f"engine argument {field.name}={value!r} has type {type(value).__name__}; "
+                f"expected {_type_name(hints[field.name])}"
+            )
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_values(c: EngineConfig) -> None:
+    _require(
+        bool(c.model), "engine argument model must name a model (folder, .gguf file or Hub id)"
+    )
+    if isinstance(c.dtype, str):
+        _require(
+            c.dtype in DTYPE_NAMES,
+            f"dtype={c.dtype!r} is not supported; accepted: {', '.join(DTYPE_NAMES)} "
+            "or one of torch.float32, torch.float16, torch.bfloat16",
+        )
+    else:
+        _require(
+            c.dtype in TORCH_DTYPES,
+            f"dtype={c.dtype} is not supported; accepted: torch.float32, torch.float16, "
+            "torch.bfloat16",
+        )
+    for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes"):
+        value = getattr(c, name)
+        _require(value is None or value >= 1, f"{name} must be a positive integer, got {value}")
+    _require(c.max_num_seqs >= 1, f"max_num_seqs must be at least 1, got {c.max_num_seqs}")
+    _require(
+        c.num_gpu_blocks_override is None or c.num_gpu_blocks_override >= 1,
+        f"num_gpu_blocks_override must be at least 1, got {c.num_gpu_blocks_override}",
+    )
+    _require(
+        c.max_num_batched_tokens is None or c.max_num_batched_tokens >= c.max_num_seqs,
+        f"max_num_batched_tokens ({c.max_num_batched_tokens}) must be at least max_num_seqs "
+        f"({c.max_num_seqs}) so that every running sequence can decode in one step",
+    )
+    _require(
+        0.0 < c.gpu_memory_utilization <= 1.0,
+        f"gpu_memory_utilization must be in (0, 1], got {c.gpu_memory_utilization}",
+    )
+    _require(
+        c.block_size >= 1 and c.block_size & (c.block_size - 1) == 0 and c.block_size <= 256,
+        f"block_size must be a power of two from 1 to 256 (e.g. 16 or 32), got {c.block_size}",
+    )
+    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+        _require(
+            getattr(c, name) == 1,
+            f"{name}={getattr(c, name)} is not supported yet; only 1 is accepted "
+            "(run one engine per GPU instead, e.g. through the processor's concurrency)",
+        )
+    _require(
+        c.load_format in LOAD_FORMATS,
+        f"load_format={c.load_format!r} is not supported; accepted: {', '.join(LOAD_FORMATS)}",
+    )
+    _require(c.max_logprobs >= 0, f"max_logprobs must be >= 0, got {c.max_logprobs}")
+    _require(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
+    _check_device(c.device)
+
+
+def _check_device(device: str) -> None:
+    accepted = "accepted: 'auto', 'cpu', 'cuda' or 'cuda:N'"
+    if device in ("auto", "cpu"):
+        return
+    _require(device.startswith("cuda"), f"device={device!r} is not supported; {accepted}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a valid device; {accepted}") from exc
+    _require(
+        torch.cuda.is_available(),
+        f"device={device!r} was asked for but no CUDA GPU is available; use device='cpu' or 'auto'",
+    )
+    _require(
+        parsed.index is None or parsed.index < torch.cuda.device_count(),
+        f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are present",
+    )

@@ -1,0 +1,166 @@
+"""LLM: vLLM's offline entry point (`generate`, `chat`) over an LLMEngine."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from llmbatch.engine.llm_engine import LLMEngine, RequestRejected
+from llmbatch.engine.outputs import RequestOutput
+from llmbatch.engine.sampling_params import SamplingParams
+
+Prompt = str | list[int]
+Message = dict[str, Any]
+
+
+class LLM:
+    """Runs batches of prompts or chat conversations through one engine.
+
+    `LLM(model, **engine_kwargs)` takes vLLM's engine argument names (see EngineConfig).
+    """
+
+    def __init__(self, model: str, **engine_kwargs: Any) -> None:
+        self.llm_engine = LLMEngine.from_engine_args(model=model, **engine_kwargs)
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """One output per prompt, in input order. A prompt is a str or a list of token ids."""
+        prompt_list = _as_prompt_list(prompts)
+        return self._run(
+            prompt_list, _params_per_prompt(sampling_params, len(prompt_list)), use_tqdm
+        )
+
+    def chat(
+        self,
+        messages: list[Message] | Sequence[list[Message]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """One output per conversation (a list of {"role", "content"} messages), in input order."""
+        conversations = _as_conversation_list(messages)
+        tokenizer = self.llm_engine.tokenizer
+        texts: list[str] = []
+        for index, conversation in enumerate(conversations):
+            try:
+                texts.append(
+                    tokenizer.apply_chat_template(
+                        conversation,
+                        chat_template=chat_template,
+                        add_generation_prompt=add_generation_prompt,
+                        tokenize=False,
+                    )
+                )
+            except Exception as exc:
+                raise ValueError(f"conversation {index}: chat template failed: {exc}") from exc
+        # The template already holds any BOS token; encoding must not add another.
+        prompt_ids = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        outputs = self._run(prompt_ids, _params_per_prompt(sampling_params, len(texts)), use_tqdm)
+        for output, text in zip(outputs, texts):
+            output.prompt = text
+        return outputs
+
+    def close(self) -> None:
+        self.llm_engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(
+        self, prompts: list[Prompt], params: list[SamplingParams], use_tqdm: bool
+    ) -> list[RequestOutput]:
+        engine = self.llm_engine
+        request_ids = [f"llm-{next(self._ids)}" for _ in prompts]
+        for index, (request_id, prompt, p) in enumerate(zip(request_ids, prompts, params)):
+            try:
+                engine.add_request(request_id, prompt, p)
+            except RequestRejected as exc:
+                for added in request_ids[:index]:
+                    engine.abort_request(added)
+                raise ValueError(f"prompt {index}: {exc}") from exc
+        position = {request_id: i for i, request_id in enumerate(request_ids)}
+        results: list[RequestOutput | None] = [None] * len(prompts)
+        with tqdm(total=len(prompts), disable=not use_tqdm, desc="generating") as progress:
+            remaining = len(prompts)
+            while remaining:
+                for output in engine.step():
+                    index = position.get(output.request_id)
+                    if index is not None:
+                        results[index] = output
+                        remaining -= 1
+                        progress.update(1)
+        return [r for r in results if r is not None]
+
+
+def _is_token_list(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str) or (_is_token_list(prompts) and prompts):
+        return [prompts]  # type: ignore[list-item]
+    if not isinstance(prompts, list | tuple):
+        raise ValueError(
+            "prompts must be a str, a list of token ids, or a list of those; "
+            f"got {type(prompts).__name__}"
+        )
+    for index, prompt in enumerate(prompts):
+        if not (isinstance(prompt, str) or _is_token_list(prompt)):
+            raise ValueError(
+                f"prompt {index} must be a str or a list of token ids, got {type(prompt).__name__}"
+            )
+    return list(prompts)
+
+
+def _as_conversation_list(messages: list[Message] | Sequence[list[Message]]) -> list[list[Message]]:
+    if isinstance(messages, list | tuple) and messages and isinstance(messages[0], dict):
+        return [list(messages)]  # type: ignore[arg-type]
+    if not isinstance(messages, list | tuple):
+        raise ValueError(
+            f"messages must be a conversation (list of dicts) or a list of them, "
+            f"got {type(messages).__name__}"
+        )
+    for index, conversation in enumerate(messages):
+        if not (
+            isinstance(conversation, list | tuple)
+            and all(isinstance(m, dict) for m in conversation)
+        ):
+            raise ValueError(f"conversation {index} must be a list of message dicts")
+    return [list(c) for c in messages]
+
+
+def _params_per_prompt(
+    params: SamplingParams | Sequence[SamplingParams] | None, count: int
+) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams()] * count
+    if isinstance(params, SamplingParams):
+        return [params] * count
+    params = list(params)
+    if len(params) != count:
+        raise ValueError(
+            f"got {len(params)} sampling params for {count} prompts; give one, or one per prompt"
+        )
+    for index, p in enumerate(params):
+        if not isinstance(p, SamplingParams):
+            raise ValueError(
+                f"sampling params {index} must be a SamplingParams, got {type(p).__name__}"
+            )
+    return params

@@ -1,0 +1,279 @@
+"""LLMEngine: add requests, step, collect finished outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from llmbatch.engine.block_manager import BlockManager
+from llmbatch.engine.config import DTYPE_NAMES, EngineConfig, resolve_device
+from llmbatch.engine.detokenizer import IncrementalDetokenizer
+from llmbatch.engine.model_runner import ModelRunner
+from llmbatch.engine.outputs import RequestOutput
+from llmbatch.engine.request import Request
+from llmbatch.engine.sampling_params import SamplingParams
+from llmbatch.engine.scheduler import Scheduler
+from llmbatch.models import load_model
+
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+
+
+class RequestRejected(ValueError):
+    """A request the engine cannot run (bad prompt or parameters); other requests are unaffected."""
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters since the engine started. Prompt tokens count every prompt token, cached or not."""
+
+    num_requests: int = 0
+    num_finished: int = 0
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_generated_tokens: int = 0
+    num_steps: int = 0
+    num_preemptions: int = 0
+    step_seconds: float = 0.0
+
+
+class LLMEngine:
+    """Continuous-batching engine over one model: `add_request`, then `step` until
+    `has_unfinished()` is False; each step returns the requests that finished in it."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        device = resolve_device(config.device)
+        backend = config.attention_backend
+        if backend == "auto":
+            backend = "triton" if device.startswith("cuda") else "torch"
+        loaded = load_model(
+            config.model,
+            dtype=DTYPE_NAMES.get(config.dtype, config.dtype),
+            device=device,
+            attention_backend=backend,
+            trust_remote_code=config.trust_remote_code,
+            revision=config.revision,
+            load_format=config.load_format,
+            seed=config.seed,
+        )
+        self.tokenizer: PreTrainedTokenizerBase | None = (
+            AutoTokenizer.from_pretrained(
+                config.tokenizer,
+                trust_remote_code=config.trust_remote_code,
+                revision=config.revision,
+            )
+            if config.tokenizer is not None
+            else loaded.tokenizer
+        )
+        self.eos_token_ids: list[int] = list(loaded.eos_token_ids)
+        self.hf_config = loaded.hf_config
+        self.vocab_size: int = loaded.model.vocab_size
+        max_model_len, max_batched = _resolve_lengths(config, loaded.model.max_positions)
+        self._runner = ModelRunner(
+            loaded.model, dataclasses.replace(config, device=device), loaded.dtype
+        )
+        num_blocks = self._runner.allocate_kv_cache(max_batched, max_model_len)
+        max_model_len = _fit_kv_cache(config, max_model_len, num_blocks * config.block_size)
+        self.config = dataclasses.replace(
+            config,
+            device=device,
+            attention_backend=backend,
+            max_model_len=max_model_len,
+            max_num_batched_tokens=max_batched,
+        )
+        self.max_model_len = max_model_len
+        # The triton backend never syncs with the host, so its decode steps can be captured.
+        if device.startswith("cuda") and backend == "triton" and not config.enforce_eager:
+            self._runner.capture_decode_graphs(max_model_len)
+        self.num_kv_blocks = num_blocks
+        self._block_manager = BlockManager(
+            num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self._scheduler = Scheduler(
+            self._block_manager, max_batched, config.max_num_seqs, config.enable_chunked_prefill
+        )
+        self._requests: dict[str, Request] = {}
+        self._stats = EngineStats()
+
+    @classmethod
+    def from_engine_args(cls, **kwargs: Any) -> LLMEngine:
+        """Builds an engine from vLLM-named engine kwargs (`model=...` required)."""
+        return cls(EngineConfig.from_kwargs(**kwargs))
+
+    @property
+    def stats(self) -> EngineStats:
+        return dataclasses.replace(self._stats)
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+        """Queues a request. Raises RequestRejected, leaving the engine unchanged, when the
+        request cannot run (duplicate id, empty or too long prompt, bad token ids or params)."""
+        if not isinstance(request_id, str):
+            raise RequestRejected(f"request_id must be a str, got {type(request_id).__name__}")
+        if request_id in self._requests:
+            raise RequestRejected(f"request_id {request_id!r} is already in the engine")
+        if not isinstance(params, SamplingParams):
+            raise RequestRejected(
+                f"params must be a SamplingParams, got {type(params).__name__} "
+                "(use SamplingParams.from_dict for a dict)"
+            )
+        if self.tokenizer is None and (isinstance(prompt, str) or params.detokenize):
+            raise RequestRejected(
+                "this model folder has no tokenizer: give token ids with detokenize=False, "
+                "or pass tokenizer=... in the engine arguments"
+            )
+        token_ids = self._tokenize(prompt)
+        if params.truncate_prompt_tokens is not None:
+            token_ids = token_ids[-params.truncate_prompt_tokens :]
+        self._check_request(token_ids, params)
+        request = Request(
+            request_id=request_id,
+            prompt=prompt if isinstance(prompt, str) else None,
+            token_ids=token_ids,
+            params=params,
+            eos_token_ids=frozenset(self.eos_token_ids),
+            max_model_len=self.max_model_len,
+            generator=self._request_generator(params),
+            detokenizer=(
+                IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
+                if params.detokenize
+                else None
+            ),
+        )
+        self._requests[request_id] = request
+        self._scheduler.add(request)
+        self._stats.num_requests += 1
+
+    def step(self) -> list[RequestOutput]:
+        """Runs one scheduler step; returns the requests that finished in it."""
+        if not self._scheduler.has_unfinished():
+            return []
+        start = time.perf_counter()
+        batch = self._scheduler.schedule()
+        self._stats.num_preemptions += batch.num_preempted
+        if not batch.requests:
+            raise RuntimeError("the scheduler found no work although requests are waiting")
+        result = self._runner.execute(batch)
+        for request, num_new in zip(batch.requests, batch.num_new_tokens):
+            request.num_computed_tokens += num_new
+        finished: list[RequestOutput] = []
+        for request, token_id, logprobs in zip(result.requests, result.token_ids, result.logprobs):
+            request.append_token(token_id, logprobs)
+            self._stats.num_generated_tokens += 1
+            if request.is_finished:
+                self._scheduler.finish(request)
+                finished.append(self._retire(request))
+        self._stats.num_steps += 1
+        self._stats.step_seconds += time.perf_counter() - start
+        return finished
+
+    def has_unfinished(self) -> bool:
+        return self._scheduler.has_unfinished()
+
+    def num_unfinished(self) -> int:
+        return self._scheduler.num_unfinished()
+
+    def abort_request(self, request_id: str) -> bool:
+        """Drops a queued or running request; returns False when no such request is in the engine."""
+        request = self._scheduler.abort(request_id)
+        if request is None:
+            return False
+        del self._requests[request_id]
+        return True
+
+    def close(self) -> None:
+        """Releases the model and the KV cache (GPU memory goes back to the allocator)."""
+        self._requests.clear()
+        self._scheduler.waiting.clear()
+        self._scheduler.running.clear()
+        self._runner.close()
+
+    def __enter__(self) -> LLMEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _retire(self, request: Request) -> RequestOutput:
+        del self._requests[request.request_id]
+        self._stats.num_finished += 1
+        self._stats.num_prompt_tokens += request.num_prompt_tokens
+        self._stats.num_cached_tokens += max(request.num_cached_tokens, 0)
+        return request.to_output()
+
+    def _tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return list(self.tokenizer.encode(prompt))
+        if isinstance(prompt, list | tuple) and all(
+            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt
+        ):
+            return [int(t) for t in prompt]
+        raise RequestRejected(
+            f"prompt must be a str or a list of token ids (int), got {type(prompt).__name__}"
+        )
+
+    def _check_request(self, token_ids: list[int], params: SamplingParams) -> None:
+        max_model_len = self.max_model_len
+        if not token_ids:
+            raise RequestRejected("the prompt is empty; give at least one token")
+        if len(token_ids) > max_model_len:
+            raise RequestRejected(
+                f"the prompt has {len(token_ids)} tokens, more than max_model_len={max_model_len}; "
+                "shorten it, set truncate_prompt_tokens, or raise max_model_len"
+            )
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestRejected(
+                f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})"
+            )
+        if params.logprobs is not None and params.logprobs > self.config.max_logprobs:
+            raise RequestRejected(
+                f"logprobs={params.logprobs} exceeds max_logprobs={self.config.max_logprobs} "
+                "(raise max_logprobs in the engine arguments)"
+            )
+
+    def _request_generator(self, params: SamplingParams) -> torch.Generator | None:
+        if params.seed is None or params.is_greedy:
+            return None
+        return torch.Generator(device=self._runner.device).manual_seed(params.seed)
+
+
+def _resolve_lengths(config: EngineConfig, model_max_len: int) -> tuple[int, int]:
+    """max_model_len (before the KV cache cap) and max_num_batched_tokens."""
+    max_model_len = config.max_model_len or model_max_len
+    if max_model_len > model_max_len:
+        raise ValueError(
+            f"max_model_len={max_model_len} exceeds the {model_max_len} positions the model "
+            "supports; lower max_model_len"
+        )
+    max_batched = config.max_num_batched_tokens
+    if max_batched is None:
+        max_batched = max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
+        if not config.enable_chunked_prefill:
+            max_batched = max(max_batched, max_model_len)
+    if not config.enable_chunked_prefill and max_batched < max_model_len:
+        if config.max_model_len is not None:
+            raise ValueError(
+                f"max_num_batched_tokens={max_batched} is smaller than max_model_len="
+                f"{max_model_len}: without chunked prefill a whole prompt must fit one step; "
+                "raise max_num_batched_tokens, lower max_model_len or enable_chunked_prefill"
+            )
+        max_model_len = max_batched
+    return max_model_len, max_batched
+
+
+def _fit_kv_cache(config: EngineConfig, max_model_len: int, kv_capacity: int) -> int:
+    """Caps a default max_model_len at what the KV cache holds; an explicit one must fit."""
+    if max_model_len <= kv_capacity:
+        return max_model_len
+    if config.max_model_len is None:
+        return kv_capacity
+    raise ValueError(
+        f"the KV cache holds {kv_capacity} tokens, fewer than one request of max_model_len="
+        f"{max_model_len}; raise kv_cache_memory_bytes or gpu_memory_utilization (or "
+        "num_gpu_blocks_override), or lower max_model_len"
+    )

@@ -1,0 +1,256 @@
+"""Runs a scheduled batch through the model: flat inputs, paged KV cache, logits, sampling."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from llmbatch.engine.block_manager import cdiv
+from llmbatch.engine.config import EngineConfig, default_cpu_kv_cache_bytes
+from llmbatch.engine.cuda_graphs import DecodeGraphs
+from llmbatch.engine.request import Request
+from llmbatch.engine.sampler import Sampler
+from llmbatch.engine.scheduler import ScheduledBatch
+from llmbatch.layers.attention.base import AttentionMetadata
+from llmbatch.models import CausalLM
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StepResult:
+    """The requests that sampled a token this step, with their token and its logprobs."""
+
+    requests: list[Request]
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None]
+
+
+def kv_cache_bytes_per_block(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * element_size
+
+
+class ModelRunner:
+    """Owns the model's KV cache and turns each ScheduledBatch into sampled tokens."""
+
+    def __init__(self, model: CausalLM, config: EngineConfig, dtype: torch.dtype) -> None:
+        self.model = model
+        self.config = config
+        self.device = config.torch_device
+        self.dtype = dtype
+        self.block_size = config.block_size
+        self.sampler = Sampler(self.device, config.seed)
+        self.kv_caches: list[torch.Tensor] = []
+        self.num_blocks = 0
+        self._decode_graphs: DecodeGraphs | None = None
+
+    def allocate_kv_cache(self, max_num_batched_tokens: int, max_model_len: int) -> int:
+        """Sizes and allocates the KV cache; returns its number of blocks."""
+        bytes_per_block = kv_cache_bytes_per_block(self.model, self.block_size, self.dtype)
+        if self.config.num_gpu_blocks_override is not None:
+            num_blocks = self.config.num_gpu_blocks_override
+        else:
+            budget = self.config.kv_cache_memory_bytes
+            if budget is None:
+                budget = (
+                    self._profile_free_gpu_memory(max_num_batched_tokens, max_model_len)
+                    if self.device.type == "cuda"
+                    else default_cpu_kv_cache_bytes()
+                )
+            num_blocks = budget // bytes_per_block
+        if num_blocks < 1:
+            raise ValueError(
+                f"no memory is left for the KV cache (one block of {self.block_size} tokens needs "
+                f"{bytes_per_block} bytes); raise gpu_memory_utilization or kv_cache_memory_bytes, "
+                "or use a smaller model"
+            )
+        # One allocation, zeroed: attention may read (and mask out) padding slots, which must
+        # hold finite values.
+        storage = torch.zeros(
+            (self.model.num_layers, 2, num_blocks, self.block_size)
+            + (self.model.num_kv_heads, self.model.head_dim),
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.kv_caches = list(storage.unbind(0))
+        self.num_blocks = num_blocks
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB)",
+            num_blocks,
+            self.block_size,
+            num_blocks * bytes_per_block / 2**30,
+        )
+        return num_blocks
+
+    def capture_decode_graphs(self, max_model_len: int) -> None:
+        """Captures CUDA graphs for decode-only steps (the attention backend must allow it)."""
+        self._decode_graphs = DecodeGraphs(
+            self.model, self.kv_caches, self.config.max_num_seqs, max_model_len, self.block_size
+        )
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> StepResult:
+        input_ids, positions, meta, sample_rows = self._prepare_inputs(batch)
+        graphs = self._decode_graphs
+        if graphs is not None and meta.is_decode_only and meta.num_seqs <= graphs.max_batch_size:
+            hidden = graphs.run(input_ids, positions, meta)
+        else:
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        sampling = [
+            request
+            for request, num_new in zip(batch.requests, batch.num_new_tokens)
+            if request.num_computed_tokens + num_new == request.num_tokens
+        ]
+        if not sampling:
+            return StepResult([], [], [])
+        logits = self.model.compute_logits(hidden[sample_rows])
+        sampled = self.sampler(logits, sampling)
+        return StepResult(sampling, sampled.token_ids, sampled.logprobs)
+
+    def close(self) -> None:
+        self._decode_graphs = None
+        self.kv_caches = []
+        self.model = None  # type: ignore[assignment]
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _prepare_inputs(
+        self, batch: ScheduledBatch
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        requests = batch.requests
+        num_seqs = len(requests)
+        block_size = self.block_size
+        query_lens = np.array(batch.num_new_tokens, dtype=np.int64)
+        context_lens = np.array([r.num_computed_tokens for r in requests], dtype=np.int64)
+        seq_lens = context_lens + query_lens
+        query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
+        np.cumsum(query_lens, out=query_start_loc[1:])
+        num_tokens = int(query_start_loc[-1])
+
+        token_ids: list[int] = []
+        for request, start, count in zip(requests, context_lens.tolist(), batch.num_new_tokens):
+            token_ids.extend(request.token_ids[start : start + count])
+        seq_index = np.repeat(np.arange(num_seqs), query_lens)
+        positions = np.arange(num_tokens) - np.repeat(
+            query_start_loc[:-1] - context_lens, query_lens
+        )
+
+        max_seq_len = int(seq_lens.max())
+        block_tables = np.zeros((num_seqs, cdiv(max_seq_len, block_size)), dtype=np.int64)
+        for i, request in enumerate(requests):
+            blocks = request.block_ids[: block_tables.shape[1]]
+            block_tables[i, : len(blocks)] = blocks
+        slot_mapping = (
+            block_tables[seq_index, positions // block_size] * block_size + positions % block_size
+        )
+        sample_rows = query_start_loc[1:] - 1
+
+        # Everything travels to the device in one copy, then is split into typed views.
+        host = np.concatenate(
+            [
+                np.asarray(token_ids, dtype=np.int64),
+                positions,
+                slot_mapping,
+                query_start_loc,
+                seq_lens,
+                sample_rows,
+                block_tables.ravel(),
+            ]
+        )
+        device_buffer = torch.from_numpy(host).to(self.device, non_blocking=True)
+        parts = device_buffer.split(
+            [
+                num_tokens,
+                num_tokens,
+                num_tokens,
+                num_seqs + 1,
+                num_seqs,
+                num_seqs,
+                block_tables.size,
+            ]
+        )
+        ids_t, positions_t, slots_t, qsl_t, seq_lens_t, sample_rows_t, tables_t = parts
+        meta = AttentionMetadata(
+            num_seqs=num_seqs,
+            num_tokens=num_tokens,
+            query_start_loc=qsl_t.to(torch.int32),
+            seq_lens=seq_lens_t.to(torch.int32),
+            block_tables=tables_t.view(block_tables.shape).to(torch.int32),
+            slot_mapping=slots_t,
+            max_query_len=int(query_lens.max()),
+            max_seq_len=max_seq_len,
+            query_lens_cpu=query_lens.tolist(),
+            seq_lens_cpu=seq_lens.tolist(),
+        )
+        return ids_t, positions_t, meta, sample_rows_t
+
+    def _profile_free_gpu_memory(self, max_num_batched_tokens: int, max_model_len: int) -> int:
+        """Bytes left for the KV cache under gpu_memory_utilization, after a forward pass of a
+        full token budget (plus the logits and sampler sort of a full batch) shows the peak
+        activation memory."""
+        seq_len = min(max_model_len, max_num_batched_tokens)
+        num_seqs = max(1, min(self.config.max_num_seqs, max_num_batched_tokens // seq_len))
+        num_tokens = num_seqs * seq_len
+        scratch_cache = [
+            torch.zeros(
+                (2, 1, self.block_size, self.model.num_kv_heads, self.model.head_dim),
+                dtype=self.dtype,
+                device=self.device,
+            )
+            for _ in range(self.model.num_layers)
+        ]
+        seq_lens = torch.full((num_seqs,), seq_len, dtype=torch.int32, device=self.device)
+        meta = AttentionMetadata(
+            num_seqs=num_seqs,
+            num_tokens=num_tokens,
+            query_start_loc=torch.arange(
+                0, num_tokens + 1, seq_len, dtype=torch.int32, device=self.device
+            ),
+            seq_lens=seq_lens,
+            block_tables=torch.zeros(
+                (num_seqs, cdiv(seq_len, self.block_size)), dtype=torch.int32, device=self.device
+            ),
+            # -1: the scratch cache holds one block; nothing is written to it.
+            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64, device=self.device),
+            max_query_len=seq_len,
+            max_seq_len=seq_len,
+            query_lens_cpu=[seq_len] * num_seqs,
+            seq_lens_cpu=[seq_len] * num_seqs,
+        )
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        input_ids = torch.randint(
+            0, self.model.vocab_size, (num_tokens,), device=self.device, generator=generator
+        )
+        positions = torch.arange(seq_len, device=self.device).repeat(num_seqs)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        baseline = torch.cuda.memory_allocated(self.device)
+        with torch.inference_mode():
+            hidden = self.model(input_ids, positions, scratch_cache, meta)
+            rows = min(self.config.max_num_seqs, num_tokens)
+            logits = self.model.compute_logits(hidden[:rows])
+            logits.sort(dim=-1)
+        torch.cuda.synchronize(self.device)
+        activation_peak = torch.cuda.max_memory_allocated(self.device) - baseline
+        del hidden, logits, scratch_cache
+        gc.collect()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        available = (
+            int(total * self.config.gpu_memory_utilization) - (total - free) - activation_peak
+        )
+        logger.info(
+            "GPU memory: %.2f GiB total, %.2f GiB in use, %.2f GiB activation peak, "
+            "%.2f GiB for the KV cache",
+            total / 2**30,
+            (total - free) / 2**30,
+            activation_peak / 2**30,
+            max(available, 0) / 2**30,
+        )
+        return max(available, 0)

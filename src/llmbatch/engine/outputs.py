@@ -1,0 +1,60 @@
+"""What a finished request returns, shaped like vLLM's RequestOutput."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(slots=True)
+class CompletionOutput:
+    """One generated sequence (vLLM's shape: `request_output.outputs[0]`)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    logprobs: list[dict[int, float]] | None
+    stop_reason: int | str | None = None
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """A finished request.
+
+    finish_reason is "stop" (EOS, a stop token or a stop string; stop_reason names the stop token
+    id or string, None for EOS) or "length" (max_tokens or max_model_len reached). logprobs, when
+    asked for, holds one dict per generated token mapping token id to log-probability: the top
+    `logprobs` ids plus the sampled one. num_cached_tokens counts prompt tokens served from the
+    prefix cache.
+    """
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    stop_reason: int | str | None
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    logprobs: list[dict[int, float]] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return True
+
+    @property
+    def outputs(self) -> list[CompletionOutput]:
+        return [
+            CompletionOutput(
+                index=0,
+                text=self.text,
+                token_ids=self.token_ids,
+                finish_reason=self.finish_reason,
+                logprobs=self.logprobs,
+                stop_reason=self.stop_reason,
+            )
+        ]

@@ -1,0 +1,180 @@
+"""Batched sampling of the next token of every sequence that samples in a step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmbatch.engine.request import Request
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None]
+
+
+class Sampler:
+    """Samples one token per row of a logits batch, on the logits' device.
+
+    Order, as in vLLM: log-probabilities of the raw logits (when asked for); EOS and stop tokens
+    masked until min_tokens; repetition, frequency and presence penalties; greedy rows take the
+    argmax; other rows apply temperature, min-p, top-k and top-p and draw by an exponential race
+    (argmax of p / q with q ~ Exp(1)), q drawn from the request's own generator when it has a seed,
+    so that its output never depends on the rest of the batch.
+    """
+
+    def __init__(self, device: torch.device, seed: int) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
+        raw_logprobs = self._raw_logprobs(logits, requests)
+        self._mask_stop_tokens(logits, requests)
+        self._apply_penalties(logits, requests)
+        sampled = logits.argmax(dim=-1)
+        random_rows = [i for i, r in enumerate(requests) if not r.params.is_greedy]
+        if random_rows:
+            rows = torch.tensor(random_rows, device=logits.device)
+            sampled[rows] = self._sample_random(logits[rows], [requests[i] for i in random_rows])
+        token_ids = sampled.tolist()
+        return SamplerOutput(token_ids, self._gather_logprobs(raw_logprobs, requests, sampled))
+
+    def _raw_logprobs(
+        self, logits: torch.Tensor, requests: list[Request]
+    ) -> tuple[list[int], torch.Tensor] | None:
+        rows = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
+        if not rows:
+            return None
+        return rows, torch.log_softmax(logits[rows], dim=-1)
+
+    def _gather_logprobs(
+        self,
+        raw: tuple[list[int], torch.Tensor] | None,
+        requests: list[Request],
+        sampled: torch.Tensor,
+    ) -> list[dict[int, float] | None]:
+        result: list[dict[int, float] | None] = [None] * len(requests)
+        if raw is None:
+            return result
+        rows, logprobs = raw
+        chosen_ids = sampled[rows]
+        chosen = logprobs.gather(1, chosen_ids[:, None]).squeeze(1).tolist()
+        max_top = max(requests[i].params.logprobs or 0 for i in rows)
+        top_values, top_ids = logprobs.topk(max_top, dim=-1)
+        top_values, top_ids = top_values.tolist(), top_ids.tolist()
+        for j, (i, token_id) in enumerate(zip(rows, chosen_ids.tolist())):
+            num_top = requests[i].params.logprobs or 0
+            entry = dict(zip(top_ids[j][:num_top], top_values[j][:num_top]))
+            entry[token_id] = chosen[j]
+            result[i] = entry
+        return result
+
+    def _mask_stop_tokens(self, logits: torch.Tensor, requests: list[Request]) -> None:
+        rows: list[int] = []
+        cols: list[int] = []
+        vocab_size = logits.shape[1]
+        for i, request in enumerate(requests):
+            if request.masks_stop_tokens:
+                ids = [t for t in request.stop_token_ids if t < vocab_size]
+                rows.extend([i] * len(ids))
+                cols.extend(ids)
+        if rows:
+            logits[rows, cols] = float("-inf")
+
+    def _apply_penalties(self, logits: torch.Tensor, requests: list[Request]) -> None:
+        rows = [i for i, r in enumerate(requests) if r.params.needs_penalties]
+        if not rows:
+            return
+        penalized = [requests[i] for i in rows]
+        device, vocab_size = logits.device, logits.shape[1]
+        sub = logits[rows]
+        seen = _token_counts([r.token_ids for r in penalized], vocab_size, device) > 0
+        output_counts = _token_counts([r.output_token_ids for r in penalized], vocab_size, device)
+        repetition = _column([r.params.repetition_penalty for r in penalized], device)
+        frequency = _column([r.params.frequency_penalty for r in penalized], device)
+        presence = _column([r.params.presence_penalty for r in penalized], device)
+        scaled = torch.where(sub > 0, sub / repetition, sub * repetition)
+        sub = torch.where(seen, scaled, sub)
+        sub -= frequency * output_counts + presence * (output_counts > 0).float()
+        logits[rows] = sub
+
+    def _sample_random(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        params = [r.params for r in requests]
+        logits = logits / _column([p.temperature for p in params], logits.device)
+        min_p_rows = [i for i, p in enumerate(params) if p.min_p > 0]
+        if min_p_rows:
+            logits[min_p_rows] = _apply_min_p(
+                logits[min_p_rows], [params[i].min_p for i in min_p_rows]
+            )
+        top_k_rows = [i for i, p in enumerate(params) if 0 < p.top_k < logits.shape[1]]
+        if top_k_rows:
+            logits[top_k_rows] = _apply_top_k(
+                logits[top_k_rows], [params[i].top_k for i in top_k_rows]
+            )
+        top_p_rows = [i for i, p in enumerate(params) if p.top_p < 1]
+        if top_p_rows:
+            logits[top_p_rows] = _apply_top_p(
+                logits[top_p_rows], [params[i].top_p for i in top_p_rows]
+            )
+        probs = torch.softmax(logits, dim=-1)
+        races = self._exponential_draws(probs, requests)
+        return (probs / races).argmax(dim=-1)
+
+    def _exponential_draws(self, probs: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        draws = torch.empty_like(probs)
+        unseeded = [i for i, r in enumerate(requests) if r.generator is None]
+        if unseeded:
+            shape = (len(unseeded), probs.shape[1])
+            draws[unseeded] = torch.empty(shape, device=probs.device).exponential_(
+                generator=self.generator
+            )
+        for i, request in enumerate(requests):
+            if request.generator is not None:
+                draws[i].exponential_(generator=request.generator)
+        # A zero draw would turn p / q into inf (or nan for a masked token).
+        return draws.clamp_(min=torch.finfo(draws.dtype).tiny)
+
+
+def _column(values: list[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+
+def _token_counts(
+    token_lists: list[list[int]], vocab_size: int, device: torch.device
+) -> torch.Tensor:
+    """[len(token_lists), vocab_size] float32 occurrence counts."""
+    width = max((len(tokens) for tokens in token_lists), default=0)
+    # Padding points at an extra column that is dropped at the end.
+    padded = torch.full((len(token_lists), width), vocab_size, dtype=torch.int64)
+    for i, tokens in enumerate(token_lists):
+        padded[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    counts = torch.zeros(len(token_lists), vocab_size + 1, dtype=torch.float32, device=device)
+    counts.scatter_add_(
+        1, padded.to(device), torch.ones_like(padded, dtype=torch.float32, device=device)
+    )
+    return counts[:, :vocab_size]
+
+
+def _apply_min_p(logits: torch.Tensor, min_p: list[float]) -> torch.Tensor:
+    probs = torch.softmax(logits, dim=-1)
+    threshold = probs.amax(dim=-1, keepdim=True) * _column(min_p, logits.device)
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def _apply_top_k(logits: torch.Tensor, top_k: list[int]) -> torch.Tensor:
+    top_values = logits.topk(max(top_k), dim=-1).values
+    kth = torch.tensor(top_k, device=logits.device)[:, None] - 1
+    return logits.masked_fill(logits < top_values.gather(1, kth), float("-inf"))
+
+
+def _apply_top_p(logits: torch.Tensor, top_p: list[float]) -> torch.Tensor:
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    # The most likely token always stays, whatever top_p.
+    drop = mass_before > _column(top_p, logits.device)
+    return torch.empty_like(logits).scatter_(
+        1, order, sorted_logits.masked_fill(drop, float("-inf"))
+    )

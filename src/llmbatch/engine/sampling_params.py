@@ -1,0 +1,189 @@
+"""Per-request sampling parameters, with vLLM's names and semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+# Temperatures below this are greedy, as in vLLM.
+GREEDY_TEMPERATURE = 1e-5
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """How to sample one request's output.
+
+    temperature 0 is greedy; top_k 0 or -1 and top_p 1 turn those filters off; max_tokens None
+    generates until a stop condition or max_model_len. Invalid values raise ValueError at
+    construction.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    detokenize: bool = True
+    skip_special_tokens: bool = True
+    truncate_prompt_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        elif self.stop is not None:
+            self.stop = list(self.stop)
+        if self.stop_token_ids is not None:
+            self.stop_token_ids = [int(t) for t in self.stop_token_ids]
+        self._check_values()
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> SamplingParams:
+        """Builds params from a dict of vLLM-named keys; unknown keys are a ValueError."""
+        if not isinstance(params, dict):
+            raise ValueError(f"sampling params must be a dict, got {type(params).__name__}")
+        unknown = sorted(set(params) - set(ACCEPTED_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown sampling parameter(s) {unknown}; accepted: {', '.join(ACCEPTED_KEYS)}"
+            )
+        return cls(**params)
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature < GREEDY_TEMPERATURE
+
+    @property
+    def top_k_enabled(self) -> bool:
+        return self.top_k > 0
+
+    @property
+    def needs_penalties(self) -> bool:
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
+
+    def _check_types(self) -> None:
+        for name, accepted in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if value is None and _NULLABLE[name]:
+                continue
+            ok = isinstance(value, accepted) and not (
+                isinstance(value, bool) and bool not in accepted
+            )
+            if not ok:
+                names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in accepted)
+                if _NULLABLE[name]:
+                    names += " or None"
+                raise ValueError(
+                    f"sampling parameter {name}={value!r} has type {type(value).__name__}; "
+                    f"expected {names}"
+                )
+            if accepted == (numbers.Integral,):
+                setattr(self, name, int(value))
+            elif accepted == (numbers.Real,):
+                setattr(self, name, float(value))
+        if self.stop is not None and not isinstance(self.stop, str):
+            _check_items("stop", self.stop, str)
+        if self.stop_token_ids is not None:
+            _check_items("stop_token_ids", self.stop_token_ids, numbers.Integral)
+
+    def _check_values(self) -> None:
+        _require(self.n == 1, f"n={self.n} is not supported yet; only n=1 is accepted")
+        _require(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        _require(
+            self.top_k >= -1, f"top_k must be -1 or 0 (off) or a positive integer, got {self.top_k}"
+        )
+        _require(0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _require(-2 <= value <= 2, f"{name} must be in [-2, 2], got {value}")
+        _require(
+            self.repetition_penalty > 0,
+            f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+        )
+        _require(
+            self.max_tokens is None or self.max_tokens >= 1,
+            f"max_tokens must be at least 1, got {self.max_tokens}",
+        )
+        _require(self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}")
+        _require(
+            self.max_tokens is None or self.min_tokens <= self.max_tokens,
+            f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
+        )
+        _require(
+            self.logprobs is None or self.logprobs >= 0,
+            f"logprobs must be >= 0, got {self.logprobs}",
+        )
+        _require(self.seed is None or self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _require(
+            self.truncate_prompt_tokens is None or self.truncate_prompt_tokens >= 1,
+            f"truncate_prompt_tokens must be at least 1, got {self.truncate_prompt_tokens}",
+        )
+        if self.stop:
+            _require(all(self.stop), "stop strings must not be empty")
+            _require(
+                self.detokenize,
+                "stop strings need detokenize=True (the text is what they are matched against)",
+            )
+        if self.stop_token_ids:
+            _require(
+                all(t >= 0 for t in self.stop_token_ids),
+                f"stop_token_ids must be non-negative, got {self.stop_token_ids}",
+            )
+
+
+_INT = (numbers.Integral,)
+_REAL = (numbers.Real,)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "n": _INT,
+    "temperature": _REAL,
+    "top_p": _REAL,
+    "top_k": _INT,
+    "min_p": _REAL,
+    "seed": _INT,
+    "presence_penalty": _REAL,
+    "frequency_penalty": _REAL,
+    "repetition_penalty": _REAL,
+    "max_tokens": _INT,
+    "min_tokens": _INT,
+    "stop": (str, list, tuple),
+    "stop_token_ids": (list, tuple),
+    "include_stop_str_in_output": (bool,),
+    "ignore_eos": (bool,),
+    "logprobs": _INT,
+    "detokenize": (bool,),
+    "skip_special_tokens": (bool,),
+    "truncate_prompt_tokens": _INT,
+}
+_TYPE_NAMES = {numbers.Integral: "int", numbers.Real: "float"}
+_NULLABLE = {f.name: "None" in str(f.type) for f in dataclasses.fields(SamplingParams)}
+ACCEPTED_KEYS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_items(name: str, values: list[Any], item_type: type) -> None:
+    for value in values:
+        if not isinstance(value, item_type) or isinstance(value, bool):
+            kind = _TYPE_NAMES.get(item_type, item_type.__name__)
+            raise ValueError(f"sampling parameter {name} must hold {kind} values, got {value!r}")

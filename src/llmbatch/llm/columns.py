@@ -1,0 +1,98 @@
+"""Column names the stages read and write, per-row errors, and Arrow helpers they share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+MESSAGES = "messages"
+PROMPT = "prompt"
+SAMPLING_PARAMS = "sampling_params"
+PROMPT_TOKEN_IDS = "prompt_token_ids"
+ERROR = "error"
+
+GENERATION_TYPES: dict[str, pa.DataType] = {
+    "generated_text": pa.string(),
+    "generated_tokens": pa.list_(pa.int64()),
+    "num_input_tokens": pa.int64(),
+    "num_generated_tokens": pa.int64(),
+    "finish_reason": pa.string(),
+    "time_taken_llm": pa.float64(),
+}
+# Only on tables where a row asked for logprobs in its sampling params.
+LOGPROBS = "logprobs"
+LOGPROBS_TYPE = pa.list_(pa.list_(pa.struct([("token_id", pa.int64()), ("logprob", pa.float64())])))
+
+_ERROR_SEPARATOR = ": "
+
+
+def format_error(stage: str, exc: BaseException) -> str:
+    """The text of an error row: the stage that failed, the exception type and its message."""
+    return f"{stage}{_ERROR_SEPARATOR}{type(exc).__name__}{_ERROR_SEPARATOR}{exc}"
+
+
+def error_kind(error: str) -> str:
+    """The stage name at the start of an error row's text."""
+    return error.split(_ERROR_SEPARATOR, 1)[0]
+
+
+def errors_of(table: pa.Table) -> list[str | None]:
+    """The error column of a table as Python values (all None when it has none yet)."""
+    if ERROR not in table.column_names:
+        return [None] * table.num_rows
+    return table.column(ERROR).to_pylist()
+
+
+def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """Replace column `name` in place, or append it when the table has none."""
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
+def with_errors(table: pa.Table, errors: Sequence[str | None]) -> pa.Table:
+    """The table with its error column set to `errors` (one entry per row)."""
+    return set_column(table, ERROR, pa.array(errors, type=pa.string()))
+
+
+def column_values(table: pa.Table, name: str) -> list[Any]:
+    """A column as Python values; all None when the table has no such column."""
+    if name not in table.column_names:
+        return [None] * table.num_rows
+    return table.column(name).to_pylist()
+
+
+def to_arrow(name: str, values: list[Any]) -> pa.Array:
+    """Python values as an Arrow array, with an error naming the column when they do not fit."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        kinds = sorted({type(v).__name__ for v in values if v is not None})
+        raise TypeError(
+            f"column {name!r} holds values Arrow cannot store together "
+            f"(Python types: {', '.join(kinds)}): {exc}. Return one type per column "
+            "(e.g. str(...) every value) from preprocess/postprocess"
+        ) from exc
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Row dicts as a table with the union of their keys (missing keys are null), in the order
+    the rows first name them."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    arrays = [to_arrow(name, [row.get(name) for row in rows]) for name in names]
+    return pa.Table.from_arrays(arrays, names=list(names))
+
+
+def split_table(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:
+    """Zero-copy slices of at most `max_rows` rows."""
+    for start in range(0, table.num_rows, max_rows):
+        yield table.slice(start, max_rows)
+
+
+def as_table(block: pa.Table | pa.RecordBatch) -> pa.Table:
+    """A stream block as a Table (the stream may hand out record batches)."""
+    return pa.Table.from_batches([block]) if isinstance(block, pa.RecordBatch) else block

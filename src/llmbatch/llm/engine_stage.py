@@ -1,0 +1,287 @@
+"""The engine stage: keeps the engine's queue full from the row stream and hands rows on in
+input order as soon as every earlier row is done."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from llmbatch.llm.columns import (
+    ERROR,
+    GENERATION_TYPES,
+    LOGPROBS,
+    LOGPROBS_TYPE,
+    PROMPT,
+    PROMPT_TOKEN_IDS,
+    SAMPLING_PARAMS,
+    as_table,
+    column_values,
+    errors_of,
+    format_error,
+    set_column,
+)
+from llmbatch.llm.prefetch import Prefetcher
+from llmbatch.llm.summary import RunStats
+
+if TYPE_CHECKING:
+    from llmbatch.engine.llm_engine import LLMEngine
+    from llmbatch.engine.outputs import RequestOutput
+    from llmbatch.engine.sampling_params import SamplingParams
+
+_run_ids = itertools.count()
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One row in the stage's order window."""
+
+    request_id: str
+    prompt: str | list[int] | None = None
+    params: SamplingParams | None = None
+    error: str | None = None
+    output: RequestOutput | None = None
+    submitted_at: float = 0.0
+    seconds: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or self.output is not None
+
+
+def sampling_params_of(value: Any) -> SamplingParams:
+    """A row's ``sampling_params`` value (a dict, or None for the defaults) as SamplingParams."""
+    from llmbatch.engine.sampling_params import SamplingParams
+
+    if value is None:
+        return SamplingParams()
+    if not isinstance(value, dict):
+        raise TypeError(f"'sampling_params' must be a dict, got {type(value).__name__}")
+    # Arrow structs give keys that other rows set (and this one did not) as None.
+    return SamplingParams.from_dict({k: v for k, v in value.items() if v is not None})
+
+
+class Superseded(RuntimeError):
+    """Raised by a run's output when a later run of the same processor took over the engine."""
+
+
+class EngineStage:
+    """Feeds the engine continuously and emits ``batch_size`` tables in input order.
+
+    At most ``max_pending_requests`` requests are inside the engine at once; once
+    ``max_concurrent_batches * batch_size`` finished rows wait for an earlier row, no new rows are
+    read until the head of the order is done. Memory therefore stays bounded whatever the row
+    lengths.
+    """
+
+    name = "engine"
+
+    def __init__(
+        self,
+        acquire: Callable[[Callable[[], None]], LLMEngine],
+        release: Callable[[Callable[[], None]], None],
+        current_stats: Callable[[], RunStats],
+        batch_size: int,
+        max_pending_requests: int | None,
+        max_concurrent_batches: int,
+    ) -> None:
+        self.acquire = acquire
+        self.release = release
+        self.current_stats = current_stats
+        self.batch_size = batch_size
+        self.max_pending_requests = max_pending_requests
+        self.max_waiting = max_concurrent_batches * batch_size
+
+    def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        run = _Run(self, blocks)
+        try:
+            yield from run.execute()
+        finally:
+            run.shut_down()
+
+
+class _Run:
+    """One consumption of the stage's output: its requests, order window and prefetch thread."""
+
+    def __init__(self, stage: EngineStage, blocks: Iterator[pa.Table]) -> None:
+        self.stage = stage
+        self.stats = stage.current_stats()
+        self.superseded = False
+        self.engine = stage.acquire(self.supersede)
+        self.max_pending = stage.max_pending_requests or 2 * self.engine.config.max_num_seqs
+        self.prefix = f"r{next(_run_ids)}-"
+        self.counter = itertools.count()
+        self.tables: deque[pa.Table] = deque()
+        self.order: deque[_Slot] = deque()
+        self.unsubmitted: deque[_Slot] = deque()
+        self.in_flight: dict[str, _Slot] = {}
+        depth = max(2, -(-self.max_pending // stage.batch_size))
+        self.feed: Prefetcher[tuple[pa.Table, list[_Slot]]] = Prefetcher(
+            self.prepare(blocks), depth=depth
+        )
+
+    def supersede(self) -> None:
+        self.superseded = True
+        self.abort_in_flight()
+
+    def abort_in_flight(self) -> None:
+        for request_id in self.in_flight:
+            self.engine.abort_request(request_id)
+        self.in_flight.clear()
+
+    def shut_down(self) -> None:
+        self.feed.close()
+        if not self.superseded:
+            self.abort_in_flight()
+            self.stage.release(self.supersede)
+
+    def prepare(self, blocks: Iterator[pa.Table]) -> Iterator[tuple[pa.Table, list[_Slot]]]:
+        """Runs in the prefetch thread: each table's rows as requests, with their params parsed."""
+        for block in blocks:
+            table = as_table(block)
+            errors = errors_of(table)
+            token_ids = column_values(table, PROMPT_TOKEN_IDS)
+            prompts = column_values(table, PROMPT)
+            params = column_values(table, SAMPLING_PARAMS)
+            slots = []
+            for i in range(table.num_rows):
+                slot = _Slot(request_id=f"{self.prefix}{next(self.counter)}", error=errors[i])
+                if slot.error is None:
+                    slot.prompt = token_ids[i] if token_ids[i] is not None else prompts[i]
+                    try:
+                        slot.params = sampling_params_of(params[i])
+                    except (TypeError, ValueError) as exc:
+                        slot.error = format_error(SAMPLING_PARAMS, exc)
+                slots.append(slot)
+            if PROMPT_TOKEN_IDS in table.column_names:
+                table = table.drop_columns([PROMPT_TOKEN_IDS])
+            yield table, slots
+
+    def execute(self) -> Iterator[pa.Table]:
+        batch_size = self.stage.batch_size
+        while True:
+            if self.superseded:
+                raise Superseded(
+                    "another run of the same processor took over its engine; consume one "
+                    "processor output at a time (materialize() it to reuse the rows)"
+                )
+            self.top_up()
+            if self.in_flight:
+                self.collect(self.engine.step())
+            ready = self.num_ready()
+            while ready >= batch_size:
+                yield self.emit(batch_size)
+                ready -= batch_size
+            if self.feed.exhausted and not self.in_flight and not self.unsubmitted:
+                if self.order:
+                    yield self.emit(len(self.order))
+                return
+
+    def num_waiting(self) -> int:
+        return len(self.order) - len(self.in_flight) - len(self.unsubmitted)
+
+    def top_up(self) -> None:
+        while len(self.in_flight) < self.max_pending:
+            if self.unsubmitted:
+                self.submit(self.unsubmitted.popleft())
+                continue
+            if self.num_waiting() >= self.stage.max_waiting:
+                return
+            chunk = self.feed.get(block=not self.in_flight)
+            if chunk is None:
+                return
+            table, slots = chunk
+            self.tables.append(table)
+            self.order.extend(slots)
+            self.unsubmitted.extend(slot for slot in slots if slot.error is None)
+
+    def submit(self, slot: _Slot) -> None:
+        try:
+            self.engine.add_request(slot.request_id, slot.prompt, slot.params)
+        except ValueError as exc:
+            slot.error = format_error(self.stage.name, exc)
+            return
+        slot.submitted_at = time.perf_counter()
+        self.in_flight[slot.request_id] = slot
+
+    def collect(self, outputs: list[RequestOutput]) -> None:
+        now = time.perf_counter()
+        for output in outputs:
+            slot = self.in_flight.pop(output.request_id, None)
+            if slot is None:
+                continue
+            slot.output = output
+            slot.seconds = now - slot.submitted_at
+            self.stats.input_tokens += output.num_prompt_tokens
+            self.stats.output_tokens += len(output.token_ids)
+            self.stats.cached_input_tokens += output.num_cached_tokens
+
+    def num_ready(self) -> int:
+        ready = 0
+        for slot in self.order:
+            if not slot.done:
+                break
+            ready += 1
+        return ready
+
+    def emit(self, num_rows: int) -> pa.Table:
+        slots = [self.order.popleft() for _ in range(num_rows)]
+        table = self.take_rows(num_rows)
+        for name, values in _generation_columns(slots).items():
+            table = set_column(table, name, pa.array(values, type=GENERATION_TYPES[name]))
+        if any(s.params is not None and s.params.logprobs is not None for s in slots):
+            table = set_column(table, LOGPROBS, pa.array(_logprobs(slots), type=LOGPROBS_TYPE))
+        return set_column(table, ERROR, pa.array([s.error for s in slots], type=pa.string()))
+
+    def take_rows(self, num_rows: int) -> pa.Table:
+        pieces = []
+        while num_rows > 0:
+            head = self.tables[0]
+            if head.num_rows <= num_rows:
+                pieces.append(self.tables.popleft())
+                num_rows -= head.num_rows
+            else:
+                pieces.append(head.slice(0, num_rows))
+                self.tables[0] = head.slice(num_rows)
+                num_rows = 0
+        if len(pieces) == 1:
+            return pieces[0]
+        return pa.concat_tables(pieces, promote_options="permissive")
+
+
+def _logprobs(slots: list[_Slot]) -> list[list[list[dict[str, Any]]] | None]:
+    """Per generated token, the top tokens' and the sampled token's log-probabilities."""
+    values = []
+    for slot in slots:
+        if slot.output is None or slot.output.logprobs is None:
+            values.append(None)
+            continue
+        values.append(
+            [
+                [{"token_id": token, "logprob": logprob} for token, logprob in step.items()]
+                for step in slot.output.logprobs
+            ]
+        )
+    return values
+
+
+def _generation_columns(slots: list[_Slot]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {name: [] for name in GENERATION_TYPES}
+    for slot in slots:
+        out = slot.output
+        if slot.error is not None or out is None:
+            for values in columns.values():
+                values.append(None)
+            continue
+        columns["generated_text"].append(out.text if slot.params.detokenize else None)
+        columns["generated_tokens"].append(list(out.token_ids))
+        columns["num_input_tokens"].append(out.num_prompt_tokens)
+        columns["num_generated_tokens"].append(len(out.token_ids))
+        columns["finish_reason"].append(out.finish_reason)
+        columns["time_taken_llm"].append(slot.seconds)
+    return columns

@@ -1,0 +1,260 @@
+"""A batch job described in YAML: where the rows come from, how each becomes a chat request,
+which model runs it, and where the results go."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import yaml
+
+from llmbatch.llm.config import LLMProcessorConfig
+from llmbatch.llm.progress import with_progress
+from llmbatch.llm.summary import RunStats, RunSummary
+
+if TYPE_CHECKING:
+    from llmbatch.data import Dataset
+
+FORMATS = ("csv", "parquet", "json")
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".json": "json",
+    ".jsonl": "json",
+}
+_FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+class JobError(ValueError):
+    """A job file that cannot run as written; the message says what to change."""
+
+
+def _check_keys(section: str, given: dict[str, Any], accepted: list[str]) -> None:
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise JobError(
+            f"{section}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(accepted)}"
+        )
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise JobError(f"{name} must be a mapping, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def _section(cls: type, name: str, value: Any) -> Any:
+    _mapping(name, value)
+    names = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(name, value, names)
+    try:
+        return cls(**value)
+    except TypeError as exc:
+        raise JobError(f"{name}: {exc}") from exc
+
+
+def _check_path(section: str, path: Any) -> None:
+    if not isinstance(path, str) or not path:
+        raise JobError(f"{section}.path must be a non-empty path or URL, got {path!r}")
+
+
+def format_of(path: str, given: str | None, section: str) -> str:
+    """The file format: `given`, or the one the path's extension names."""
+    if given is not None:
+        if given not in FORMATS:
+            raise JobError(f"{section}.format={given!r}; accepted: {', '.join(FORMATS)}")
+        return given
+    suffix = Path(path.split("?", 1)[0]).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise JobError(
+            f"{section}.format is not given and {path!r} has no known extension; "
+            f"set {section}.format to one of {', '.join(FORMATS)}"
+        )
+    return _EXTENSIONS[suffix]
+
+
+@dataclass(slots=True)
+class InputSpec:
+    """Rows to read: a file, folder, glob or URL; `limit` keeps the first rows only."""
+
+    path: str
+    format: str | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_path("input", self.path)
+        self.format = format_of(self.path, self.format, "input")
+        limit = self.limit
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise JobError(f"input.limit must be a positive integer, got {limit!r}")
+
+
+@dataclass(slots=True)
+class OutputSpec:
+    """A folder that receives the result files."""
+
+    path: str
+    format: str = "parquet"
+
+    def __post_init__(self) -> None:
+        _check_path("output", self.path)
+        format_of(self.path, self.format, "output")
+
+
+@dataclass(slots=True)
+class PromptSpec:
+    """Chat messages of each row: an optional system prompt and a user message in which
+    ``{column}`` is replaced by the row's value (``{{`` and ``}}`` give literal braces)."""
+
+    user: str
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("user", "system"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise JobError(f"prompt.{name} must be text, got {type(value).__name__}")
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns the user message names."""
+        return [m.group(1) for m in _FIELD.finditer(self.user) if m.group(1) is not None]
+
+    def render(self, row: dict[str, Any]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(1) is None:
+                return match.group(0)[0]
+            value = row[match.group(1)]
+            return "" if value is None else str(value)
+
+        return _FIELD.sub(replace, self.user)
+
+    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system}] if self.system is not None else []
+        return [*system, {"role": "user", "content": self.render(row)}]
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """A whole job; see `JobSpec.from_yaml` for the file layout."""
+
+    input: InputSpec
+    processor: LLMProcessorConfig
+    prompt: PromptSpec
+    output: OutputSpec
+    sampling_params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> JobSpec:
+        """Reads a job file with the sections input, processor, prompt, sampling_params, output."""
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise JobError(f"cannot read the job file {os.fspath(path)!r}: {exc}") from exc
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise JobError(f"{os.fspath(path)!r} is not valid YAML: {exc}") from exc
+        return cls.from_dict(spec)
+
+    @classmethod
+    def from_dict(cls, spec: Any) -> JobSpec:
+        if not isinstance(spec, dict):
+            raise JobError(f"a job is a mapping of sections, got {type(spec).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        _check_keys("job", spec, names)
+        missing = [name for name in ("input", "processor", "prompt", "output") if name not in spec]
+        if missing:
+            raise JobError(f"job: missing section(s) {', '.join(missing)}")
+        sampling_params = spec.get("sampling_params") or {}
+        if not isinstance(sampling_params, dict):
+            raise JobError("sampling_params must be a mapping of vLLM sampling parameter names")
+        try:
+            processor = LLMProcessorConfig(**_mapping("processor", spec["processor"]))
+        except (TypeError, ValueError) as exc:
+            raise JobError(f"processor: {exc}") from exc
+        from llmbatch.engine.sampling_params import SamplingParams
+
+        try:
+            SamplingParams.from_dict(sampling_params)
+        except ValueError as exc:
+            raise JobError(f"sampling_params: {exc}") from exc
+        return cls(
+            input=_section(InputSpec, "input", spec["input"]),
+            processor=processor,
+            prompt=_section(PromptSpec, "prompt", spec["prompt"]),
+            output=_section(OutputSpec, "output", spec["output"]),
+            sampling_params=sampling_params,
+        )
+
+    def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The chat request of one input row."""
+        return {
+            "messages": self.prompt.messages(row),
+            "sampling_params": dict(self.sampling_params),
+        }
+
+
+def read_input(spec: InputSpec) -> Dataset:
+    """The input rows as a Dataset, with the limit applied."""
+    from llmbatch import data
+
+    readers = {"csv": data.read_csv, "parquet": data.read_parquet, "json": data.read_json}
+    dataset = readers[spec.format](spec.path)
+    return dataset.limit(spec.limit) if spec.limit is not None else dataset
+
+
+def nested_as_json(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """Lists and structs (messages, sampling_params, generated_tokens) as JSON text, for CSV."""
+    for table in tables:
+        for index, column in enumerate(table.schema):
+            if pa.types.is_nested(column.type):
+                text = [
+                    None if value is None else json.dumps(value, default=str)
+                    for value in table.column(index).to_pylist()
+                ]
+                table = table.set_column(index, column.name, pa.array(text, pa.string()))
+        yield table
+
+
+def write_output(dataset: Dataset, spec: OutputSpec) -> None:
+    if spec.format == "csv":
+        dataset.transform(nested_as_json, "nested_as_json").write_csv(spec.path)
+    elif spec.format == "json":
+        dataset.write_json(spec.path)
+    else:
+        dataset.write_parquet(spec.path)
+
+
+def run_job(spec: JobSpec, show_progress: bool = True) -> RunSummary:
+    """Reads, processes and writes; returns the run's summary."""
+    from llmbatch.llm.processor import build_llm_processor
+
+    dataset = read_input(spec.input)
+    missing = [c for c in spec.prompt.columns if c not in dataset.columns()]
+    if missing:
+        raise JobError(
+            f"prompt.user names column(s) {', '.join(map(repr, missing))} that the input lacks; "
+            f"its columns: {', '.join(dataset.columns())}"
+        )
+    total = spec.input.limit
+    if "://" not in spec.input.path:
+        total = dataset.count()
+    with build_llm_processor(spec.processor, preprocess=spec.preprocess) as processor:
+        output = processor(dataset)
+        if show_progress:
+            output = with_progress(output, processor, total)
+        write_output(output, spec.output)
+        # A writer may skip an empty dataset without running it, leaving no run to summarise.
+        return processor.summary() or RunStats().summary()

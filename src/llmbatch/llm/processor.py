@@ -1,0 +1,212 @@
+"""`build_llm_processor` and the Processor it returns: a chain of stages over a Dataset."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from llmbatch.llm.config import LLMProcessorConfig
+from llmbatch.llm.engine_stage import EngineStage
+from llmbatch.llm.summary import RunStats, RunSummary
+from llmbatch.llm.tokenizer_stages import ChatTemplateStage, DetokenizeStage, TokenizeStage
+from llmbatch.llm.user_stages import OutputStage, PreprocessStage, RowFn
+
+if TYPE_CHECKING:
+    from llmbatch.data import Dataset
+    from llmbatch.engine.llm_engine import LLMEngine
+
+logger = logging.getLogger("llmbatch")
+
+
+def engine_args(config: LLMProcessorConfig) -> dict[str, Any]:
+    """The engine kwargs with the model, checked now so a typo fails before any row is read."""
+    from llmbatch.engine.config import EngineConfig
+
+    kwargs = {**config.engine_kwargs, "model": config.model_source}
+    EngineConfig.from_kwargs(**kwargs)
+    return kwargs
+
+
+class _EngineHolder:
+    """Loads the engine on first use and lends it to one run at a time."""
+
+    def __init__(self, config: LLMProcessorConfig, current_stats: Callable[[], RunStats]) -> None:
+        self._config = config
+        self._current_stats = current_stats
+        self._engine: LLMEngine | None = None
+        self._lock = threading.Lock()
+        self._supersede_current: Callable[[], None] | None = None
+
+    def load(self) -> LLMEngine:
+        """The engine; loading it counts as the current run's start-up time."""
+        with self._lock:
+            if self._engine is None:
+                from llmbatch.engine.llm_engine import LLMEngine
+
+                started = time.perf_counter()
+                self._engine = LLMEngine.from_engine_args(**engine_args(self._config))
+                self._current_stats().engine_startup_s += time.perf_counter() - started
+            return self._engine
+
+    def tokenizer(self) -> Any:
+        return self.load().tokenizer
+
+    def acquire(self, supersede: Callable[[], None]) -> LLMEngine:
+        """The engine for a new run; a run still holding it is told to stop (`supersede`)."""
+        engine = self.load()
+        if self._supersede_current is not None:
+            self._supersede_current()
+        self._supersede_current = supersede
+        return engine
+
+    def release(self, supersede: Callable[[], None]) -> None:
+        """A run is over: it no longer needs stopping when the next one starts."""
+        if self._supersede_current == supersede:
+            self._supersede_current = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._supersede_current is not None:
+                self._supersede_current()
+                self._supersede_current = None
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+
+class Processor:
+    """Runs an LLM over a Dataset: ``processor(ds)`` returns a lazy Dataset of results.
+
+    Stages, each reading and writing named columns: preprocess -> chat template -> tokenize ->
+    engine -> detokenize -> postprocess. The engine is loaded on the first run and kept for
+    later ones until `close()`. Consume one output at a time: starting a new run stops a run
+    still in progress.
+    """
+
+    def __init__(
+        self,
+        config: LLMProcessorConfig,
+        preprocess: RowFn | None = None,
+        postprocess: RowFn | None = None,
+    ) -> None:
+        if not isinstance(config, LLMProcessorConfig):
+            raise TypeError(
+                "build_llm_processor needs a vLLMEngineProcessorConfig or LLMProcessorConfig, "
+                f"got {type(config).__name__}"
+            )
+        for name, fn in (("preprocess", preprocess), ("postprocess", postprocess)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be a function of one row (dict), got {fn!r}")
+        engine_args(config)
+        self.config = config
+        self.preprocess = preprocess
+        self.postprocess = postprocess
+        self._engine = _EngineHolder(config, self._current_stats)
+        self._stats: RunStats | None = None
+        _warn_single_host_fields(config)
+
+    def __call__(self, dataset: Dataset) -> Dataset:
+        """The processed rows of `dataset`, lazily: nothing runs until the result is consumed."""
+        _check_dataset(dataset)
+        config = self.config
+        holder = self._engine
+        stages: list[Any] = [
+            PreprocessStage(self.preprocess, config.batch_size),
+            ChatTemplateStage(holder.tokenizer, config.apply_chat_template, config.chat_template),
+        ]
+        if config.tokenize:
+            stages.append(TokenizeStage(holder.tokenizer, config.apply_chat_template))
+        stages.append(
+            EngineStage(
+                acquire=holder.acquire,
+                release=holder.release,
+                current_stats=self._current_stats,
+                batch_size=config.batch_size,
+                max_pending_requests=config.max_pending_requests,
+                max_concurrent_batches=config.max_concurrent_batches,
+            )
+        )
+        if config.detokenize:
+            stages.append(DetokenizeStage(holder.tokenizer))
+        stages.append(OutputStage(self.postprocess, self._start_run))
+        for stage in stages:
+            dataset = dataset.transform(stage, stage.name)
+        return dataset
+
+    def summary(self) -> RunSummary | None:
+        """The latest run's summary (live while it runs); None before any run."""
+        return self._stats.summary() if self._stats is not None else None
+
+    @property
+    def engine(self) -> LLMEngine:
+        """The engine (loaded now if no run has loaded it yet)."""
+        return self._engine.load()
+
+    def close(self) -> None:
+        """Releases the engine and its memory; a later run loads it again."""
+        self._engine.close()
+
+    def __enter__(self) -> Processor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _start_run(self) -> RunStats:
+        self._stats = RunStats()
+        return self._stats
+
+    def _current_stats(self) -> RunStats:
+        return self._stats if self._stats is not None else self._start_run()
+
+
+def build_llm_processor(
+    config: LLMProcessorConfig,
+    preprocess: RowFn | None = None,
+    postprocess: RowFn | None = None,
+) -> Processor:
+    """A Processor running `config`'s model over a Dataset's rows.
+
+    `preprocess(row) -> dict` adds the request columns (``messages`` or ``prompt``, and
+    ``sampling_params`` with vLLM's names); `postprocess(row) -> dict` shapes each result row.
+    A row whose functions raise, whose request is invalid or whose prompt is too long becomes an
+    error row (its ``error`` column says why) and the run goes on.
+    """
+    return Processor(config, preprocess=preprocess, postprocess=postprocess)
+
+
+def _check_dataset(dataset: object) -> None:
+    from llmbatch.data import Dataset
+
+    if type(dataset).__module__.split(".")[0] == "ray":
+        raise TypeError(
+            "Ray Datasets are not supported by this version of llmbatch: read the rows with "
+            "llmbatch.data (e.g. llmbatch.data.read_csv(path)), or convert them with "
+            "llmbatch.data.from_pandas(ray_dataset.to_pandas())"
+        )
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"a processor takes an llmbatch.data.Dataset, got {type(dataset).__name__}; "
+            "wrap rows with llmbatch.data.from_items, from_pandas or from_arrow"
+        )
+
+
+def _warn_single_host_fields(config: LLMProcessorConfig) -> None:
+    notes = []
+    if config.num_replicas > 1:
+        notes.append(
+            f"concurrency={config.concurrency!r}: one engine replica runs in this process "
+            "(it batches all rows on the local device)"
+        )
+    if config.accelerator_type is not None:
+        notes.append(
+            f"accelerator_type={config.accelerator_type!r} has no effect: the engine uses the "
+            "local device (engine_kwargs['device'], default 'auto')"
+        )
+    if config.runtime_env is not None:
+        notes.append("runtime_env has no effect in one process: set its env vars before starting")
+    if notes:
+        logger.warning("; ".join(notes))

@@ -1,0 +1,36 @@
+"""A progress bar over a processor's output: rows/s, output tokens/s and time left."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from llmbatch.data import Dataset
+    from llmbatch.llm.processor import Processor
+
+
+def with_progress(dataset: Dataset, processor: Processor, total: int | None) -> Dataset:
+    """`dataset` (an output of `processor`) with a bar on stderr that advances as rows come out.
+
+    `total` (rows expected, when known) gives the time left.
+    """
+
+    def track(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        bar: Any = tqdm(total=total, unit="row", desc="llmbatch", file=sys.stderr, smoothing=0.1)
+        with bar:
+            for table in tables:
+                bar.update(table.num_rows)
+                summary = processor.summary()
+                if summary is not None:
+                    bar.set_postfix_str(
+                        f"{summary.output_tokens_per_s:.0f} tok/s, {summary.error_rows} errors",
+                        refresh=False,
+                    )
+                yield table
+
+    return dataset.transform(track, "progress")

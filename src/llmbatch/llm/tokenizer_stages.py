@@ -1,0 +1,176 @@
+"""The stages that use the model's tokenizer: chat template, tokenize and detokenize."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from llmbatch.llm.columns import (
+    GENERATION_TYPES,
+    MESSAGES,
+    PROMPT,
+    PROMPT_TOKEN_IDS,
+    SAMPLING_PARAMS,
+    as_table,
+    column_values,
+    errors_of,
+    format_error,
+    set_column,
+    with_errors,
+)
+
+TokenizerSource = Callable[[], Any]
+
+
+def _clean_messages(messages: Any) -> list[dict[str, Any]]:
+    """Messages as the chat template expects them; Arrow structs give absent keys as None."""
+    if not isinstance(messages, list) or not messages:
+        raise TypeError(
+            f"'messages' must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}"
+        )
+    cleaned = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise TypeError(f"messages[{i}] must be a dict, got {type(message).__name__}")
+        message = {k: v for k, v in message.items() if v is not None}
+        if not isinstance(message.get("role"), str) or "content" not in message:
+            raise ValueError(f"messages[{i}] needs a str 'role' and a 'content', got {message!r}")
+        cleaned.append(message)
+    return cleaned
+
+
+def uses_chat_template(apply_chat_template: bool, messages: Any) -> bool:
+    """Whether a row's prompt comes from its messages (they win over a given prompt)."""
+    return apply_chat_template and messages is not None
+
+
+class ChatTemplateStage:
+    """``messages`` -> ``prompt`` through the tokenizer's chat template, with the generation
+    prompt added; rows without messages must give ``prompt`` themselves."""
+
+    name = "chat_template"
+
+    def __init__(self, tokenizer: TokenizerSource, apply: bool, chat_template: str | None):
+        self._tokenizer = tokenizer
+        self._apply = apply
+        self._chat_template = chat_template
+
+    def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        tokenizer = self._tokenizer()
+        for block in blocks:
+            table = as_table(block)
+            errors = errors_of(table)
+            messages = column_values(table, MESSAGES)
+            prompts = column_values(table, PROMPT)
+            for i in range(table.num_rows):
+                if errors[i] is not None:
+                    continue
+                try:
+                    prompts[i] = self._prompt_of(tokenizer, messages[i], prompts[i])
+                except Exception as exc:
+                    errors[i] = format_error(self.name, exc)
+                    prompts[i] = None
+            table = set_column(table, PROMPT, pa.array(prompts, type=pa.string()))
+            yield with_errors(table, errors)
+
+    def _prompt_of(self, tokenizer: Any, messages: Any, prompt: Any) -> str:
+        if uses_chat_template(self._apply, messages):
+            return tokenizer.apply_chat_template(
+                _clean_messages(messages),
+                chat_template=self._chat_template,
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+        if prompt is None:
+            hint = (
+                "apply_chat_template is off, so give 'prompt'"
+                if messages is not None
+                else "return 'messages' or 'prompt' from preprocess"
+            )
+            raise ValueError(f"the row has neither 'messages' nor 'prompt': {hint}")
+        if not isinstance(prompt, str):
+            raise TypeError(f"'prompt' must be a str, got {type(prompt).__name__}")
+        return prompt
+
+
+class TokenizeStage:
+    """``prompt`` -> ``prompt_token_ids``, a whole table per tokenizer call.
+
+    Templated prompts already hold their special tokens; raw prompts get the tokenizer's
+    (e.g. BOS), as the engine would add them.
+    """
+
+    name = "tokenize"
+
+    def __init__(self, tokenizer: TokenizerSource, apply_chat_template: bool):
+        self._tokenizer = tokenizer
+        self._apply_chat_template = apply_chat_template
+
+    def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        tokenizer = self._tokenizer()
+        for block in blocks:
+            table = as_table(block)
+            errors = errors_of(table)
+            prompts = column_values(table, PROMPT)
+            messages = column_values(table, MESSAGES)
+            token_ids: list[list[int] | None] = [None] * table.num_rows
+            templated = [uses_chat_template(self._apply_chat_template, m) for m in messages]
+            for from_template in (True, False):
+                rows = [
+                    i
+                    for i in range(table.num_rows)
+                    if errors[i] is None
+                    and prompts[i] is not None
+                    and templated[i] == from_template
+                ]
+                if not rows:
+                    continue
+                encoded = tokenizer(
+                    [prompts[i] for i in rows], add_special_tokens=not from_template
+                )["input_ids"]
+                for i, ids in zip(rows, encoded):
+                    token_ids[i] = ids
+            yield set_column(table, PROMPT_TOKEN_IDS, pa.array(token_ids, pa.list_(pa.int64())))
+
+
+class DetokenizeStage:
+    """``generated_tokens`` -> ``generated_text`` for rows the engine did not detokenize
+    (``detokenize=False`` in their sampling params), honouring ``skip_special_tokens``."""
+
+    name = "detokenize"
+
+    def __init__(self, tokenizer: TokenizerSource):
+        self._tokenizer = tokenizer
+
+    def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        tokenizer = self._tokenizer()
+        for block in blocks:
+            table = as_table(block)
+            errors = errors_of(table)
+            texts = column_values(table, "generated_text")
+            tokens = column_values(table, "generated_tokens")
+            params = column_values(table, SAMPLING_PARAMS)
+            todo = [
+                i
+                for i in range(table.num_rows)
+                if errors[i] is None and texts[i] is None and tokens[i] is not None
+            ]
+            for skip_special in (True, False):
+                rows = [i for i in todo if _skip_special_tokens(params[i]) == skip_special]
+                if not rows:
+                    continue
+                decoded = tokenizer.batch_decode(
+                    [tokens[i] for i in rows], skip_special_tokens=skip_special
+                )
+                for i, text in zip(rows, decoded):
+                    texts[i] = text
+            texts_array = pa.array(texts, type=GENERATION_TYPES["generated_text"])
+            yield set_column(table, "generated_text", texts_array)
+
+
+def _skip_special_tokens(params: Any) -> bool:
+    if isinstance(params, dict) and params.get("skip_special_tokens") is not None:
+        return bool(params["skip_special_tokens"])
+    return True

@@ -1,0 +1,47 @@
+"""What the engine needs from a model family."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from llmbatch.layers.attention.base import AttentionMetadata
+
+
+class CausalLM(nn.Module, ABC):
+    """A decoder-only language model over a flat batch of tokens and a paged KV cache."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    sliding_window: int | None
+    """The attention window of the layers that slide, or None when every layer sees all tokens."""
+    max_positions: int
+    """Positions the model can encode (the length of its rotary table)."""
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """input_ids/positions int64 ``[T]`` -> final hidden states ``[T, hidden_size]``.
+
+        ``kv_caches[i]`` is layer ``i``'s ``[2, num_blocks, block_size, num_kv_heads, head_dim]``.
+        """
+
+    @abstractmethod
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[N, hidden_size]`` -> float32 ``[N, vocab_size]``."""
+
+    @abstractmethod
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Loads weights named as in the Hugging Face checkpoint; raises if any is missing."""

@@ -1,0 +1,169 @@
+"""``load_model``: from a folder, .gguf file or Hub id to a ready model, its config and tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+from llmbatch.layers.attention import get_attention_backend
+from llmbatch.models.base import CausalLM
+from llmbatch.models.registry import build_model
+from llmbatch.models.source import resolve_model_folder
+from llmbatch.models.weights import (
+    LOAD_FORMATS,
+    checkpoint_files,
+    init_dummy_weights,
+    iterate_weights,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass
+class LoadedModel:
+    model: CausalLM
+    """In eval mode, on the requested device and dtype, without gradients."""
+    hf_config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase | None
+    """None only for ``load_format="dummy"`` from a folder that has no tokenizer files."""
+    path: str
+    """The local folder holding config.json, tokenizer files and (unless dummy) weights."""
+    eos_token_ids: list[int]
+    dtype: torch.dtype
+
+
+def _check_dtype(dtype: str | torch.dtype) -> None:
+    if dtype != "auto" and dtype not in DTYPES and dtype not in DTYPES.values():
+        raise ValueError(
+            f"dtype {dtype!r} is not supported; use 'auto', {', '.join(map(repr, DTYPES))} "
+            "or the matching torch.dtype"
+        )
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype, config: PretrainedConfig, device: torch.device
+) -> torch.dtype:
+    """ "auto": float32 on the CPU, else the checkpoint's dtype (float32 when it names none)."""
+    _check_dtype(dtype)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cpu":
+        return torch.float32
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(saved, str):
+        saved = getattr(torch, saved, None)
+    return saved if saved in DTYPES.values() else torch.float32
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _load_tokenizer(
+    folder: str, trust_remote_code: bool, required: bool
+) -> PreTrainedTokenizerBase | None:
+    if not any((Path(folder) / name).exists() for name in _TOKENIZER_FILES):
+        if not required:
+            return None
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}): "
+            "copy the model's tokenizer files into it"
+        )
+    extra = {"trust_remote_code": True} if trust_remote_code else {}
+    return AutoTokenizer.from_pretrained(folder, **extra)
+
+
+def _as_list(token_ids: int | list[int] | None) -> list[int]:
+    if token_ids is None:
+        return []
+    return [token_ids] if isinstance(token_ids, int) else list(token_ids)
+
+
+def eos_token_ids_of(
+    folder: str, tokenizer: PreTrainedTokenizerBase | None, config: PretrainedConfig
+) -> list[int]:
+    """EOS ids from generation_config.json and the tokenizer (the config's when neither has one)."""
+    ids = []
+    if (Path(folder) / "generation_config.json").exists():
+        ids += _as_list(GenerationConfig.from_pretrained(folder).eos_token_id)
+    if tokenizer is not None:
+        ids += _as_list(tokenizer.eos_token_id)
+    if not ids:
+        ids += _as_list(getattr(config, "eos_token_id", None))
+    return list(dict.fromkeys(ids))
+
+
+def load_model(
+    model: str,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    attention_backend: str = "torch",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    load_format: str = "auto",
+    seed: int = 0,
+) -> LoadedModel:
+    """Loads a model folder, a .gguf file (converted once, then cached) or a Hub id.
+
+    ``load_format="dummy"`` needs only config.json and draws weights from ``seed``.
+    """
+    _check_dtype(dtype)
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format {load_format!r} is not supported; use one of {LOAD_FORMATS}")
+    device = torch.device(device)
+    backend = get_attention_backend(attention_backend)
+    dummy = load_format == "dummy"
+    folder = resolve_model_folder(model, revision, with_weights=not dummy)
+    extra = {"trust_remote_code": True} if trust_remote_code else {}
+    config = AutoConfig.from_pretrained(folder, **extra)
+    quantization = getattr(config, "quantization_config", None)
+    if quantization:
+        method = (
+            quantization.get("quant_method")
+            if isinstance(quantization, dict)
+            else getattr(quantization, "quant_method", None)
+        )
+        raise ValueError(
+            f"{model} is a quantized checkpoint ({method}); only unquantized weights (or .gguf "
+            "files, which are dequantized on conversion) are supported"
+        )
+    tokenizer = _load_tokenizer(folder, trust_remote_code, required=not dummy)
+    torch_dtype = resolve_dtype(dtype, config, device)
+    with torch.device(device), _default_dtype(torch_dtype):
+        net = build_model(config, backend)
+    net.to(device)
+    net.requires_grad_(False)
+    if dummy:
+        init_dummy_weights(net, seed)
+    else:
+        net.load_weights(iterate_weights(checkpoint_files(folder, load_format)))
+    net.eval()
+    return LoadedModel(
+        model=net,
+        hf_config=config,
+        tokenizer=tokenizer,
+        path=folder,
+        eos_token_ids=eos_token_ids_of(folder, tokenizer, config),
+        dtype=torch_dtype,
+    )

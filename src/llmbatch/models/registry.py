@@ -1,0 +1,43 @@
+"""Which checkpoint architectures llmbatch runs, and the model class of each."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+from llmbatch.layers.attention.base import AttentionBackend
+from llmbatch.models.base import CausalLM
+from llmbatch.models.llama import LlamaForCausalLM
+
+MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": LlamaForCausalLM,
+    "Qwen3ForCausalLM": LlamaForCausalLM,
+}
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(MODEL_CLASSES)
+# for configs that name no architecture
+_ARCHITECTURE_OF_MODEL_TYPE = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+def architecture_of(config: PretrainedConfig) -> str:
+    """The supported architecture a config names; a clear error when it names none."""
+    named = list(getattr(config, "architectures", None) or [])
+    if not named and config.model_type in _ARCHITECTURE_OF_MODEL_TYPE:
+        return _ARCHITECTURE_OF_MODEL_TYPE[config.model_type]
+    for architecture in named:
+        if architecture in MODEL_CLASSES:
+            return architecture
+    raise ValueError(
+        f"model architecture {named or config.model_type!r} is not supported; "
+        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
+
+
+def build_model(config: PretrainedConfig, attention_backend: AttentionBackend) -> CausalLM:
+    architecture = architecture_of(config)
+    return MODEL_CLASSES[architecture](config, architecture, attention_backend)

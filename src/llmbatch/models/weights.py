@@ -1,0 +1,72 @@
+"""Reading checkpoint weights from a model folder, or drawing random ones in the same shapes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from llmbatch.layers.norm import RMSNorm
+
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+DUMMY_WEIGHT_STD = 0.02
+
+_WEIGHT_FILES = {
+    "safetensors": ("model.safetensors.index.json", "*.safetensors"),
+    "pt": ("pytorch_model.bin.index.json", "pytorch_model*.bin"),
+}
+
+
+def _files_of_format(folder: Path, load_format: str) -> list[Path]:
+    index_name, pattern = _WEIGHT_FILES[load_format]
+    index = folder / index_name
+    if not index.exists():
+        return sorted(folder.glob(pattern))
+    shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    missing = [name for name in shard_names if not (folder / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{index} lists weight files that are not in {folder}: {missing}")
+    return [folder / name for name in shard_names]
+
+
+def checkpoint_files(folder: str | Path, load_format: str = "auto") -> list[Path]:
+    """The weight files of a folder: safetensors (preferred under "auto") or pytorch_model*.bin."""
+    folder = Path(folder)
+    formats = ("safetensors", "pt") if load_format == "auto" else (load_format,)
+    for weights_format in formats:
+        files = _files_of_format(folder, weights_format)
+        if files:
+            return files
+    expected = " or ".join(_WEIGHT_FILES[f][1] for f in formats)
+    raise FileNotFoundError(
+        f"no weight files ({expected}) in {folder}; "
+        "pass load_format='dummy' to run with random weights"
+    )
+
+
+def iterate_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, CPU tensor) for every weight, one file open at a time."""
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as reader:
+                for name in reader.keys():
+                    yield name, reader.get_tensor(name)
+        else:
+            yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Normal(0, 0.02) weights and biases and unit norm scales, the same for the same seed and device."""
+    generators: dict[torch.device, torch.Generator] = {}
+    for param in model.parameters():
+        if param.device not in generators:
+            generators[param.device] = torch.Generator(param.device).manual_seed(seed)
+        param.normal_(0.0, DUMMY_WEIGHT_STD, generator=generators[param.device])
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)

@@ -1,0 +1,75 @@
+"""The engine on a CUDA GPU: Triton attention, CUDA graphs, memory sizing and release."""
+
+from __future__ import annotations
+
+import gc
+import random
+
+import pytest
+import torch
+from engine_testing import TINY_CONFIGS, TINY_VOCAB, hf_greedy, save_tiny_model
+
+from llmbatch import LLM, SamplingParams
+
+pytestmark = pytest.mark.gpu
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-qwen3")
+    model = save_tiny_model(folder, TINY_CONFIGS["qwen3"])
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, TINY_VOCAB) for _ in range(n)] for n in (3, 17, 40, 64, 90, 129)]
+    return str(folder), model, prompts
+
+
+def test_triton_backend_with_cuda_graphs_matches_transformers(tiny):
+    folder, hf_model, prompts = tiny
+    expected = hf_greedy(hf_model, prompts, GREEDY.max_tokens, eos_ids=[])
+    with LLM(folder, device="cuda", dtype="float32", gpu_memory_utilization=0.3) as llm:
+        assert llm.llm_engine.config.attention_backend == "triton"
+        assert llm.llm_engine._runner._decode_graphs is not None
+        outputs = llm.generate(prompts, GREEDY)
+    assert [o.token_ids for o in outputs] == expected
+
+
+def test_cuda_graphs_give_the_eager_tokens_for_every_batch_size(tiny):
+    folder, _, prompts = tiny
+    many = [p[: 5 + i % 60] for i, p in enumerate(prompts * 9)][:50]
+    results = []
+    for eager in (True, False):
+        with LLM(
+            folder,
+            device="cuda",
+            dtype="float32",
+            enforce_eager=eager,
+            gpu_memory_utilization=0.3,
+            max_num_seqs=48,
+        ) as llm:
+            # outputs of several lengths, so the decode batch shrinks through many sizes
+            params = [
+                SamplingParams(temperature=0.0, max_tokens=4 + i, ignore_eos=True)
+                for i in range(len(many))
+            ]
+            results.append([o.token_ids for o in llm.generate(many, params)])
+    assert results[0] == results[1]
+
+
+def test_kv_cache_follows_gpu_memory_utilization_and_close_frees_it(tiny):
+    folder = tiny[0]
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    blocks = {}
+    for utilization in (0.2, 0.4):
+        llm = LLM(folder, device="cuda", dtype="bfloat16", gpu_memory_utilization=utilization)
+        blocks[utilization] = llm.llm_engine.num_kv_blocks
+        out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=8))
+        assert len(out[0].token_ids) == 8
+        llm.close()
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+        assert torch.cuda.memory_allocated() <= before + (1 << 20)
+    assert blocks[0.4] > blocks[0.2]

@@ -1,0 +1,199 @@
+"""Fused Triton ops (RMSNorm + residual, SiLU-and-mul, rotary) against float32 references.
+
+On the CPU they run under Triton's interpreter in a child process, as in test_triton_attention.py;
+bfloat16 is checked on the GPU only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+
+import pytest
+import torch
+
+# (atol, rtol) for comparing against a float32 reference rounded to the op's dtype.
+TOLERANCE = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (1e-2, 1e-2),
+}
+
+
+def mismatch(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Worst element error in units of the dtype's tolerance: <= 1 means close."""
+    atol, rtol = TOLERANCE[actual.dtype]
+    expected = expected.float()
+    return ((actual.float() - expected).abs() / (atol + rtol * expected.abs())).max().item()
+
+
+def random(shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen).to(dtype).to(device)
+
+
+def reference_rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if residual is not None:
+        x = x + residual
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype), x
+
+
+def check_rms_norm(
+    device: str, shape: tuple[int, ...], dtype: torch.dtype, with_residual: bool
+) -> dict[str, float]:
+    from llmbatch.layers.triton import rms_norm
+
+    x = random(shape, dtype, device, seed=0)
+    weight = (1 + 0.1 * random(shape[-1:], torch.float32, device, seed=1)).to(dtype)
+    residual = random(shape, dtype, device, seed=2) if with_residual else None
+    expected, expected_residual = reference_rms_norm(x, weight, 1e-6, residual)
+    if residual is None:
+        return {"normed": mismatch(rms_norm(x, weight, 1e-6), expected)}
+    normed, new_residual = rms_norm(x, weight, 1e-6, residual=residual)
+    residual_is_exact = torch.equal(new_residual, expected_residual)
+    return {
+        "normed": mismatch(normed, expected),
+        "residual": 0.0 if residual_is_exact else float("inf"),
+    }
+
+
+def check_silu_and_mul(device: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict:
+    from llmbatch.layers.triton import silu_and_mul
+
+    x = random(shape, dtype, device, seed=3)
+    gate, up = x.float().chunk(2, dim=-1)
+    return {"out": mismatch(silu_and_mul(x), torch.nn.functional.silu(gate) * up)}
+
+
+def rotary_tables(max_position: int, rotary_dim: int, device: str) -> tuple[torch.Tensor, ...]:
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
+    angles = torch.outer(torch.arange(max_position).float(), inv_freq)
+    return angles.cos().to(device), angles.sin().to(device)
+
+
+def reference_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotate-half formula of transformers' Llama, in float32, on the first rotary dims."""
+    rotary_dim = 2 * cos.shape[-1]
+    rotated, rest = x.float()[..., :rotary_dim], x.float()[..., rotary_dim:]
+    first, second = rotated.chunk(2, dim=-1)
+    cos, sin = torch.cat([cos, cos], -1)[:, None], torch.cat([sin, sin], -1)[:, None]
+    rotated = rotated * cos + torch.cat([-second, first], -1) * sin
+    return torch.cat([rotated, rest], -1)
+
+
+def check_rotary(
+    device: str,
+    num_tokens: int,
+    heads: tuple[int, int],
+    head_dim: int,
+    rotary_dim: int,
+    dtype: torch.dtype,
+) -> dict[str, float]:
+    """Rotates q and k that are views into one fused QKV output, as the model produces them."""
+    from llmbatch.layers.triton import apply_rotary
+
+    num_heads, num_kv_heads = heads
+    qkv = random((num_tokens, (num_heads + 2 * num_kv_heads) * head_dim), dtype, device, seed=4)
+    original = qkv.clone()
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    q = qkv[:, :q_size].view(num_tokens, num_heads, head_dim)
+    k = qkv[:, q_size : q_size + kv_size].view(num_tokens, num_kv_heads, head_dim)
+    max_position = 4 * num_tokens
+    cos_table, sin_table = rotary_tables(max_position, rotary_dim, device)
+    gen = torch.Generator().manual_seed(5)
+    positions = torch.randint(0, max_position, (num_tokens,), generator=gen).to(device)
+    expected_q = reference_rotary(q.clone(), cos_table[positions], sin_table[positions])
+    expected_k = reference_rotary(k.clone(), cos_table[positions], sin_table[positions])
+    apply_rotary(q, k, cos_table, sin_table, positions)
+    value_untouched = torch.equal(qkv[:, q_size + kv_size :], original[:, q_size + kv_size :])
+    return {
+        "q": mismatch(q, expected_q),
+        "k": mismatch(k, expected_k),
+        "v": 0.0 if value_untouched else float("inf"),
+    }
+
+
+INTERPRETED_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
+    "rms_norm_fp32": lambda d: check_rms_norm(d, (2, 3, 96), torch.float32, with_residual=False),
+    "rms_norm_residual_fp32": lambda d: check_rms_norm(d, (5, 64), torch.float32, True),
+    "rms_norm_residual_fp16": lambda d: check_rms_norm(d, (4, 200), torch.float16, True),
+    "silu_and_mul_fp32": lambda d: check_silu_and_mul(d, (3, 2 * 1100), torch.float32),
+    "silu_and_mul_fp16": lambda d: check_silu_and_mul(d, (2, 3, 2 * 40), torch.float16),
+    "rotary_gqa_fp32": lambda d: check_rotary(d, 6, (6, 2), 64, 64, torch.float32),
+    "rotary_partial_fp16": lambda d: check_rotary(d, 5, (4, 4), 64, 32, torch.float16),
+}
+
+
+def _run_interpreted_checks() -> None:
+    results = {}
+    for name, check in INTERPRETED_CHECKS.items():
+        try:
+            results[name] = check("cpu")
+        except Exception:
+            results[name] = {"failure": traceback.format_exc()}
+    print(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def interpreted_results() -> dict[str, dict]:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.run(
+        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert child.returncode == 0, child.stderr
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(INTERPRETED_CHECKS))
+def test_interpreted_ops_match_reference(interpreted_results: dict, name: str) -> None:
+    result = interpreted_results[name]
+    assert "failure" not in result, result.get("failure")
+    assert max(result.values()) <= 1.0, result
+
+
+def test_bad_shapes_are_rejected_with_a_clear_error() -> None:
+    from llmbatch.layers.triton import apply_rotary, rms_norm, silu_and_mul
+
+    x = torch.randn(4, 64)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        rms_norm(x, torch.ones(32), 1e-6)
+    with pytest.raises(ValueError, match="residual must match"):
+        rms_norm(x, torch.ones(64), 1e-6, residual=torch.randn(4, 32))
+    with pytest.raises(ValueError, match="gate and up"):
+        silu_and_mul(torch.randn(4, 63))
+    q, k = torch.randn(4, 2, 64), torch.randn(4, 1, 64)
+    cos, sin = rotary_tables(16, 64, "cpu")
+    with pytest.raises(ValueError, match="rotary_dim <= head_dim"):
+        apply_rotary(q, k, *rotary_tables(16, 128, "cpu"), torch.arange(4))
+    with pytest.raises(ValueError, match="positions must be integers"):
+        apply_rotary(q, k, cos, sin, torch.arange(4).float())
+    with pytest.raises(ValueError, match="q must be"):
+        apply_rotary(q, k[:3], cos, sin, torch.arange(4))
+
+
+GPU_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
+    "rms_norm_residual_llama8b": lambda d: check_rms_norm(d, (1000, 4096), torch.bfloat16, True),
+    "rms_norm_qwen": lambda d: check_rms_norm(d, (333, 896), torch.bfloat16, False),
+    "silu_and_mul_llama8b": lambda d: check_silu_and_mul(d, (512, 2 * 14336), torch.bfloat16),
+    "rotary_llama8b": lambda d: check_rotary(d, 1000, (32, 8), 128, 128, torch.bfloat16),
+    "rotary_qwen_14_2": lambda d: check_rotary(d, 777, (14, 2), 64, 64, torch.bfloat16),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(GPU_CHECKS))
+def test_gpu_ops_match_reference(name: str) -> None:
+    result = GPU_CHECKS[name]("cuda")
+    assert max(result.values()) <= 1.0, result
+
+
+if __name__ == "__main__":
+    _run_interpreted_checks()

@@ -1,0 +1,79 @@
+"""Shared pieces of the processor tests: engine settings, a reference LLM, the tutorial's rows."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The tutorial's engine kwargs, with a KV cache small enough for a test machine.
+ENGINE_KWARGS = dict(
+    tensor_parallel_size=1,
+    pipeline_parallel_size=1,
+    max_model_len=4096,
+    enable_chunked_prefill=True,
+    max_num_batched_tokens=1024,
+    gpu_memory_utilization=0.85,
+    kv_cache_memory_bytes=256 << 20,
+)
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def _tutorial_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {
+            "role": "user",
+            "content": f"Convert this date:\n{row['Subscription Date']}\n\n as the format:MM-DD-YYYY",
+        },
+    ]
+
+
+@pytest.fixture(scope="session")
+def engine_kwargs() -> dict[str, Any]:
+    return dict(ENGINE_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def tutorial_messages() -> Callable[[dict[str, Any]], list[dict[str, str]]]:
+    """The tutorial's chat messages for a customers row."""
+    return _tutorial_messages
+
+
+@pytest.fixture(scope="session")
+def reference_llm(smollm2_dir: str):
+    """The engine run directly (llmbatch.LLM), to hold the processor's rows against."""
+    from llmbatch import LLM
+
+    with LLM(smollm2_dir, **ENGINE_KWARGS) as llm:
+        yield llm
+
+
+@pytest.fixture(scope="session")
+def customers_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llmbatch.data import write_customers_csv
+
+    path = tmp_path_factory.mktemp("customers") / "customers.csv"
+    write_customers_csv(str(path), num_rows=50, seed=7)
+    return path
+
+
+@pytest.fixture(scope="session")
+def http_folder_url(customers_csv: Path) -> Iterator[str]:
+    """A local HTTP server (127.0.0.1, own thread) serving the folder of `customers_csv`."""
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(customers_csv.parent)
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,101 @@
+"""Tiny random-weight checkpoints of each supported family, saved as real model folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+VOCAB_SIZE = 128
+_COMMON = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def tiny_configs() -> dict[str, PretrainedConfig]:
+    """One config per family feature the model code must honour."""
+    return {
+        "qwen2-bias-tied": Qwen2Config(
+            **_COMMON, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256
+        ),
+        "qwen3-qk-norm": Qwen3Config(
+            **_COMMON, num_key_value_heads=2, head_dim=32, max_position_embeddings=256
+        ),
+        "mistral-sliding-window": MistralConfig(
+            **_COMMON, num_key_value_heads=1, sliding_window=6, max_position_embeddings=256
+        ),
+        "llama3-rope-scaling": LlamaConfig(
+            **_COMMON,
+            num_key_value_heads=2,
+            attention_bias=True,
+            mlp_bias=True,
+            max_position_embeddings=256,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        ),
+    }
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, VOCAB_SIZE)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def random_hf_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
+    """A transformers model whose every weight, bias and norm scale is random.
+
+    transformers starts biases at 0 and norm scales at 1, which would hide a wrongly loaded one; the
+    spread is wide enough that attention is far from uniform, so masking mistakes show.
+    """
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager", dtype=torch.float32
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+            else:
+                param.normal_(0.0, 0.15)
+    return model.eval()
+
+
+def save_tiny_model(folder: Path, config: PretrainedConfig, **save_kwargs) -> PreTrainedModel:
+    """Saves a random model with a tokenizer to ``folder``; returns the transformers model."""
+    model = random_hf_model(config)
+    model.save_pretrained(folder, **save_kwargs)
+    tiny_tokenizer().save_pretrained(folder)
+    return model
+
+
+def random_prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB_SIZE, (n,), generator=generator).tolist() for n in lengths]
