@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-JOB_ERRORS = (ValueError, TypeError, FileNotFoundError)
+JOB_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError)
 
 
 def _positive_int(text: str) -> int:
@@ -32,6 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--model", help="override processor.model_source")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace another job's output in the folder"
+    )
+    run.add_argument(
+        "--retry-failed", action="store_true", help="re-run the error rows of a finished output"
+    )
+    run.add_argument(
+        "--max-error-rate",
+        type=float,
+        help="stop when more than this fraction of the rows are error rows (e.g. 0.5)",
+    )
 
     demo = commands.add_parser(
         "demo", help="the Ray Data LLM tutorial on SmolLM2 and generated customers"
@@ -61,9 +72,30 @@ def run_command(args: argparse.Namespace) -> int:
         spec.output.format = args.output_format
     if args.model is not None:
         spec.processor.model_source = args.model
-    summary = run_job(spec, show_progress=not args.no_progress)
-    print(f"wrote {summary.rows} rows to {spec.output.path} ({spec.output.format})")
-    print(summary.format())
+    if args.max_error_rate is not None:
+        spec.processor.max_error_rate = args.max_error_rate
+        spec.processor.__post_init__()
+    try:
+        result = run_job(
+            spec,
+            show_progress=not args.no_progress,
+            overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"llmbatch run: interrupted; the finished rows are committed in {spec.output.path}. "
+            f"Run the same command again to finish the others.",
+            file=sys.stderr,
+        )
+        return 130
+    report = result.report
+    print(
+        f"wrote {report.rows_written} rows to {spec.output.path} ({spec.output.format}); "
+        f"{report.rows_already_committed} were already there, {report.rows_retried} retried; "
+        f"{report.total_rows} rows in all, {report.error_rows} error rows"
+    )
+    print(result.summary.format())
     return 0
 
 

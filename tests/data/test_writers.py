@@ -95,11 +95,11 @@ def test_a_column_that_gains_a_type_starts_a_new_parquet_file(tmp_path):
     assert [row["note"] for row in back.take_all()] == [None] * 10 + ["late"] * 10
 
 
-def test_csv_refuses_nested_columns_by_name(tmp_path):
-    ds = data.from_items([{"id": 1, "meta": {"a": 1}}])
-    with pytest.raises(TypeError, match="'meta'"):
-        ds.write_csv(tmp_path / "out")
-    assert files_in(tmp_path / "out") == []
+def test_csv_stores_nested_columns_as_json_text(tmp_path):
+    ds = data.from_items([{"id": 1, "meta": {"a": 1}, "tokens": [1, 2]}])
+    ds.write_csv(tmp_path / "out")
+    (row,) = data.read_csv(tmp_path / "out").take_all()
+    assert json.loads(row["meta"]) == {"a": 1} and json.loads(row["tokens"]) == [1, 2]
 
 
 def test_failed_write_leaves_only_complete_files(tmp_path):

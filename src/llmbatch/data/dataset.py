@@ -13,6 +13,7 @@ from llmbatch.data import operators
 from llmbatch.data.batch_format import BatchFormat, check_batch_format
 from llmbatch.data.blocks import Stream, balanced_sizes, conform, rebatch, split_into
 from llmbatch.data.blocks import unify_schemas as unify
+from llmbatch.data.identity import digest, tables_identity, value_identity
 from llmbatch.data.outputs import DatasetOutputs, check_count
 from llmbatch.data.plan import PlanInfo, StageStats, describe_stats
 from llmbatch.data.udf import UserFunction, check_scheduling_keywords
@@ -40,17 +41,38 @@ class Dataset(DatasetOutputs):
         name: str,
         info: PlanInfo | None = None,
         parent: Dataset | None = None,
+        identity: Callable[[], str] | None = None,
     ) -> None:
         self._open_stream = open_stream
         self._info = info or PlanInfo()
         self._parent = parent
         self._stats = StageStats(name)
+        self._identity = identity or (lambda: name)
+        self._resumable: Any = None
+
+    def fingerprint(self) -> str:
+        """A hash of the plan and its source that a later process computes alike: file names,
+        sizes and modification times or in-memory content, each stage with its parameters, and
+        the code of the functions it runs. Resumable writes use it to recognise their job."""
+        parts = []
+        node: Dataset | None = self
+        while node is not None:
+            parts.append(node._identity())
+            node = node._parent
+        return digest(*parts[::-1])
 
     def _blocks(self) -> Stream:
         return self._stats.track(iter(self._open_stream()))
 
-    def _chain(self, name: str, apply: Callable[[Stream], Stream], info: PlanInfo) -> Dataset:
-        return Dataset(lambda: apply(self._blocks()), name=name, info=info, parent=self)
+    def _chain(
+        self, name: str, apply: Callable[[Stream], Stream], info: PlanInfo, code: Any = None
+    ) -> Dataset:
+        def identity() -> str:
+            return name if code is None else f"{name}:{digest(value_identity(code))}"
+
+        return Dataset(
+            lambda: apply(self._blocks()), name=name, info=info, parent=self, identity=identity
+        )
 
     # Stages
 
@@ -72,9 +94,14 @@ class Dataset(DatasetOutputs):
         if preserves_rows:
             info = PlanInfo(self._info.num_rows, self._info.max_rows, self._info.count_rows)
             return self._chain(
-                name, lambda stream: operators.transform_preserving_rows(stream, fn, name), info
+                name,
+                lambda stream: operators.transform_preserving_rows(stream, fn, name),
+                info,
+                fn,
             )
-        return self._chain(name, lambda stream: operators.transform(stream, fn, name), PlanInfo())
+        return self._chain(
+            name, lambda stream: operators.transform(stream, fn, name), PlanInfo(), fn
+        )
 
     def limit(self, limit: int) -> Dataset:
         """The first ``limit`` rows; reading upstream stops as soon as they have passed."""
@@ -160,6 +187,7 @@ class Dataset(DatasetOutputs):
             f"map({udf.name})",
             lambda stream: operators.map_rows(stream, udf),
             self._info.with_schema(None),
+            udf,
         )
 
     def flat_map(
@@ -179,6 +207,7 @@ class Dataset(DatasetOutputs):
             f"flat_map({udf.name})",
             lambda stream: operators.flat_map_rows(stream, udf),
             PlanInfo(num_blocks=self._info.num_blocks),
+            udf,
         )
 
     def filter(
@@ -198,6 +227,7 @@ class Dataset(DatasetOutputs):
             f"filter({udf.name})",
             lambda stream: operators.filter_rows(stream, udf),
             self._info.fewer_rows(),
+            udf,
         )
 
     def map_batches(
@@ -229,6 +259,7 @@ class Dataset(DatasetOutputs):
             f"map_batches({udf.name})",
             lambda stream: operators.map_batches(stream, udf, batch_size, batch_format),
             PlanInfo(num_blocks=self._info.num_blocks if batch_size is None else None),
+            udf,
         )
 
     def add_column(
@@ -249,6 +280,7 @@ class Dataset(DatasetOutputs):
             f"add_column({col})",
             lambda stream: operators.add_column(stream, col, udf, batch_format),
             self._info.with_schema(None),
+            udf,
         )
 
     def select_columns(self, cols: str | Sequence[str], **scheduling: Any) -> Dataset:
@@ -332,7 +364,12 @@ class MaterializedDataset(Dataset):
             num_blocks=len(self._tables),
             schema=schema,
         )
-        super().__init__(lambda: iter(self._tables), name="materialized", info=info)
+        super().__init__(
+            lambda: iter(self._tables),
+            name="materialized",
+            info=info,
+            identity=lambda: f"materialized:{tables_identity(self._tables)}",
+        )
 
     def materialize(self) -> MaterializedDataset:
         return self

@@ -38,6 +38,13 @@ class SourceFile:
     filesystem: pafs.FileSystem | None  # None for an http(s) URL
     fs_path: str
 
+    def identity(self) -> list[Any]:
+        """The path with its size and modification time (a URL by its address only)."""
+        if self.filesystem is None:
+            return [self.path]
+        info = self.filesystem.get_file_info(self.fs_path)
+        return [self.path, info.size, None if info.mtime is None else info.mtime.isoformat()]
+
     def open_stream(self) -> pa.NativeFile:
         """A sequential stream, decompressed when the name ends in .gz, .bz2, .zst, ..."""
         if self.filesystem is None:
@@ -203,15 +210,42 @@ class OutputFolder:
         fs.create_dir(fs_path, recursive=True)
         return cls(fs, fs_path)
 
+    def check_writable(self) -> None:
+        """Writes and deletes a probe file, so an unwritable folder fails before any work."""
+        probe = self.path_of(f".llmbatch-probe-{os.getpid()}")
+        try:
+            with self.filesystem.open_output_stream(probe) as stream:
+                stream.write(b"")
+            self.filesystem.delete_file(probe)
+        except OSError as error:
+            raise PermissionError(
+                f"cannot write into the output folder {self.fs_path!r}: {error}; "
+                f"choose a folder you can write to"
+            ) from error
+
+    def path_of(self, name: str) -> str:
+        """The filesystem path of ``name`` inside the folder."""
+        return f"{self.fs_path.rstrip('/')}/{name}"
+
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
     @contextmanager
-    def atomic_file(self, name: str) -> Iterator[pa.NativeFile]:
-        """Yields a stream to write; the file appears under ``name`` only once it is complete."""
-        final = f"{self.fs_path.rstrip('/')}/{name}"
-        temporary = f"{self.fs_path.rstrip('/')}/.{name}.tmp"
+    def atomic_file(
+        self, name: str, before_rename: Callable[[str], None] | None = None
+    ) -> Iterator[pa.NativeFile]:
+        """Yields a stream to write; the file appears under ``name`` only once it is complete.
+
+        ``before_rename`` gets the temporary file's path once it is closed (to sync or hash it).
+        """
+        final = self.path_of(name)
+        temporary = self.path_of(f".{name}.tmp")
         stream = self.filesystem.open_output_stream(temporary)
         try:
             yield stream
             stream.close()
+            if before_rename is not None:
+                before_rename(temporary)
             self.filesystem.move(temporary, final)
         except BaseException:
             stream.close()

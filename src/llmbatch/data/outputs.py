@@ -10,9 +10,11 @@ import pyarrow as pa
 
 from llmbatch.data.batch_format import BatchFormat, check_batch_format, to_batch
 from llmbatch.data.blocks import Stream, concat, rebatch
+from llmbatch.data.checkpoint import resumable_job
 from llmbatch.data.files import PathLike
 from llmbatch.data.operators import ROWS_PER_CALL
 from llmbatch.data.plan import PlanInfo
+from llmbatch.data.resume import clear_for_plain_write, write_resumable
 from llmbatch.data.writers import write_blocks
 
 if TYPE_CHECKING:
@@ -123,20 +125,23 @@ class DatasetOutputs:
         filesystem: Any = None,
         min_rows_per_file: int | None = None,
         max_rows_per_file: int | None = None,
+        overwrite: bool = False,
+        retry_failed: bool = False,
         **arrow_parquet_args: Any,
     ) -> None:
-        """Writes Parquet files into the folder ``path``, one per block (see ``writers``).
+        """Writes Parquet files into the folder ``path`` (see ``_write`` for resuming).
 
         ``arrow_parquet_args`` go to ``pyarrow.parquet.ParquetWriter`` (e.g. ``compression``).
         """
-        write_blocks(
-            self._blocks(),
+        self._write(
             path,
             "parquet",
-            filesystem=filesystem,
-            min_rows_per_file=min_rows_per_file,
-            max_rows_per_file=max_rows_per_file,
-            options=arrow_parquet_args,
+            filesystem,
+            min_rows_per_file,
+            max_rows_per_file,
+            overwrite,
+            retry_failed,
+            arrow_parquet_args,
         )
 
     def write_csv(
@@ -146,17 +151,21 @@ class DatasetOutputs:
         filesystem: Any = None,
         min_rows_per_file: int | None = None,
         max_rows_per_file: int | None = None,
+        overwrite: bool = False,
+        retry_failed: bool = False,
         **arrow_csv_args: Any,
     ) -> None:
-        """Writes CSV files into the folder ``path``; ``arrow_csv_args`` go to ``CSVWriter``."""
-        write_blocks(
-            self._blocks(),
+        """Writes CSV files into the folder ``path``; ``arrow_csv_args`` go to ``CSVWriter``.
+        Lists and structs are stored as JSON text."""
+        self._write(
             path,
             "csv",
-            filesystem=filesystem,
-            min_rows_per_file=min_rows_per_file,
-            max_rows_per_file=max_rows_per_file,
-            options=arrow_csv_args,
+            filesystem,
+            min_rows_per_file,
+            max_rows_per_file,
+            overwrite,
+            retry_failed,
+            arrow_csv_args,
         )
 
     def write_json(
@@ -166,15 +175,65 @@ class DatasetOutputs:
         filesystem: Any = None,
         min_rows_per_file: int | None = None,
         max_rows_per_file: int | None = None,
+        overwrite: bool = False,
+        retry_failed: bool = False,
     ) -> None:
         """Writes JSON-lines files into the folder ``path``."""
+        self._write(
+            path,
+            "json",
+            filesystem,
+            min_rows_per_file,
+            max_rows_per_file,
+            overwrite,
+            retry_failed,
+            {},
+        )
+
+    def _write(
+        self,
+        path: PathLike,
+        file_format: str,
+        filesystem: Any,
+        min_rows_per_file: int | None,
+        max_rows_per_file: int | None,
+        overwrite: bool,
+        retry_failed: bool,
+        options: dict[str, Any],
+    ) -> None:
+        """The output of an LLM processor is written resumably: a rerun into the same folder
+        finishes only the missing rows, ``retry_failed`` re-runs the error rows, and
+        ``overwrite`` replaces another job's output. Other datasets are written in one pass,
+        one file per block, next to the files already in the folder (``overwrite`` deletes
+        those first)."""
+        job = resumable_job(self)  # type: ignore[arg-type]
+        if job is not None:
+            write_resumable(
+                job,
+                path,
+                file_format,
+                filesystem=filesystem,
+                overwrite=overwrite,
+                retry_failed=retry_failed,
+                min_rows_per_file=min_rows_per_file,
+                max_rows_per_file=max_rows_per_file,
+                options=options,
+            )
+            return
+        if retry_failed:
+            raise ValueError(
+                "retry_failed applies to the output of an LLM processor written directly "
+                "(processor(ds).write_parquet(...)); this dataset has no processor stage"
+            )
+        clear_for_plain_write(path, file_format, filesystem, overwrite)
         write_blocks(
             self._blocks(),
             path,
-            "json",
+            file_format,
             filesystem=filesystem,
             min_rows_per_file=min_rows_per_file,
             max_rows_per_file=max_rows_per_file,
+            options=options,
         )
 
 

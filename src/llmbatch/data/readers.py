@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from llmbatch.data.blocks import Stream, coalesce, rows_to_table
 from llmbatch.data.dataset import Dataset
 from llmbatch.data.files import Paths, SourceFile, resolve_files
+from llmbatch.data.identity import digest
 from llmbatch.data.plan import PlanInfo
 
 # Blocks hold about this much data: large enough for few files per write, small enough to bound
@@ -258,6 +259,7 @@ def _file_dataset(
         stream,
         name=f"{name}({len(files)} file{'' if len(files) == 1 else 's'})",
         info=PlanInfo(count_rows=count_rows),
+        identity=lambda: digest(name, include_paths, [file.identity() for file in files]),
     )
 
 

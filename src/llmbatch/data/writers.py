@@ -128,16 +128,47 @@ def _open_writer(
     if file_format == "parquet":
         return pq.ParquetWriter(stream, schema, **options)
     if file_format == "csv":
-        nested = [
-            f"{field.name!r} ({field.type})" for field in schema if pa.types.is_nested(field.type)
-        ]
-        if nested:
-            raise TypeError(
-                f"write_csv cannot store nested column(s) {', '.join(nested)}; "
-                f"use write_parquet or write_json, or flatten them with map first"
-            )
-        return pacsv.CSVWriter(stream, schema, **options)
+        return _CsvWriter(stream, schema, options)
     return _JsonLinesWriter(stream)
+
+
+def write_table(stream: pa.NativeFile, table: pa.Table, file_format: str, options: dict) -> None:
+    """Writes ``table`` whole as one file of ``file_format`` into ``stream``."""
+    writer = _open_writer(file_format, stream, table.schema, options)
+    writer.write(table)
+    writer.close()
+
+
+def nested_as_json(table: pa.Table) -> pa.Table:
+    """Lists, structs and maps as JSON text, which CSV can store."""
+    for index, column in enumerate(table.schema):
+        if pa.types.is_nested(column.type):
+            text = [
+                None if value is None else json.dumps(value, default=_json_value)
+                for value in table.column(index).to_pylist()
+            ]
+            table = table.set_column(index, column.name, pa.array(text, pa.string()))
+    return table
+
+
+def _csv_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema(
+        pa.field(f.name, pa.string()) if pa.types.is_nested(f.type) else f for f in schema
+    )
+
+
+class _CsvWriter:
+    """CSV with nested columns (lists, structs) stored as JSON text."""
+
+    def __init__(self, stream: pa.NativeFile, schema: pa.Schema, options: dict[str, Any]) -> None:
+        self._schema = _csv_schema(schema)
+        self._writer = pacsv.CSVWriter(stream, self._schema, **options)
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write(conform(nested_as_json(table), self._schema))
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class _JsonLinesWriter:

@@ -23,6 +23,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "detokenize": (bool,),
     "max_pending_requests": (int, type(None)),
     "max_concurrent_batches": (int,),
+    "max_error_rate": (float, int, type(None)),
 }
 
 
@@ -68,6 +69,7 @@ class LLMProcessorConfig:
     detokenize: bool = True
     max_pending_requests: int | None = None
     max_concurrent_batches: int = 8
+    max_error_rate: float | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> LLMProcessorConfig:
         # Checked here because the generated __init__ would only say "unexpected keyword".
@@ -102,6 +104,12 @@ class LLMProcessorConfig:
         if self.max_pending_requests is not None:
             self._check_positive("max_pending_requests", self.max_pending_requests)
         self._check_concurrency()
+        rate = self.max_error_rate
+        if rate is not None and not 0 <= rate <= 1:
+            raise ValueError(
+                f"{type(self).__name__}.max_error_rate must be in [0, 1] (a fraction of the "
+                f"rows, e.g. 0.5), got {rate!r}"
+            )
         if self.has_image:
             raise ValueError(
                 f"{type(self).__name__}.has_image=True: image inputs are not supported yet; "

@@ -27,6 +27,7 @@ from llmbatch.llm.columns import (
     set_column,
 )
 from llmbatch.llm.prefetch import Prefetcher
+from llmbatch.llm.replicas import RejectedRequest
 from llmbatch.llm.summary import RunStats
 
 if TYPE_CHECKING:
@@ -113,7 +114,11 @@ class _Run:
         self.stats = stage.current_stats()
         self.superseded = False
         self.engine = stage.acquire(self.supersede)
-        self.max_pending = stage.max_pending_requests or 2 * self.engine.config.max_num_seqs
+        # An in-process LLMEngine is one replica; a ReplicatedEngine says how many it runs.
+        replicas = getattr(self.engine, "num_replicas", 1)
+        self.max_pending = (
+            stage.max_pending_requests or 2 * self.engine.config.max_num_seqs * replicas
+        )
         self.prefix = f"r{next(_run_ids)}-"
         self.counter = itertools.count()
         self.tables: deque[pa.Table] = deque()
@@ -209,11 +214,14 @@ class _Run:
         slot.submitted_at = time.perf_counter()
         self.in_flight[slot.request_id] = slot
 
-    def collect(self, outputs: list[RequestOutput]) -> None:
+    def collect(self, outputs: list[RequestOutput | RejectedRequest]) -> None:
         now = time.perf_counter()
         for output in outputs:
             slot = self.in_flight.pop(output.request_id, None)
             if slot is None:
+                continue
+            if isinstance(output, RejectedRequest):
+                slot.error = format_error(self.stage.name, output.error)
                 continue
             slot.output = output
             slot.seconds = now - slot.submitted_at

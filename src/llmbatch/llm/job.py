@@ -4,15 +4,12 @@ which model runs it, and where the results go."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import yaml
 
 from llmbatch.llm.config import LLMProcessorConfig
@@ -21,6 +18,7 @@ from llmbatch.llm.summary import RunStats, RunSummary
 
 if TYPE_CHECKING:
     from llmbatch.data import Dataset
+    from llmbatch.data.resume import WriteReport
 
 FORMATS = ("csv", "parquet", "json")
 _EXTENSIONS = {
@@ -215,46 +213,50 @@ def read_input(spec: InputSpec) -> Dataset:
     return dataset.limit(spec.limit) if spec.limit is not None else dataset
 
 
-def nested_as_json(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-    """Lists and structs (messages, sampling_params, generated_tokens) as JSON text, for CSV."""
-    for table in tables:
-        for index, column in enumerate(table.schema):
-            if pa.types.is_nested(column.type):
-                text = [
-                    None if value is None else json.dumps(value, default=str)
-                    for value in table.column(index).to_pylist()
-                ]
-                table = table.set_column(index, column.name, pa.array(text, pa.string()))
-        yield table
+@dataclass(slots=True, frozen=True)
+class JobResult:
+    """A finished job: the processor's summary of this run and what the write committed."""
+
+    summary: RunSummary
+    report: WriteReport
 
 
-def write_output(dataset: Dataset, spec: OutputSpec) -> None:
-    if spec.format == "csv":
-        dataset.transform(nested_as_json, "nested_as_json").write_csv(spec.path)
-    elif spec.format == "json":
-        dataset.write_json(spec.path)
-    else:
-        dataset.write_parquet(spec.path)
-
-
-def run_job(spec: JobSpec, show_progress: bool = True) -> RunSummary:
-    """Reads, processes and writes; returns the run's summary."""
+def run_job(
+    spec: JobSpec,
+    show_progress: bool = True,
+    *,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+) -> JobResult:
+    """Reads, processes and writes, resuming an interrupted run of the same job into the same
+    output folder; ``overwrite`` replaces another job's output, ``retry_failed`` re-runs the
+    error rows of a finished one."""
+    from llmbatch.data.checkpoint import resumable_job
+    from llmbatch.data.resume import write_resumable
     from llmbatch.llm.processor import build_llm_processor
 
     dataset = read_input(spec.input)
-    missing = [c for c in spec.prompt.columns if c not in dataset.columns()]
-    if missing:
+    columns = dataset.columns() or []
+    missing = [c for c in spec.prompt.columns if c not in columns]
+    if missing and columns:
         raise JobError(
             f"prompt.user names column(s) {', '.join(map(repr, missing))} that the input lacks; "
-            f"its columns: {', '.join(dataset.columns())}"
+            f"its columns: {', '.join(columns)}"
         )
     total = spec.input.limit
     if "://" not in spec.input.path:
         total = dataset.count()
     with build_llm_processor(spec.processor, preprocess=spec.preprocess) as processor:
-        output = processor(dataset)
+        job = resumable_job(processor(dataset))
+        assert job is not None
         if show_progress:
-            output = with_progress(output, processor, total)
-        write_output(output, spec.output)
-        # A writer may skip an empty dataset without running it, leaving no run to summarise.
-        return processor.summary() or RunStats().summary()
+            job.run = lambda rows: with_progress(processor(rows), processor, total)
+        report = write_resumable(
+            job,
+            spec.output.path,
+            spec.output.format,
+            overwrite=overwrite,
+            retry_failed=retry_failed,
+        )
+        # A write with nothing left to do never runs the processor.
+        return JobResult(processor.summary() or RunStats().summary(), report)

@@ -6,10 +6,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmbatch.data.checkpoint import ResumableJob, crash_point, resumable
+from llmbatch.data.identity import code_identity, digest, value_identity
+from llmbatch.integrations.ray import is_ray_dataset, process_ray_dataset
 from llmbatch.llm.config import LLMProcessorConfig
 from llmbatch.llm.engine_stage import EngineStage
+from llmbatch.llm.replicas import start_engine
 from llmbatch.llm.summary import RunStats, RunSummary
 from llmbatch.llm.tokenizer_stages import ChatTemplateStage, DetokenizeStage, TokenizeStage
 from llmbatch.llm.user_stages import OutputStage, PreprocessStage, RowFn
@@ -19,6 +24,19 @@ if TYPE_CHECKING:
     from llmbatch.engine.llm_engine import LLMEngine
 
 logger = logging.getLogger("llmbatch")
+
+
+class ModelLoadError(ValueError):
+    """The model could not be loaded; raised before any row is read by a resumable write."""
+
+
+def model_identity(model_source: str) -> list[Any]:
+    """The model's name, and for a local file or folder its files' sizes and times."""
+    path = Path(model_source).expanduser()
+    if not path.exists():
+        return [model_source]
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return [model_source, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
 
 
 def engine_args(config: LLMProcessorConfig) -> dict[str, Any]:
@@ -44,10 +62,8 @@ class _EngineHolder:
         """The engine; loading it counts as the current run's start-up time."""
         with self._lock:
             if self._engine is None:
-                from llmbatch.engine.llm_engine import LLMEngine
-
                 started = time.perf_counter()
-                self._engine = LLMEngine.from_engine_args(**engine_args(self._config))
+                self._engine = start_engine(engine_args(self._config), self._config.concurrency)
                 self._current_stats().engine_startup_s += time.perf_counter() - started
             return self._engine
 
@@ -109,7 +125,11 @@ class Processor:
         _warn_single_host_fields(config)
 
     def __call__(self, dataset: Dataset) -> Dataset:
-        """The processed rows of `dataset`, lazily: nothing runs until the result is consumed."""
+        """The processed rows of `dataset`, lazily: nothing runs until the result is consumed.
+
+        A Ray Dataset gives a Ray Dataset, whose engine replicas are Ray actors."""
+        if is_ray_dataset(dataset):
+            return process_ray_dataset(self, dataset)
         _check_dataset(dataset)
         config = self.config
         holder = self._engine
@@ -131,10 +151,11 @@ class Processor:
         )
         if config.detokenize:
             stages.append(DetokenizeStage(holder.tokenizer))
-        stages.append(OutputStage(self.postprocess, self._start_run))
+        stages.append(OutputStage(self.postprocess, self._start_run, config.max_error_rate))
+        source = dataset
         for stage in stages:
             dataset = dataset.transform(stage, stage.name)
-        return dataset
+        return resumable(dataset, ResumableJob(source, self, self._identity, self._prepare))
 
     def summary(self) -> RunSummary | None:
         """The latest run's summary (live while it runs); None before any run."""
@@ -154,6 +175,19 @@ class Processor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _identity(self) -> str:
+        """What decides this processor's output, for resumable writes."""
+        return digest(
+            value_identity(self.config),
+            model_identity(self.config.model_source),
+            code_identity(self.preprocess),
+            code_identity(self.postprocess),
+        )
+
+    def _prepare(self) -> None:
+        self._engine.load()
+        crash_point("engine_loaded")
 
     def _start_run(self) -> RunStats:
         self._stats = RunStats()
@@ -181,12 +215,6 @@ def build_llm_processor(
 def _check_dataset(dataset: object) -> None:
     from llmbatch.data import Dataset
 
-    if type(dataset).__module__.split(".")[0] == "ray":
-        raise TypeError(
-            "Ray Datasets are not supported by this version of llmbatch: read the rows with "
-            "llmbatch.data (e.g. llmbatch.data.read_csv(path)), or convert them with "
-            "llmbatch.data.from_pandas(ray_dataset.to_pandas())"
-        )
     if not isinstance(dataset, Dataset):
         raise TypeError(
             f"a processor takes an llmbatch.data.Dataset, got {type(dataset).__name__}; "
@@ -196,11 +224,6 @@ def _check_dataset(dataset: object) -> None:
 
 def _warn_single_host_fields(config: LLMProcessorConfig) -> None:
     notes = []
-    if config.num_replicas > 1:
-        notes.append(
-            f"concurrency={config.concurrency!r}: one engine replica runs in this process "
-            "(it batches all rows on the local device)"
-        )
     if config.accelerator_type is not None:
         notes.append(
             f"accelerator_type={config.accelerator_type!r} has no effect: the engine uses the "

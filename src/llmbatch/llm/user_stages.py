@@ -28,12 +28,28 @@ RowFn = Callable[[Row], Row]
 
 logger = logging.getLogger("llmbatch")
 
+# The error rate is judged only after this many rows, so one early bad row does not stop a job.
+MIN_ROWS_FOR_ERROR_RATE = 20
+
+
+class ErrorRateExceeded(RuntimeError):
+    """Too many rows became error rows: the job stops instead of burning compute on them."""
+
 
 def _call(fn: RowFn, row: Row, stage: str) -> Row:
     result = fn(row)
     if not isinstance(result, dict):
         raise TypeError(f"{stage} must return a dict of columns, got {type(result).__name__}")
     return result
+
+
+def _explain_missing(exc: KeyError, row: Row) -> KeyError:
+    """A KeyError for a column the row lacks names the columns it has."""
+    key = exc.args[0] if exc.args else None
+    if not isinstance(key, str) or key in row:
+        return exc
+    columns = ", ".join(repr(name) for name in row)
+    return KeyError(f"the row has no column {key!r}; its columns are {columns}")
 
 
 def _check_error_column(table: pa.Table) -> None:
@@ -74,6 +90,9 @@ class PreprocessStage:
             row.pop(ERROR, None)
             try:
                 results.append(_call(self._fn, row, self.name))
+            except KeyError as exc:
+                errors[i] = format_error(self.name, _explain_missing(exc, row))
+                results.append(None)
             except Exception as exc:
                 errors[i] = format_error(self.name, exc)
                 results.append(None)
@@ -97,13 +116,20 @@ class OutputStage:
 
     name = "postprocess"
 
-    def __init__(self, fn: RowFn | None, start_run: Callable[[], RunStats]) -> None:
+    def __init__(
+        self,
+        fn: RowFn | None,
+        start_run: Callable[[], RunStats],
+        max_error_rate: float | None = None,
+    ) -> None:
         self._fn = fn
         self._start_run = start_run
+        self._max_error_rate = max_error_rate
 
     def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
         stats = self._start_run()
         seen_kinds: set[str] = set()
+        first_errors: dict[str, str] = {}
         for block in blocks:
             table = as_table(block)
             table = self._apply(table) if self._fn is not None else table
@@ -119,9 +145,24 @@ class OutputStage:
                 stats.errors_by_kind[kind] += 1
                 if kind not in seen_kinds:
                     seen_kinds.add(kind)
+                    first_errors[kind] = error
                     logger.warning("first error row from stage %r: %s", kind, error)
+            self._check_error_rate(stats, first_errors)
             yield table
         stats.finished_at = time.perf_counter()
+
+    def _check_error_rate(self, stats: RunStats, first_errors: dict[str, str]) -> None:
+        limit = self._max_error_rate
+        if limit is None or stats.rows < MIN_ROWS_FOR_ERROR_RATE:
+            return
+        errors = sum(stats.errors_by_kind.values())
+        if errors / stats.rows > limit:
+            examples = "; ".join(first_errors.values())
+            raise ErrorRateExceeded(
+                f"stopped: {errors} of the first {stats.rows} rows are error rows, more than "
+                f"max_error_rate={limit}. First errors: {examples}. Fix the cause and run again "
+                f"(finished rows stay committed), or raise max_error_rate"
+            )
 
     def _apply(self, table: pa.Table) -> pa.Table:
         if table.num_rows == 0:

@@ -1,0 +1,337 @@
+"""GPU throughput: llmbatch and transformers on the same random weights, same card, same run.
+
+    PYTHONPATH=src python bench/gpu_throughput.py --shape llama-8b --out results.json
+
+Workloads and peers are those of BENCHMARKS.md; one table is printed last. transformers runs on a
+prefix of each workload (its static batches take minutes on the full sets): its rates are
+per-second figures over the requests it ran, which is what the comparison needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from workloads import Workload, build
+
+SHAPES = {
+    "llama-8b": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=14336,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+    ),
+    "qwen-0.5b": dict(
+        architectures=["Qwen2ForCausalLM"],
+        model_type="qwen2",
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+    ),
+}
+
+
+def make_hf_model(shape: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = dict(SHAPES[shape])
+    model_type = kwargs.pop("model_type")
+    config = AutoConfig.for_model(model_type, **kwargs)
+    config.pad_token_id = 0
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    return model.eval(), config
+
+
+def hf_generate(model, workload: Workload, batch_size: int) -> dict:
+    """Static batches, left padding; each batch decodes to its longest requested output."""
+    generated = 0
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for first in range(0, len(workload.prompts), batch_size):
+        prompts = workload.prompts[first : first + batch_size]
+        out_lens = workload.output_lens[first : first + batch_size]
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        with torch.no_grad():
+            model.generate(
+                input_ids=ids.cuda(),
+                attention_mask=mask.cuda(),
+                max_new_tokens=max(out_lens),
+                min_new_tokens=max(out_lens),
+                do_sample=False,
+                pad_token_id=0,
+            )
+        generated += sum(out_lens)
+    torch.cuda.synchronize()
+    return _rates(workload, time.perf_counter() - start)
+
+
+def hf_generate_batch(model, workload: Workload) -> dict:
+    from transformers import GenerationConfig
+
+    model.set_attn_implementation("paged|sdpa")
+    config = GenerationConfig(
+        max_new_tokens=max(workload.output_lens),
+        min_new_tokens=max(workload.output_lens),
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=-1,
+    )
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate_batch(inputs=workload.prompts, generation_config=config)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    model.set_attn_implementation("sdpa")
+    return _rates(workload, elapsed)
+
+
+def run_peers(hf_model, name: str, subset: Workload, peers: list[str]) -> list[dict]:
+    results = []
+    for engine in peers:
+        if engine == "generate_batch" and name != "seed":
+            continue
+        label = {
+            "generate": "transformers generate() b256",
+            "generate_batch": "transformers generate_batch()",
+        }[engine]
+        try:
+            if engine == "generate":
+                rates = hf_generate(hf_model, subset, 256)
+            else:
+                rates = hf_generate_batch(hf_model, subset)
+        except Exception as exc:  # a peer's failure must not cost the rest of the run
+            print(f"{label} on {name} failed: {exc!r}", flush=True)
+            continue
+        results.append({"engine": label, "workload": name, **rates})
+        print(results[-1], flush=True)
+    return results
+
+
+def _rates(workload: Workload, seconds: float) -> dict:
+    n = len(workload.prompts)
+    return {
+        "requests": n,
+        "seconds": seconds,
+        "rows_per_s": n / seconds,
+        "output_tok_s": workload.num_output_tokens / seconds,
+        "total_tok_s": (workload.num_output_tokens + workload.num_prompt_tokens) / seconds,
+    }
+
+
+def run_llmbatch(llm, workload: Workload) -> dict:
+    from llmbatch import SamplingParams
+
+    params = [
+        SamplingParams(max_tokens=n, ignore_eos=True, temperature=1.0, detokenize=False)
+        for n in workload.output_lens
+    ]
+    warm = workload.head(min(64, len(workload.prompts)))
+    llm.generate(warm.prompts, params[: len(warm.prompts)])
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = llm.llm_engine.stats
+    start = time.perf_counter()
+    outputs = llm.generate(workload.prompts, params)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    after = llm.llm_engine.stats
+    assert [len(o.token_ids) for o in outputs] == workload.output_lens
+    result = _rates(workload, elapsed)
+    result["cached_prompt_tokens"] = after.num_cached_tokens - before.num_cached_tokens
+    result["steps"] = after.num_steps - before.num_steps
+    result["preemptions"] = after.num_preemptions - before.num_preemptions
+    result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def profile_steps(llm, workload: Workload, path: Path) -> str:
+    """Where the time of a few steady-state steps goes, by kernel family."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llmbatch import SamplingParams
+
+    engine = llm.llm_engine
+    params = SamplingParams(max_tokens=64, ignore_eos=True, temperature=1.0, detokenize=False)
+    for i, prompt in enumerate(workload.prompts[:256]):
+        engine.add_request(f"profile-{i}", prompt, params)
+    for _ in range(8):  # past the prefills, into steady decode
+        engine.step()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            engine.step()
+        torch.cuda.synchronize()
+    while engine.has_unfinished():
+        engine.step()
+    prof.export_chrome_trace(str(path))
+    families = {"gemm": 0.0, "attention": 0.0, "sampling": 0.0, "norm/rope/act": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", None) or getattr(
+            event, "cuda_time_total", 0
+        )
+        if event.device_type.name != "CUDA" or not device_us:
+            continue
+        name = event.key.lower()
+        if any(k in name for k in ("gemm", "cutlass", "sm90", "matmul", "nvjet")):
+            families["gemm"] += device_us
+        elif any(k in name for k in ("attn", "attention", "decode", "prefill", "kv_cache")):
+            families["attention"] += device_us
+        elif any(
+            k in name for k in ("softmax", "sort", "topk", "exponential", "argmax", "multinomial")
+        ):
+            families["sampling"] += device_us
+        elif any(k in name for k in ("rms", "rotary", "silu")):
+            families["norm/rope/act"] += device_us
+        else:
+            families["other"] += device_us
+    gpu_total = sum(families.values())
+    lines = [
+        f"{k}: {v / 5 / 1000:.2f} ms/step ({100 * v / max(gpu_total, 1):.0f}%)"
+        for k, v in families.items()
+    ]
+    return "; ".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-8b")
+    parser.add_argument("--workloads", default="seed,sharegpt,short,decode")
+    parser.add_argument("--peers", default="generate,generate_batch")
+    parser.add_argument("--peer-requests", type=int, default=512)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="SmolLM2's tokenizer folder (for the seed workload's chat template); default: the "
+        "provisioned model",
+    )
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("gpu_throughput.json"))
+    args = parser.parse_args()
+    if args.tokenizer is None:
+        from llmbatch.models.provisioned import smollm2_dir
+
+        args.tokenizer = smollm2_dir()
+
+    from transformers import AutoTokenizer
+
+    from llmbatch import LLM
+
+    card = torch.cuda.get_device_name()
+    names = args.workloads.split(",")
+    vocab = SHAPES[args.shape]["vocab_size"]
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if "seed" in names else None
+    workloads = {name: build(name, vocab, tokenizer) for name in names}
+    rows: list[dict] = []
+
+    hf_model, hf_config = make_hf_model(args.shape)
+    peers = [p for p in args.peers.split(",") if p]
+    for name, workload in workloads.items():
+        subset = workload.head(args.peer_requests if name != "sharegpt" else 256)
+        rows.extend(run_peers(hf_model, name, subset, peers))
+    weights = {k: v.to("cpu") for k, v in hf_model.state_dict().items()}
+    del hf_model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    with tempfile.TemporaryDirectory() as folder:
+        hf_config.save_pretrained(folder)
+        start = time.perf_counter()
+        llm = LLM(
+            folder,
+            load_format="dummy",
+            dtype="bfloat16",
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+        )
+        startup = time.perf_counter() - start
+        # Same weights as the transformers peer.
+        llm.llm_engine._runner.model.load_weights(weights.items())
+        del weights
+        for name, workload in workloads.items():
+            rows.append(
+                {
+                    "engine": "llmbatch",
+                    "workload": name,
+                    "startup_s": startup,
+                    **run_llmbatch(llm, workload),
+                }
+            )
+            print(rows[-1], flush=True)
+        profile = None
+        if args.profile:
+            profile = profile_steps(
+                llm,
+                workloads.get("short") or next(iter(workloads.values())),
+                args.out.with_suffix(".trace.json"),
+            )
+            print("profile:", profile, flush=True)
+        llm.close()
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "card": card,
+        "shape": args.shape,
+        "commit": commit or "unknown",
+        "command": " ".join(sys.argv),
+        "startup_s": startup,
+        "profile": profile,
+        "rows": rows,
+    }
+    args.out.write_text(json.dumps(record, indent=2))
+    print(f"\n{card}, {args.shape}, bf16, random weights; llmbatch start-up {startup:.1f} s")
+    print("| workload | engine | requests | rows/s | output tok/s | total tok/s | vs generate() |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in workloads:
+        base = next(
+            (r for r in rows if r["workload"] == name and "generate()" in r["engine"]), None
+        )
+        for r in (r for r in rows if r["workload"] == name):
+            ratio = f"{r['output_tok_s'] / base['output_tok_s']:.1f}x" if base else "-"
+            print(
+                f"| {name} | {r['engine']} | {r['requests']} | {r['rows_per_s']:.1f} | "
+                f"{r['output_tok_s']:,.0f} | {r['total_tok_s']:,.0f} | {ratio} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""How many engine replicas a processor's ``concurrency`` gives on this host, and their devices.
+
+As in Ray Data LLM, an int ``concurrency`` is an upper bound and a ``(min, max)`` pair sets both
+bounds. A replica needs ``tensor_parallel_size`` GPUs on a GPU host; on a CPU-only host it needs
+``tensor_parallel_size`` cores, so an int gives ``min(concurrency, cores // tensor_parallel_size)``
+replicas (at least one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger("llmbatch")
+
+
+@dataclass(slots=True, frozen=True)
+class ReplicaPlan:
+    """The replicas to start: one entry of ``devices`` per replica."""
+
+    devices: tuple[str, ...]
+    """"cpu", or the GPU indices a replica owns, comma-separated (its CUDA_VISIBLE_DEVICES)."""
+    num_threads: int | None
+    """torch threads per CPU replica, so that replicas split the cores instead of fighting."""
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self.devices)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.devices[0] != "cpu"
+
+
+def host_cpu_count() -> int:
+    """Cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _host_gpus(device: str) -> list[int]:
+    """The GPUs replicas may use for ``device`` ("auto", "cpu", "cuda" or "cuda:N")."""
+    if device == "cpu":
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    if device.startswith("cuda:"):
+        return [int(device.split(":", 1)[1])]
+    return list(range(torch.cuda.device_count()))
+
+
+def plan_replicas(concurrency: int | tuple[int, int], engine_kwargs: dict[str, Any]) -> ReplicaPlan:
+    """The replicas for ``concurrency`` on this host.
+
+    Raises ValueError when the host cannot run the minimum asked for; logs one warning when it
+    runs fewer than an int ``concurrency`` asks.
+    """
+    low, high = (1, concurrency) if isinstance(concurrency, int) else concurrency
+    tp = int(engine_kwargs.get("tensor_parallel_size", 1))
+    gpus = _host_gpus(str(engine_kwargs.get("device", "auto")))
+    if gpus:
+        available = len(gpus) // tp
+        host = f"{len(gpus)} GPU(s) for engine replicas of tensor_parallel_size={tp}"
+    else:
+        cores = host_cpu_count()
+        available = max(1, cores // tp)
+        host = f"no GPU and {cores} CPU core(s) (one replica per {tp} core(s))"
+    if available < low:
+        raise ValueError(
+            f"concurrency={concurrency!r} needs at least {low} engine replicas, but this host has "
+            f"{host}, enough for {available}; lower the minimum of concurrency"
+        )
+    count = min(high, available)
+    if count < high:
+        logger.warning(
+            "concurrency=%r: running %d engine replica(s); this host has %s",
+            concurrency,
+            count,
+            host,
+        )
+    if gpus:
+        devices = tuple(",".join(str(g) for g in gpus[i * tp : (i + 1) * tp]) for i in range(count))
+        return ReplicaPlan(devices=devices, num_threads=None)
+    return ReplicaPlan(devices=("cpu",) * count, num_threads=max(1, host_cpu_count() // count))
