@@ -95,7 +95,9 @@ def hf_generate(model, workload: Workload, batch_size: int) -> dict:
             )
         generated += sum(out_lens)
     torch.cuda.synchronize()
-    return _rates(workload, time.perf_counter() - start)
+    result = _rates(workload, time.perf_counter() - start)
+    result["batch_size"] = min(batch_size, len(workload.prompts))
+    return result
 
 
 def hf_generate_batch(model, workload: Workload) -> dict:
@@ -125,7 +127,7 @@ def run_peers(hf_model, name: str, subset: Workload, peers: list[str]) -> list[d
         if engine == "generate_batch" and name != "seed":
             continue
         label = {
-            "generate": "transformers generate() b256",
+            "generate": "transformers generate()",
             "generate_batch": "transformers generate_batch()",
         }[engine]
         try:
@@ -262,7 +264,8 @@ def main() -> None:
     hf_model, hf_config = make_hf_model(args.shape)
     peers = [p for p in args.peers.split(",") if p]
     for name, workload in workloads.items():
-        subset = workload.head(args.peer_requests if name != "sharegpt" else 256)
+        long_outputs = name in ("sharegpt", "decode")
+        subset = workload.head(min(args.peer_requests, 128) if long_outputs else args.peer_requests)
         rows.extend(run_peers(hf_model, name, subset, peers))
     weights = {k: v.to("cpu") for k, v in hf_model.state_dict().items()}
     del hf_model

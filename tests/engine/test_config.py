@@ -53,7 +53,7 @@ def test_model_is_required():
         (dict(block_size=24), "block_size must be a power of two"),
         (dict(gpu_memory_utilization=1.5), r"gpu_memory_utilization must be in \(0, 1\]"),
         (dict(gpu_memory_utilization=0.0), r"gpu_memory_utilization must be in \(0, 1\]"),
-        (dict(tensor_parallel_size=2), "tensor_parallel_size=2 is not supported yet"),
+        (dict(tensor_parallel_size=0), "tensor_parallel_size must be at least 1"),
         (dict(pipeline_parallel_size=4), "pipeline_parallel_size=4 is not supported yet"),
         (dict(dtype="int8"), "dtype='int8' is not supported; accepted: auto, float32"),
         (dict(dtype=torch.int8), "dtype=torch.int8 is not supported"),

@@ -1,11 +1,19 @@
 """A job killed (SIGKILL) at any moment and run again ends with every row exactly once, as an
-uninterrupted run writes it."""
+uninterrupted run writes it.
+
+Each run is a real process killed for real: a chain of runs into one folder, each dying at its
+own moment, then one that finishes. The processes are forked from a server that has imported
+llmbatch and torch once (multiprocessing's forkserver), so a run costs the model load and the
+rows, not the imports; the server is a fresh process, so no thread pool of the test process is
+forked.
+"""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,34 +22,76 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-NUM_ROWS = 12
-# (named point, hit number): while loading, before and inside shards and manifest writes.
-CRASH_POINTS = [
-    ("job_start", 1),
-    ("engine_loaded", 1),
-    ("input_block", 1),
-    ("output_block", 1),
-    ("output_block", 3),
-    ("shard_before_rename", 1),
-    ("shard_before_rename", 4),
-    ("shard_renamed", 1),
-    ("shard_renamed", 5),
-    ("manifest_before_write", 3),
-    ("manifest_renamed", 2),
-    ("manifest_renamed", 6),
+from llmbatch.data.checkpoint import CRASH_ENV, MANIFEST_NAME
+
+NUM_ROWS = 8
+# Each chain runs into one folder: every step is a run killed at one moment, then a last run
+# finishes. "point:N" kills at the Nth visit of a named point within that run; "timed:load"
+# shortly after start, while the model loads; "timed:rows" right after the run commits a shard.
+# With batch_size 2 a full run commits 4 shards and saves the manifest 6 times (once when it
+# claims the folder, once per shard, once when complete).
+CHAINS = {
+    "before_and_between_shards": [
+        "job_start:1",
+        "engine_loaded:1",
+        "input_block:1",
+        "output_block:2",
+        "shard_before_rename:1",
+        "manifest_before_write:3",
+        "timed:rows",
+    ],
+    "around_commits": [
+        "timed:load",
+        "shard_renamed:2",
+        "manifest_renamed:3",
+        "output_block:1",
+        "manifest_before_write:1",
+        "shard_before_rename:1",
+    ],
+}
+# Modules the runs import, loaded once by the fork server instead of by every run.
+PRELOAD = [
+    "torch",
+    "accelerate",
+    "sympy",
+    "llmbatch.cli",
+    "llmbatch.llm.job",
+    "llmbatch.llm.processor",
+    "llmbatch.engine.llm_engine",
+    "llmbatch.layers.attention.torch_backend",
 ]
 
 
-def _run(job: Path, env_extra: dict[str, str]) -> subprocess.Popen:
-    env = {**os.environ, **env_extra}
-    command = [sys.executable, "-m", "llmbatch.cli", "run", str(job), "--no-progress"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _run_cli(job: str, crash_at: str, log: str) -> None:
+    """A child process: `llmbatch run job`, its output in `log`."""
+    from llmbatch.cli import main
+
+    if crash_at:
+        os.environ[CRASH_ENV] = crash_at
+    with open(log, "wb") as file:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+    sys.exit(main(["run", job, "--no-progress"]))
 
 
-def _finish(job: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    process = _run(job, env_extra or {})
-    out, err = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+@pytest.fixture(scope="module")
+def runner():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+
+    def start(job: Path, crash_at: str = "") -> tuple[multiprocessing.Process, Path]:
+        log = job.with_suffix(f".{time.monotonic_ns()}.log")
+        process = context.Process(target=_run_cli, args=(str(job), crash_at, str(log)))
+        process.start()
+        return process, log
+
+    return start
+
+
+def _finish(runner, job: Path, crash_at: str = "") -> tuple[int, str]:
+    process, log = runner(job, crash_at)
+    process.join(timeout=300)
+    return process.exitcode, log.read_text()
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -65,10 +115,14 @@ def job_factory(tmp_path_factory, smollm2_dir):
             "processor": {
                 "model_source": smollm2_dir,
                 "batch_size": 2,
-                "engine_kwargs": {"kv_cache_memory_bytes": 64 << 20, "max_model_len": 256},
+                "engine_kwargs": {
+                    "kv_cache_memory_bytes": 16 << 20,
+                    "max_model_len": 128,
+                    "max_num_seqs": 4,
+                },
             },
             "prompt": {"user": "Say a word about {word}."},
-            "sampling_params": {"temperature": 0, "max_tokens": 4},
+            "sampling_params": {"temperature": 0, "max_tokens": 2},
             "output": {"path": str(out), "format": "parquet"},
         }
         job = base / f"{name}.yaml"
@@ -79,41 +133,56 @@ def job_factory(tmp_path_factory, smollm2_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(job_factory) -> list[dict]:
+def reference(runner, job_factory) -> list[dict]:
     job, out = job_factory("reference")
-    result = _finish(job)
-    assert result.returncode == 0, result.stderr.decode()
+    code, log = _finish(runner, job)
+    assert code == 0, log
     rows = _rows(out)
     assert [row["id"] for row in rows] == list(range(NUM_ROWS))
     return rows
 
 
-def test_kill_at_named_points_then_resume(job_factory, reference):
-    for point, hit in CRASH_POINTS:
-        job, out = job_factory(f"{point}_{hit}")
-        killed = _finish(job, {"LLMBATCH_TEST_CRASH_AT": f"{point}:{hit}"})
-        assert killed.returncode == -signal.SIGKILL, (point, hit, killed.stderr.decode())
-        resumed = _finish(job)
-        assert resumed.returncode == 0, (point, hit, resumed.stderr.decode())
-        assert _rows(out) == reference, (point, hit)
-        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+def _listed_shards(out: Path) -> int:
+    try:
+        return len(json.loads((out / MANIFEST_NAME).read_text())["shards"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
-def test_kill_at_timed_moments_then_resume(job_factory, reference):
-    for delay in (3.0, 6.0, 9.0):
-        job, out = job_factory(f"timed_{delay}")
-        process = _run(job, {})
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
-        resumed = _finish(job)
-        assert resumed.returncode == 0, resumed.stderr.decode()
-        assert _rows(out) == reference
+def _kill_when(runner, job: Path, out: Path, moment: str) -> int:
+    process, _ = runner(job)
+    if moment == "load":
+        time.sleep(1.0)
+    else:
+        listed = _listed_shards(out)
+        deadline = time.monotonic() + 120
+        while process.is_alive() and _listed_shards(out) <= listed:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    process.kill()
+    process.join()
+    return process.exitcode
 
 
-def test_rerun_of_a_finished_job_skips_every_row(job_factory, reference):
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_kills_at_many_moments_then_resume(runner, job_factory, reference, chain):
+    job, out = job_factory(chain)
+    for step in CHAINS[chain]:
+        kind, _, detail = step.partition(":")
+        if kind == "timed":
+            code, log = _kill_when(runner, job, out, detail), ""
+        else:
+            code, log = _finish(runner, job, step)
+        assert code == -signal.SIGKILL, (step, log)
+    code, log = _finish(runner, job)
+    assert code == 0, log
+    assert _rows(out) == reference
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_rerun_of_a_finished_job_skips_every_row(runner, job_factory, reference):
     job, out = job_factory("reference")
-    result = _finish(job)
-    assert result.returncode == 0
-    assert b"wrote 0 rows to" in result.stdout and b"12 were already there" in result.stdout
+    code, log = _finish(runner, job)
+    assert code == 0, log
+    assert "wrote 0 rows to" in log and "8 were already there" in log
     assert _rows(out) == reference

@@ -207,7 +207,13 @@ class OutputFolder:
         fs, fs_path, _ = _filesystem_for(path, filesystem)
         if fs.get_file_info(fs_path).type == pafs.FileType.File:
             raise FileExistsError(f"{path!r} is a file; writers need a folder to put files in")
-        fs.create_dir(fs_path, recursive=True)
+        try:
+            fs.create_dir(fs_path, recursive=True)
+        except OSError as error:
+            raise PermissionError(
+                f"cannot create the output folder {path!r}: {error}; choose a folder you can "
+                f"write to"
+            ) from error
         return cls(fs, fs_path)
 
     def check_writable(self) -> None:

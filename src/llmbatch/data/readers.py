@@ -14,6 +14,13 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from llmbatch.data.blocks import Stream, coalesce, rows_to_table
+from llmbatch.data.csv_checks import (
+    BadLineCollector,
+    BadLines,
+    check_bad_lines_mode,
+    check_text_columns,
+    with_bad_line_handler,
+)
 from llmbatch.data.dataset import Dataset
 from llmbatch.data.files import Paths, SourceFile, resolve_files
 from llmbatch.data.identity import digest
@@ -42,6 +49,7 @@ def read_csv(
     convert_options: pacsv.ConvertOptions | None = None,
     include_paths: bool = False,
     file_extensions: Sequence[str] | None = None,
+    on_bad_lines: BadLines = "error_row",
 ) -> Dataset:
     """Reads CSV files lazily, block by block (``pyarrow.csv.open_csv``); never a whole file.
 
@@ -53,22 +61,41 @@ def read_csv(
     with ``read_options`` given, each block is one ``read_options.block_size`` piece instead
     (pyarrow parses a few dozen pieces ahead, so memory grows with the piece size).
     ``include_paths`` adds a "path" column naming each row's file.
+
+    A malformed line (too many or too few fields), with ``on_bad_lines``: ``"error_row"`` (the
+    default) gives a row with every column null and an ``error`` column naming the file, the
+    line and the fault, placed after the good rows of its file (an LLM processor passes it
+    through as an error row); ``"fail"`` raises an error naming the file and line; ``"skip"``
+    drops it with a warning counting the skipped lines. A ``parse_options.invalid_row_handler``
+    of your own replaces all three. An empty file has no columns and no rows. Text that is not
+    valid UTF-8 (and no ``encoding`` given) is an error naming the file, line and byte offset.
     """
+    check_bad_lines_mode(on_bad_lines)
     files = resolve_files(paths, filesystem, _extensions(file_extensions, CSV_EXTENSIONS))
     join_pieces = read_options is None
     names_known = convert_options is None or not convert_options.include_columns
     read_options = read_options or pacsv.ReadOptions()
 
     def read_file(file: SourceFile) -> Stream:
+        bad_lines = BadLineCollector(file.path, on_bad_lines)
+        read, parse = with_bad_line_handler(read_options, parse_options, bad_lines)
         with file.open_stream() as stream:
             try:
-                reader = pacsv.open_csv(stream, read_options, parse_options, convert_options)
+                reader = pacsv.open_csv(stream, read, parse, convert_options)
             except pa.ArrowInvalid as error:
-                raise ValueError(f"Cannot read CSV {file.path}: {error}") from error
+                if str(error) == "Empty CSV file":
+                    yield pa.table({})
+                    return
+                raise ValueError(_csv_error(error, file.path, None)) from error
             tables = _csv_tables(reader, file.path, names_known)
-            yield from (
+            for table in (
                 coalesce(tables, attrgetter("nbytes"), BLOCK_BYTES) if join_pieces else tables
-            )
+            ):
+                check_text_columns(table, convert_options, file.path, file.open_stream)
+                yield table
+            error_rows = bad_lines.error_rows(reader.schema)
+            if error_rows is not None:
+                yield error_rows
 
     return _file_dataset("read_csv", files, read_file, include_paths)
 
@@ -92,6 +119,11 @@ def _csv_tables(reader: pacsv.CSVStreamingReader, path: str, names_known: bool) 
 def _csv_error(error: pa.ArrowInvalid, path: str, names: list[str] | None) -> str:
     """pyarrow names the column by its position in the file; the fix needs its name."""
     message = f"Cannot read CSV {path}: {error}"
+    if "CSV parse error" in str(error):
+        return (
+            f"{message} (Row #N is line N of the file); fix that line, or read with "
+            f'on_bad_lines="error_row" or "skip"'
+        )
     match = re.search(r"column #(\d+)", str(error))
     if match is None:
         return message

@@ -105,6 +105,20 @@ def write_resumable(
     )
 
 
+def rows_to_process(path: PathLike, total_rows: int | None, filesystem: Any = None) -> int | None:
+    """How many rows a resumable write into ``path`` is about to process, once it has claimed
+    the folder: ``total_rows`` less those committed, or the error rows of a complete output
+    (which only a retry processes). None when ``total_rows`` is unknown."""
+    manifest = Manifest.load(OutputFolder.create(path, filesystem))
+    if manifest is None:
+        return total_rows
+    if manifest.complete:
+        return sum(len(shard.errors) for shard in manifest.shards)
+    if total_rows is None:
+        return None
+    return max(total_rows - manifest.committed_rows(), 0)
+
+
 def clear_for_plain_write(
     path: PathLike, file_format: str, filesystem: Any, overwrite: bool
 ) -> None:
@@ -128,7 +142,11 @@ def _claim(folder: OutputFolder, fingerprint: str, file_format: str, overwrite: 
     """The manifest to continue: this job's, or a new one once other outputs are cleared."""
     manifest = Manifest.load(folder)
     if manifest is not None and (manifest.job != fingerprint or manifest.format != file_format):
-        if not overwrite:
+        # A job that stopped before committing a row (e.g. its model failed to load) leaves
+        # nothing to protect.
+        if not manifest.shards:
+            manifest = None
+        elif not overwrite:
             raise OutputConflictError(
                 f"{folder.fs_path} holds the output of a different job (its input, model, "
                 f"settings, code or format differ from this one); write with overwrite=True "

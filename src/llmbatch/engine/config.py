@@ -46,7 +46,8 @@ class EngineConfig:
       num_gpu_blocks_override: a fixed number of KV blocks of block_size tokens (any device).
     - enforce_eager: never use CUDA graphs (otherwise decode steps replay captured graphs when
       the attention backend allows it: "triton").
-    - tensor_parallel_size, pipeline_parallel_size: 1 only, for now.
+    - tensor_parallel_size: shards the model over this many GPUs (CPU processes on a CPU host);
+      it must divide the model's attention and KV heads. pipeline_parallel_size: 1 only.
     - trust_remote_code, revision, load_format ("auto" or "dummy": random weights): loading.
     - max_logprobs: largest `logprobs` a request may ask for.
     - device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
@@ -186,12 +187,15 @@ def _check_values(c: EngineConfig) -> None:
         c.block_size >= 1 and c.block_size & (c.block_size - 1) == 0 and c.block_size <= 256,
         f"block_size must be a power of two from 1 to 256 (e.g. 16 or 32), got {c.block_size}",
     )
-    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
-        _require(
-            getattr(c, name) == 1,
-            f"{name}={getattr(c, name)} is not supported yet; only 1 is accepted "
-            "(run one engine per GPU instead, e.g. through the processor's concurrency)",
-        )
+    _require(
+        c.tensor_parallel_size >= 1,
+        f"tensor_parallel_size must be at least 1, got {c.tensor_parallel_size}",
+    )
+    _require(
+        c.pipeline_parallel_size == 1,
+        f"pipeline_parallel_size={c.pipeline_parallel_size} is not supported yet; only 1 is "
+        "accepted (use tensor_parallel_size to split a model over GPUs)",
+    )
     _require(
         c.load_format in LOAD_FORMATS,
         f"load_format={c.load_format!r} is not supported; accepted: {', '.join(LOAD_FORMATS)}",

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from llmbatch.distributed.workers import load_sharded_model
 from llmbatch.engine.block_manager import BlockManager
 from llmbatch.engine.config import DTYPE_NAMES, EngineConfig, resolve_device
 from llmbatch.engine.detokenizer import IncrementalDetokenizer
@@ -19,7 +20,6 @@ from llmbatch.engine.outputs import RequestOutput
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.scheduler import Scheduler
-from llmbatch.models import load_model
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 
@@ -51,8 +51,8 @@ class LLMEngine:
         backend = config.attention_backend
         if backend == "auto":
             backend = "triton" if device.startswith("cuda") else "torch"
-        loaded = load_model(
-            config.model,
+        loaded, self._workers = load_sharded_model(
+            config,
             dtype=DTYPE_NAMES.get(config.dtype, config.dtype),
             device=device,
             attention_backend=backend,
@@ -77,7 +77,11 @@ class LLMEngine:
         self._runner = ModelRunner(
             loaded.model, dataclasses.replace(config, device=device), loaded.dtype
         )
-        num_blocks = self._runner.allocate_kv_cache(max_batched, max_model_len)
+        num_blocks = (
+            self._runner.allocate_kv_cache(max_batched, max_model_len)
+            if self._workers is None
+            else self._workers.attach(self._runner, max_batched, max_model_len)
+        )
         max_model_len = _fit_kv_cache(config, max_model_len, num_blocks * config.block_size)
         self.config = dataclasses.replace(
             config,
@@ -88,7 +92,8 @@ class LLMEngine:
         )
         self.max_model_len = max_model_len
         # The triton backend never syncs with the host, so its decode steps can be captured.
-        if device.startswith("cuda") and backend == "triton" and not config.enforce_eager:
+        eager = config.enforce_eager or self._workers is not None
+        if device.startswith("cuda") and backend == "triton" and not eager:
             self._runner.capture_decode_graphs(max_model_len)
         self.num_kv_blocks = num_blocks
         self._block_manager = BlockManager(
@@ -161,10 +166,9 @@ class LLMEngine:
         for request, num_new in zip(batch.requests, batch.num_new_tokens):
             request.num_computed_tokens += num_new
         finished: list[RequestOutput] = []
+        self._stats.num_generated_tokens += len(result.token_ids)
         for request, token_id, logprobs in zip(result.requests, result.token_ids, result.logprobs):
-            request.append_token(token_id, logprobs)
-            self._stats.num_generated_tokens += 1
-            if request.is_finished:
+            if request.append_token(token_id, logprobs):
                 self._scheduler.finish(request)
                 finished.append(self._retire(request))
         self._stats.num_steps += 1
@@ -191,6 +195,8 @@ class LLMEngine:
         self._scheduler.waiting.clear()
         self._scheduler.running.clear()
         self._runner.close()
+        if self._workers is not None:
+            self._workers.close()
 
     def __enter__(self) -> LLMEngine:
         return self

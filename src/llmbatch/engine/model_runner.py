@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.models import CausalLM
 
 logger = logging.getLogger(__name__)
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32}
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         self._decode_graphs: DecodeGraphs | None = None
+        self._host_buffers: list[torch.Tensor | None] = [None, None]
 
     def allocate_kv_cache(self, max_num_batched_tokens: int, max_model_len: int) -> int:
         """Sizes and allocates the KV cache; returns its number of blocks."""
@@ -63,6 +66,8 @@ class ModelRunner:
                     else default_cpu_kv_cache_bytes()
                 )
             num_blocks = budget // bytes_per_block
+        # every tensor-parallel rank indexes the same block ids into its own shard of the cache
+        num_blocks = self.model.tensor_parallel.min_over_ranks(num_blocks, self.device)
         if num_blocks < 1:
             raise ValueError(
                 f"no memory is left for the KV cache (one block of {self.block_size} tokens needs "
@@ -95,20 +100,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepResult:
-        input_ids, positions, meta, sample_rows = self._prepare_inputs(batch)
+        input_ids, positions, meta, sample_rows, sampling = self._prepare_inputs(batch)
         graphs = self._decode_graphs
         if graphs is not None and meta.is_decode_only and meta.num_seqs <= graphs.max_batch_size:
             hidden = graphs.run(input_ids, positions, meta)
         else:
             hidden = self.model(input_ids, positions, self.kv_caches, meta)
-        sampling = [
-            request
-            for request, num_new in zip(batch.requests, batch.num_new_tokens)
-            if request.num_computed_tokens + num_new == request.num_tokens
-        ]
         if not sampling:
             return StepResult([], [], [])
-        logits = self.model.compute_logits(hidden[sample_rows])
+        logits = self.model.compute_logits(hidden if sample_rows is None else hidden[sample_rows])
         sampled = self.sampler(logits, sampling)
         return StepResult(sampling, sampled.token_ids, sampled.logprobs)
 
@@ -122,73 +122,91 @@ class ModelRunner:
 
     def _prepare_inputs(
         self, batch: ScheduledBatch
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None, list[Request]]:
+        """Flat inputs of the step, the hidden rows to sample from (None: every row, as in a
+        decode-only step) and the requests that sample (those whose prompt is now complete)."""
         requests = batch.requests
         num_seqs = len(requests)
         block_size = self.block_size
+        context_list = [r.num_computed_tokens for r in requests]
         query_lens = np.array(batch.num_new_tokens, dtype=np.int64)
-        context_lens = np.array([r.num_computed_tokens for r in requests], dtype=np.int64)
+        context_lens = np.array(context_list, dtype=np.int64)
         seq_lens = context_lens + query_lens
-        query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
-        np.cumsum(query_lens, out=query_start_loc[1:])
-        num_tokens = int(query_start_loc[-1])
-
-        token_ids: list[int] = []
-        for request, start, count in zip(requests, context_lens.tolist(), batch.num_new_tokens):
-            token_ids.extend(request.token_ids[start : start + count])
-        seq_index = np.repeat(np.arange(num_seqs), query_lens)
-        positions = np.arange(num_tokens) - np.repeat(
-            query_start_loc[:-1] - context_lens, query_lens
-        )
-
+        max_query_len = int(query_lens.max())
         max_seq_len = int(seq_lens.max())
-        block_tables = np.zeros((num_seqs, cdiv(max_seq_len, block_size)), dtype=np.int64)
-        for i, request in enumerate(requests):
-            blocks = request.block_ids[: block_tables.shape[1]]
-            block_tables[i, : len(blocks)] = blocks
+        if max_query_len == 1:
+            num_tokens = num_seqs
+            token_ids = np.array(
+                [r.token_ids[c] for r, c in zip(requests, context_list)], dtype=np.int64
+            )
+            positions = context_lens
+            seq_index = np.arange(num_seqs)
+        else:
+            num_tokens = int(query_lens.sum())
+            ids: list[int] = []
+            for request, start, count in zip(requests, context_list, batch.num_new_tokens):
+                ids.extend(request.token_ids[start : start + count])
+            token_ids = np.array(ids, dtype=np.int64)
+            starts = np.cumsum(query_lens) - query_lens
+            seq_index = np.repeat(np.arange(num_seqs), query_lens)
+            positions = np.arange(num_tokens) - np.repeat(starts - context_lens, query_lens)
+
+        block_counts = np.array([len(r.block_ids) for r in requests], dtype=np.int64)
+        width = max(cdiv(max_seq_len, block_size), int(block_counts.max()))
+        block_tables = np.zeros((num_seqs, width), dtype=np.int64)
+        block_tables[np.arange(width) < block_counts[:, None]] = np.fromiter(
+            itertools.chain.from_iterable(r.block_ids for r in requests),
+            dtype=np.int64,
+            count=int(block_counts.sum()),
+        )
         slot_mapping = (
             block_tables[seq_index, positions // block_size] * block_size + positions % block_size
         )
-        sample_rows = query_start_loc[1:] - 1
+        query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
+        np.cumsum(query_lens, out=query_start_loc[1:])
+        samples = seq_lens == np.array([r.num_tokens for r in requests], dtype=np.int64)
+        sampling = requests if samples.all() else list(itertools.compress(requests, samples))
+        sample_rows = query_start_loc[1:][samples] - 1
 
-        # Everything travels to the device in one copy, then is split into typed views.
-        host = np.concatenate(
-            [
-                np.asarray(token_ids, dtype=np.int64),
-                positions,
-                slot_mapping,
-                query_start_loc,
-                seq_lens,
-                sample_rows,
-                block_tables.ravel(),
-            ]
+        token_part = [token_ids, positions, slot_mapping]
+        if sample_rows.size != num_tokens:
+            token_part.append(sample_rows)
+        token_data = self._to_device(token_part, torch.int64, 0)
+        seq_data = self._to_device(
+            [query_start_loc, seq_lens, block_tables.ravel()], torch.int32, 1
         )
-        device_buffer = torch.from_numpy(host).to(self.device, non_blocking=True)
-        parts = device_buffer.split(
-            [
-                num_tokens,
-                num_tokens,
-                num_tokens,
-                num_seqs + 1,
-                num_seqs,
-                num_seqs,
-                block_tables.size,
-            ]
+        ids_t, positions_t, slots_t, *rows_t = token_data.split(
+            [num_tokens] * 3 + [sample_rows.size] * (len(token_part) - 3)
         )
-        ids_t, positions_t, slots_t, qsl_t, seq_lens_t, sample_rows_t, tables_t = parts
+        qsl_t, seq_lens_t, tables_t = seq_data.split([num_seqs + 1, num_seqs, block_tables.size])
         meta = AttentionMetadata(
             num_seqs=num_seqs,
             num_tokens=num_tokens,
-            query_start_loc=qsl_t.to(torch.int32),
-            seq_lens=seq_lens_t.to(torch.int32),
-            block_tables=tables_t.view(block_tables.shape).to(torch.int32),
+            query_start_loc=qsl_t,
+            seq_lens=seq_lens_t,
+            block_tables=tables_t.view(block_tables.shape),
             slot_mapping=slots_t,
-            max_query_len=int(query_lens.max()),
+            max_query_len=max_query_len,
             max_seq_len=max_seq_len,
-            query_lens_cpu=query_lens.tolist(),
+            query_lens_cpu=batch.num_new_tokens,
             seq_lens_cpu=seq_lens.tolist(),
         )
-        return ids_t, positions_t, meta, sample_rows_t
+        sample_rows_t = rows_t[0] if rows_t else None
+        return ids_t, positions_t, meta, sample_rows_t, sampling
+
+    def _to_device(self, parts: list[np.ndarray], dtype: torch.dtype, slot: int) -> torch.Tensor:
+        """The parts laid end to end on the device, through one reused (pinned) host buffer and
+        one copy. Reusing the buffer is safe: every step waits for its sampled tokens, which
+        come after this copy in stream order, before the next step fills it again."""
+        size = sum(part.size for part in parts)
+        if self.device.type == "cpu":
+            return torch.from_numpy(np.concatenate(parts).astype(_NUMPY_DTYPES[dtype], copy=False))
+        buffer = self._host_buffers[slot]
+        if buffer is None or buffer.numel() < size:
+            buffer = torch.empty(max(size, 1 << 16), dtype=dtype, pin_memory=True)
+            self._host_buffers[slot] = buffer
+        np.concatenate(parts, out=buffer.numpy()[:size], casting="unsafe")
+        return buffer[:size].to(self.device, non_blocking=True)
 
     def _profile_free_gpu_memory(self, max_num_batched_tokens: int, max_model_len: int) -> int:
         """Bytes left for the KV cache under gpu_memory_utilization, after a forward pass of a

@@ -49,11 +49,18 @@ class Request:
     stop_reason: int | str | None = None
     num_prompt_tokens: int = field(init=False)
     stop_token_ids: frozenset[int] = field(init=False)
+    length_limit: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
         eos = frozenset() if self.params.ignore_eos else self.eos_token_ids
         self.stop_token_ids = eos | frozenset(self.params.stop_token_ids or ())
+        max_tokens = self.params.max_tokens
+        self.length_limit = (
+            self.max_model_len
+            if max_tokens is None
+            else min(self.max_model_len, self.num_prompt_tokens + max_tokens)
+        )
         if self.params.logprobs is not None:
             self.logprobs = []
 
@@ -78,28 +85,33 @@ class Request:
         """True while min_tokens is not reached: EOS and stop tokens may not be sampled yet."""
         return self.num_output_tokens < self.params.min_tokens and bool(self.stop_token_ids)
 
-    def append_token(self, token_id: int, logprobs: dict[int, float] | None = None) -> None:
-        """Adds a sampled token and finishes the request when a stop condition is met."""
+    def append_token(self, token_id: int, logprobs: dict[int, float] | None = None) -> bool:
+        """Adds a sampled token; finishes the request, and returns True, when a stop condition
+        is met."""
         self.token_ids.append(token_id)
         if logprobs is not None and self.logprobs is not None:
             self.logprobs.append(logprobs)
         params = self.params
-        past_min_tokens = self.num_output_tokens >= params.min_tokens
-        stopped_by_token = past_min_tokens and token_id in self.stop_token_ids
+        num_tokens = len(self.token_ids)
+        past_min_tokens = num_tokens - self.num_prompt_tokens >= params.min_tokens
+        stopped_by_token = (
+            past_min_tokens and bool(self.stop_token_ids) and token_id in self.stop_token_ids
+        )
         if self.detokenizer is not None and (
             not stopped_by_token or params.include_stop_str_in_output
         ):
             new_text = self.detokenizer.add(token_id)
             self.text += new_text
             if new_text and params.stop and past_min_tokens and self._stop_at_string(len(new_text)):
-                return
+                return True
         if stopped_by_token:
             is_eos = token_id in self.eos_token_ids and not params.ignore_eos
             self._finish("stop", None if is_eos else token_id)
-        elif (
-            params.max_tokens is not None and self.num_output_tokens >= params.max_tokens
-        ) or self.num_tokens >= self.max_model_len:
+        elif num_tokens >= self.length_limit:
             self._finish("length", None)
+        else:
+            return False
+        return True
 
     def _stop_at_string(self, num_new_chars: int) -> bool:
         found = find_stop_string(self.text, num_new_chars, self.params.stop or [])

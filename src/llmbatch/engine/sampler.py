@@ -33,9 +33,13 @@ class Sampler:
         raw_logprobs = self._raw_logprobs(logits, requests)
         self._mask_stop_tokens(logits, requests)
         self._apply_penalties(logits, requests)
-        sampled = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.params.is_greedy]
-        if random_rows:
+        if not random_rows:
+            sampled = logits.argmax(dim=-1)
+        elif len(random_rows) == len(requests):
+            sampled = self._sample_random(logits, requests)
+        else:
+            sampled = logits.argmax(dim=-1)
             rows = torch.tensor(random_rows, device=logits.device)
             sampled[rows] = self._sample_random(logits[rows], [requests[i] for i in random_rows])
         token_ids = sampled.tolist()
@@ -101,8 +105,13 @@ class Sampler:
         logits[rows] = sub
 
     def _sample_random(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        """Draws from rows that may be modified in place."""
         params = [r.params for r in requests]
-        logits = logits / _column([p.temperature for p in params], logits.device)
+        temperatures = {p.temperature for p in params}
+        if len(temperatures) == 1:
+            logits.div_(temperatures.pop())
+        else:
+            logits.div_(_column([p.temperature for p in params], logits.device))
         min_p_rows = [i for i, p in enumerate(params) if p.min_p > 0]
         if min_p_rows:
             logits[min_p_rows] = _apply_min_p(
@@ -119,13 +128,14 @@ class Sampler:
                 logits[top_p_rows], [params[i].top_p for i in top_p_rows]
             )
         probs = torch.softmax(logits, dim=-1)
-        races = self._exponential_draws(probs, requests)
-        return (probs / races).argmax(dim=-1)
+        return probs.div_(self._exponential_draws(probs, requests)).argmax(dim=-1)
 
     def _exponential_draws(self, probs: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         draws = torch.empty_like(probs)
         unseeded = [i for i, r in enumerate(requests) if r.generator is None]
-        if unseeded:
+        if len(unseeded) == len(requests):
+            draws.exponential_(generator=self.generator)
+        elif unseeded:
             shape = (len(unseeded), probs.shape[1])
             draws[unseeded] = torch.empty(shape, device=probs.device).exponential_(
                 generator=self.generator

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from llmbatch.data.csv_checks import BAD_LINE_CHOICES
 from llmbatch.llm.config import LLMProcessorConfig
 from llmbatch.llm.progress import with_progress
 from llmbatch.llm.summary import RunStats, RunSummary
@@ -82,15 +83,23 @@ def format_of(path: str, given: str | None, section: str) -> str:
 
 @dataclass(slots=True)
 class InputSpec:
-    """Rows to read: a file, folder, glob or URL; `limit` keeps the first rows only."""
+    """Rows to read: a file, folder, glob or URL; `limit` keeps the first rows only;
+    `on_bad_lines` (CSV) is as in `llmbatch.data.read_csv`."""
 
     path: str
     format: str | None = None
     limit: int | None = None
+    on_bad_lines: str = "error_row"
 
     def __post_init__(self) -> None:
         _check_path("input", self.path)
         self.format = format_of(self.path, self.format, "input")
+        if self.on_bad_lines not in BAD_LINE_CHOICES:
+            raise JobError(
+                f"input.on_bad_lines={self.on_bad_lines!r}; accepted: {', '.join(BAD_LINE_CHOICES)}"
+            )
+        if self.on_bad_lines != "error_row" and self.format != "csv":
+            raise JobError("input.on_bad_lines applies to CSV input only; remove it")
         limit = self.limit
         if limit is not None and (
             not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
@@ -208,8 +217,10 @@ def read_input(spec: InputSpec) -> Dataset:
     """The input rows as a Dataset, with the limit applied."""
     from llmbatch import data
 
-    readers = {"csv": data.read_csv, "parquet": data.read_parquet, "json": data.read_json}
-    dataset = readers[spec.format](spec.path)
+    if spec.format == "csv":
+        dataset = data.read_csv(spec.path, on_bad_lines=spec.on_bad_lines)
+    else:
+        dataset = {"parquet": data.read_parquet, "json": data.read_json}[spec.format](spec.path)
     return dataset.limit(spec.limit) if spec.limit is not None else dataset
 
 
@@ -232,7 +243,7 @@ def run_job(
     output folder; ``overwrite`` replaces another job's output, ``retry_failed`` re-runs the
     error rows of a finished one."""
     from llmbatch.data.checkpoint import resumable_job
-    from llmbatch.data.resume import write_resumable
+    from llmbatch.data.resume import rows_to_process, write_resumable
     from llmbatch.llm.processor import build_llm_processor
 
     dataset = read_input(spec.input)
@@ -250,7 +261,10 @@ def run_job(
         job = resumable_job(processor(dataset))
         assert job is not None
         if show_progress:
-            job.run = lambda rows: with_progress(processor(rows), processor, total)
+            # Called once the write has claimed the folder, so the committed rows are known.
+            job.run = lambda rows: with_progress(
+                processor(rows), processor, rows_to_process(spec.output.path, total)
+            )
         report = write_resumable(
             job,
             spec.output.path,

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from llmbatch.distributed.group import SINGLE, TensorParallel
 from llmbatch.layers.attention.base import AttentionMetadata
 
 
@@ -24,6 +25,8 @@ class CausalLM(nn.Module, ABC):
     """The attention window of the layers that slide, or None when every layer sees all tokens."""
     max_positions: int
     """Positions the model can encode (the length of its rotary table)."""
+    tensor_parallel: TensorParallel = SINGLE
+    """The shard of the model this instance holds."""
 
     @abstractmethod
     def forward(
@@ -40,7 +43,12 @@ class CausalLM(nn.Module, ABC):
 
     @abstractmethod
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[N, hidden_size]`` -> float32 ``[N, vocab_size]``."""
+        """``[N, hidden_size]`` -> float32 ``[N, vocab_size]`` (on tensor-parallel ranks other
+        than the driver, only their slice of the vocabulary)."""
+
+    @abstractmethod
+    def checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Checkpoint weight name -> its full (unsharded) shape: what ``load_weights`` takes."""
 
     @abstractmethod
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -10,14 +10,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 
+from llmbatch.distributed.group import TensorParallel, current_tensor_parallel
 from llmbatch.layers.activation import silu_and_mul
 from llmbatch.layers.attention.base import AttentionBackend, AttentionMetadata
-from llmbatch.layers.linear import Embedding, Linear
+from llmbatch.layers.linear import Linear
 from llmbatch.layers.norm import RMSNorm
+from llmbatch.layers.parallel import (
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    VocabParallelLMHead,
+    cdiv,
+)
 from llmbatch.layers.rotary import PositionRotation, RotaryEmbedding
 from llmbatch.models.base import CausalLM
 
@@ -26,6 +32,20 @@ FUSED_PROJECTIONS = {
     "qkv_proj": ("q_proj", "k_proj", "v_proj"),
     "gate_up_proj": ("gate_proj", "up_proj"),
 }
+# split by their input features across tensor-parallel ranks (the others by output rows)
+ROW_PARALLEL = ("o_proj", "down_proj")
+VOCAB_PARALLEL = ("embed_tokens", "lm_head")
+
+
+@dataclass(slots=True, frozen=True)
+class WeightSlot:
+    """Where one checkpoint tensor goes: rows from ``offset`` of ``param``, after taking this
+    rank's slice along ``shard_dim`` (None: every rank holds all of it)."""
+
+    param: nn.Parameter
+    offset: int
+    full_shape: tuple[int, ...]
+    shard_dim: int | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,10 +91,11 @@ class LlamaAttention(nn.Module):
         variant: LlamaVariant,
         backend: AttentionBackend,
         sliding_window: int | None,
+        tp: TensorParallel,
     ) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.num_heads = config.num_attention_heads // tp.size
+        self.num_kv_heads = config.num_key_value_heads // tp.size
         self.head_dim = head_dim_of(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
@@ -84,7 +105,9 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=variant.qkv_bias
         )
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=variant.output_bias)
+        self.o_proj = RowParallelLinear(
+            self.q_size * tp.size, config.hidden_size, variant.output_bias, tp
+        )
         if variant.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -110,15 +133,18 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: PretrainedConfig, variant: LlamaVariant) -> None:
+    def __init__(self, config: PretrainedConfig, variant: LlamaVariant, tp: TensorParallel) -> None:
         super().__init__()
         if config.hidden_act != "silu":
             raise ValueError(f"hidden_act {config.hidden_act!r} is not supported; only 'silu' is")
-        self.intermediate_size = config.intermediate_size
+        tp.check_divides(config.intermediate_size, "intermediate_size")
+        self.intermediate_size = config.intermediate_size // tp.size
         self.gate_up_proj = Linear(
-            config.hidden_size, 2 * config.intermediate_size, bias=variant.mlp_bias
+            config.hidden_size, 2 * self.intermediate_size, bias=variant.mlp_bias
         )
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=variant.mlp_bias)
+        self.down_proj = RowParallelLinear(
+            config.intermediate_size, config.hidden_size, variant.mlp_bias, tp
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -131,10 +157,11 @@ class LlamaDecoderLayer(nn.Module):
         variant: LlamaVariant,
         backend: AttentionBackend,
         sliding_window: int | None,
+        tp: TensorParallel,
     ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, variant, backend, sliding_window)
-        self.mlp = LlamaMLP(config, variant)
+        self.self_attn = LlamaAttention(config, variant, backend, sliding_window, tp)
+        self.mlp = LlamaMLP(config, variant, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -159,12 +186,16 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaModel(nn.Module):
     def __init__(
-        self, config: PretrainedConfig, variant: LlamaVariant, backend: AttentionBackend
+        self,
+        config: PretrainedConfig,
+        variant: LlamaVariant,
+        backend: AttentionBackend,
+        tp: TensorParallel,
     ) -> None:
         super().__init__()
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, variant, backend, window)
+            LlamaDecoderLayer(config, variant, backend, window, tp)
             for window in sliding_windows_of(config)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -188,21 +219,30 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(CausalLM):
-    """Any of the Llama-style architectures, as its config and architecture name describe it."""
+    """Any of the Llama-style architectures, as its config and architecture name describe it.
+
+    Built inside ``sharded_over(tp)``, it holds rank ``tp.rank``'s shard: its query and KV heads,
+    its share of the MLP and its slice of the vocabulary; ``num_heads`` and ``num_kv_heads`` count
+    this rank's heads.
+    """
 
     def __init__(
         self, config: PretrainedConfig, architecture: str, attention_backend: AttentionBackend
     ) -> None:
         super().__init__()
+        tp = current_tensor_parallel()
+        tp.check_divides(config.num_attention_heads, "num_attention_heads")
+        tp.check_divides(config.num_key_value_heads, "num_key_value_heads")
+        self.tensor_parallel = tp
         variant = LlamaVariant.of(architecture, config)
-        self.model = LlamaModel(config, variant, attention_backend)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.model = LlamaModel(config, variant, attention_backend, tp)
+        self.lm_head = VocabParallelLMHead(config.vocab_size, config.hidden_size, tp)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.num_layers = config.num_hidden_layers
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.num_heads = config.num_attention_heads // tp.size
+        self.num_kv_heads = config.num_key_value_heads // tp.size
         self.head_dim = head_dim_of(config)
         self.hidden_size = config.hidden_size
         self.vocab_size = config.vocab_size
@@ -221,7 +261,10 @@ class LlamaForCausalLM(CausalLM):
         return self.model(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head.weight).float()
+        return self.lm_head.logits(hidden)
+
+    def checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: slot.full_shape for name, slot in self._checkpoint_layout().items()}
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         layout = self._checkpoint_layout()
@@ -235,14 +278,15 @@ class LlamaForCausalLM(CausalLM):
             if name not in layout:
                 unexpected.append(name)
                 continue
-            param, offset, size = layout[name]
-            target = param.data.narrow(0, offset, size)
-            if tuple(tensor.shape) != tuple(target.shape):
+            slot = layout[name]
+            if tuple(tensor.shape) != slot.full_shape:
                 raise ValueError(
                     f"checkpoint weight {name} has shape {tuple(tensor.shape)}, "
-                    f"but the config gives {tuple(target.shape)}"
+                    f"but the config gives {slot.full_shape}"
                 )
-            target.copy_(tensor)
+            if slot.shard_dim is not None:
+                tensor = self._rank_slice(tensor, slot.shard_dim)
+            slot.param.data.narrow(0, slot.offset, tensor.shape[0]).copy_(tensor)
             missing.discard(name)
         if unexpected:
             raise ValueError(
@@ -251,21 +295,35 @@ class LlamaForCausalLM(CausalLM):
         if missing:
             raise ValueError(f"checkpoint lacks weights the model needs: {sorted(missing)}")
 
-    def _checkpoint_layout(self) -> dict[str, tuple[nn.Parameter, int, int]]:
-        """Checkpoint name -> (parameter, first row, rows) it fills."""
-        shard_sizes = {}
+    def _rank_slice(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        tp = self.tensor_parallel
+        per_rank = cdiv(tensor.shape[dim], tp.size)
+        start = min(tp.rank * per_rank, tensor.shape[dim])
+        return tensor.narrow(dim, start, min(per_rank, tensor.shape[dim] - start))
+
+    def _checkpoint_layout(self) -> dict[str, WeightSlot]:
+        """Checkpoint name -> the slot it fills."""
+        size = self.tensor_parallel.size
         attn = self.model.layers[0].self_attn
-        shard_sizes["qkv_proj"] = (attn.q_size, attn.kv_size, attn.kv_size)
-        shard_sizes["gate_up_proj"] = (self.intermediate_size,) * 2
+        part_rows = {
+            "qkv_proj": (attn.q_size, attn.kv_size, attn.kv_size),
+            "gate_up_proj": (self.model.layers[0].mlp.intermediate_size,) * 2,
+        }
         layout = {}
         for name, param in self.named_parameters():
             module_path, _, leaf = name.rpartition(".")
             parent, _, module = module_path.rpartition(".")
-            if module not in FUSED_PROJECTIONS:
-                layout[name] = (param, 0, param.shape[0])
-                continue
-            offset = 0
-            for part, size in zip(FUSED_PROJECTIONS[module], shard_sizes[module]):
-                layout[f"{parent}.{part}.{leaf}"] = (param, offset, size)
-                offset += size
+            shape = tuple(param.shape)
+            if module in FUSED_PROJECTIONS:
+                offset = 0
+                for part, rows in zip(FUSED_PROJECTIONS[module], part_rows[module]):
+                    full = (rows * size, *shape[1:])
+                    layout[f"{parent}.{part}.{leaf}"] = WeightSlot(param, offset, full, 0)
+                    offset += rows
+            elif module in VOCAB_PARALLEL:
+                layout[name] = WeightSlot(param, 0, (self.vocab_size, *shape[1:]), 0)
+            elif module in ROW_PARALLEL and leaf == "weight":
+                layout[name] = WeightSlot(param, 0, (shape[0], shape[1] * size), 1)
+            else:
+                layout[name] = WeightSlot(param, 0, shape, None)
         return layout

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from torch import nn
 
 from llmbatch.layers.norm import RMSNorm
+from llmbatch.models.base import CausalLM
 
 LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
 DUMMY_WEIGHT_STD = 0.02
@@ -60,13 +60,19 @@ def iterate_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 @torch.no_grad()
-def init_dummy_weights(model: nn.Module, seed: int) -> None:
-    """Normal(0, 0.02) weights and biases and unit norm scales, the same for the same seed and device."""
-    generators: dict[torch.device, torch.Generator] = {}
-    for param in model.parameters():
-        if param.device not in generators:
-            generators[param.device] = torch.Generator(param.device).manual_seed(seed)
-        param.normal_(0.0, DUMMY_WEIGHT_STD, generator=generators[param.device])
+def init_dummy_weights(model: CausalLM, seed: int) -> None:
+    """Normal(0, 0.02) weights and biases and unit norm scales, the same for the same seed and
+    device type. Whole checkpoint tensors are drawn, so every tensor-parallel shard holds its
+    slice of the same model."""
+    param = next(model.parameters())
+    generator = torch.Generator(param.device).manual_seed(seed)
+
+    def draws() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, shape in model.checkpoint_shapes().items():
+            tensor = torch.empty(shape, dtype=param.dtype, device=param.device)
+            yield name, tensor.normal_(0.0, DUMMY_WEIGHT_STD, generator=generator)
+
+    model.load_weights(draws())
     for module in model.modules():
         if isinstance(module, RMSNorm):
             module.weight.fill_(1.0)

@@ -1,0 +1,87 @@
+"""Malformed lines and undecodable text in CSV files: an error row, a clear error, or a counted
+skip; never a silent loss or a raw traceback."""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+import llmbatch.data as data
+
+GOOD_AND_BAD = "id,word\n1,apple\n2,pear,extra\n3,plum\n4\n5,fig\n"
+
+
+@pytest.fixture
+def bad_csv(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text(GOOD_AND_BAD)
+    return path
+
+
+def test_bad_lines_become_error_rows_naming_file_and_line_by_default(bad_csv):
+    rows = data.read_csv(bad_csv).take_all()
+    assert [row["id"] for row in rows[:3]] == [1, 3, 5]
+    assert all(row.get("error") is None for row in rows[:3])
+    errors = rows[3:]
+    assert len(errors) == 2
+    assert all(row["id"] is None and row["word"] is None for row in errors)
+    assert "line 3 of" in errors[0]["error"] and str(bad_csv) in errors[0]["error"]
+    assert "expected 2 columns, got 3" in errors[0]["error"]
+    assert "line 5 of" in errors[1]["error"] and "got 1" in errors[1]["error"]
+    assert data.read_csv(bad_csv).count() == 5
+
+
+def test_bad_lines_fail_with_the_file_and_line(bad_csv):
+    with pytest.raises(ValueError, match=r"rows\.csv.*Row #3.*on_bad_lines"):
+        data.read_csv(bad_csv, on_bad_lines="fail").take_all()
+
+
+def test_bad_lines_are_skipped_with_a_warning_counting_them(bad_csv, caplog):
+    with caplog.at_level(logging.WARNING, logger="llmbatch"):
+        rows = data.read_csv(bad_csv, on_bad_lines="skip").take_all()
+    assert [row["id"] for row in rows] == [1, 3, 5]
+    assert "error" not in rows[0]
+    assert "skipped 2 malformed line(s)" in caplog.text and str(bad_csv) in caplog.text
+
+
+def test_bad_lines_of_each_file_follow_its_own_rows(tmp_path):
+    (tmp_path / "a.csv").write_text("id,word\n1,x,y\n2,b\n")
+    (tmp_path / "b.csv").write_text("id,word\n3,c\n")
+    rows = data.read_csv(tmp_path).take_all()
+    assert [row["id"] for row in rows] == [2, None, 3]
+    assert "a.csv" in rows[1]["error"]
+
+
+def test_unknown_mode_is_an_error_naming_the_choices(bad_csv):
+    with pytest.raises(ValueError, match="error_row, fail, skip"):
+        data.read_csv(bad_csv, on_bad_lines="ignore")
+
+
+def test_own_invalid_row_handler_is_kept(bad_csv):
+    seen = []
+
+    def handler(row):
+        seen.append(row.text)
+        return "skip"
+
+    rows = data.read_csv(bad_csv, parse_options=pacsv.ParseOptions(invalid_row_handler=handler))
+    assert [row["id"] for row in rows.take_all()] == [1, 3, 5]
+    assert seen == ["2,pear,extra", "4"]
+
+
+def test_invalid_utf8_names_the_file_line_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.csv"
+    before_bad_byte = b"id,word\n1,apple\n2,caf"
+    path.write_bytes(before_bad_byte + b"\xe9\n")
+    expected = rf"latin1\.csv: invalid UTF-8 at byte {len(before_bad_byte)} \(line 3\)"
+    with pytest.raises(ValueError, match=expected):
+        data.read_csv(path).take_all()
+    with_encoding = data.read_csv(path, read_options=pacsv.ReadOptions(encoding="latin-1"))
+    assert with_encoding.take_all()[1]["word"] == "café"
+    as_bytes = data.read_csv(
+        path, convert_options=pacsv.ConvertOptions(column_types={"word": pa.binary()})
+    )
+    assert as_bytes.take_all()[1]["word"] == b"caf\xe9"
