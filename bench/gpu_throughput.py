@@ -265,7 +265,7 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p]
     for name, workload in workloads.items():
         long_outputs = name in ("sharegpt", "decode")
-        subset = workload.head(min(args.peer_requests, 128) if long_outputs else args.peer_requests)
+        subset = workload.head(min(args.peer_requests, 32) if long_outputs else args.peer_requests)
         rows.extend(run_peers(hf_model, name, subset, peers))
     weights = {k: v.to("cpu") for k, v in hf_model.state_dict().items()}
     del hf_model
