@@ -26,7 +26,12 @@ import torch
 from gpu_throughput import SHAPES
 from workloads import build
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 
 def make_model_folder(folder: Path, shape: str, tokenizer_dir: str) -> None:
@@ -94,7 +99,7 @@ def tensor_parallel_rows(folder: str, args) -> list[dict]:
 
     vocab = SHAPES[args.shape]["vocab_size"]
     probes = build("short", vocab).head(8).prompts
-    short = build("short", vocab)
+    short = build("short", vocab).head(args.tp_requests)
     greedy = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=5)
     results, rows = {}, []
     for tp in (1, 2):
@@ -163,6 +168,7 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--skip-tp", action="store_true")
+    parser.add_argument("--tp-requests", type=int, default=4096)
     parser.add_argument("--tokenizer", default=None, help="SmolLM2's folder (default: provisioned)")
     parser.add_argument("--out", type=Path, default=Path("scale_gpu.json"))
     args = parser.parse_args()

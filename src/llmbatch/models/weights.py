@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from llmbatch.layers.norm import RMSNorm
 from llmbatch.models.base import CausalLM
@@ -48,15 +48,28 @@ def checkpoint_files(folder: str | Path, load_format: str = "auto") -> list[Path
     )
 
 
+class CorruptWeightsError(ValueError):
+    """A weight file that cannot be read: damaged, truncated or not a checkpoint."""
+
+
 def iterate_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """(checkpoint name, CPU tensor) for every weight, one file open at a time."""
     for path in files:
-        if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as reader:
-                for name in reader.keys():
-                    yield name, reader.get_tensor(name)
-        else:
-            yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as reader:
+                    for name in reader.keys():
+                        yield name, reader.get_tensor(name)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                yield from state.items()
+        except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
+            if isinstance(exc, CorruptWeightsError):
+                raise
+            raise CorruptWeightsError(
+                f"cannot read weights from {path} ({type(exc).__name__}: {exc}); the file is "
+                "damaged or incomplete: download or convert it again"
+            ) from exc
 
 
 @torch.no_grad()
