@@ -37,11 +37,11 @@ class LLMProcessorConfig:
             ``enable_prefix_caching``, ...); an unknown name is an error when the engine starts.
         batch_size: rows per Arrow table that the stages read and emit. It is never a barrier:
             the engine takes new rows as soon as it has room, whatever batch they came in.
-        concurrency: engine replicas. One process runs one replica; a larger value is accepted
-            (with a warning) so Ray Data LLM code runs unchanged.
-        accelerator_type: accepted for compatibility; the engine uses the local GPU when there is
-            one (``engine_kwargs["device"]`` chooses).
-        runtime_env: accepted for compatibility; set environment variables in the process instead.
+        concurrency: engine replicas. An int is an upper bound (one replica per GPU, or per
+            tensor-parallel group; CPU processes on a host without GPUs); ``(min, max)`` sets both
+            bounds, and a min the host cannot meet is an error. On Ray, the actor pool's size.
+        accelerator_type: the GPU type each replica asks Ray for; no effect on one host.
+        runtime_env: the replicas' Ray runtime environment; no effect on one host.
         has_image: image inputs; not supported yet.
         apply_chat_template: turn each row's ``messages`` into ``prompt`` with the tokenizer's
             chat template (rows that give ``prompt`` directly skip it).
