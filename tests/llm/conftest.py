@@ -11,16 +11,6 @@ from typing import Any
 
 import pytest
 
-# The tutorial's engine kwargs, with a KV cache small enough for a test machine.
-ENGINE_KWARGS = dict(
-    tensor_parallel_size=1,
-    pipeline_parallel_size=1,
-    max_model_len=4096,
-    enable_chunked_prefill=True,
-    max_num_batched_tokens=1024,
-    gpu_memory_utilization=0.85,
-    kv_cache_memory_bytes=256 << 20,
-)
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 
@@ -35,22 +25,17 @@ def _tutorial_messages(row: dict[str, Any]) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def engine_kwargs() -> dict[str, Any]:
-    return dict(ENGINE_KWARGS)
-
-
-@pytest.fixture(scope="session")
 def tutorial_messages() -> Callable[[dict[str, Any]], list[dict[str, str]]]:
     """The tutorial's chat messages for a customers row."""
     return _tutorial_messages
 
 
 @pytest.fixture(scope="session")
-def reference_llm(smollm2_dir: str):
+def reference_llm(smollm2_dir: str, engine_kwargs: dict[str, Any]):
     """The engine run directly (llmbatch.LLM), to hold the processor's rows against."""
     from llmbatch import LLM
 
-    with LLM(smollm2_dir, **ENGINE_KWARGS) as llm:
+    with LLM(smollm2_dir, **engine_kwargs) as llm:
         yield llm
 
 
