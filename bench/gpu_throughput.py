@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="seed,sharegpt,short,decode")
     parser.add_argument("--peers", default="generate,generate_batch")
     parser.add_argument("--peer-requests", type=int, default=512)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's")
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument(

@@ -165,9 +165,10 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-8b")
     parser.add_argument("--replicas", type=int, default=torch.cuda.device_count())
     parser.add_argument("--rows", type=int, default=10_000)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's")
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--skip-tp", action="store_true")
+    parser.add_argument("--skip-dp", action="store_true")
     parser.add_argument("--tp-requests", type=int, default=4096)
     parser.add_argument("--tokenizer", default=None, help="SmolLM2's folder (default: provisioned)")
     parser.add_argument("--out", type=Path, default=Path("scale_gpu.json"))
@@ -180,10 +181,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         make_model_folder(Path(tmp), args.shape, args.tokenizer)
-        for replicas in dict.fromkeys((1, args.replicas)):
+        for replicas in dict.fromkeys((1, args.replicas)) if not args.skip_dp else ():
             rows.append(data_parallel_row(tmp, args.rows, replicas, args))
             print(rows[-1], flush=True)
-        if args.replicas > 1:
+        if args.replicas > 1 and not args.skip_dp:
             ratio = rows[-1]["rows_per_s"] / (args.replicas * rows[0]["rows_per_s"])
             rows[-1]["check"] = f"{ratio:.2f} of linear (target >= 0.90)"
         if not args.skip_tp:

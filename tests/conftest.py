@@ -38,3 +38,11 @@ def engine_kwargs() -> dict:
         gpu_memory_utilization=0.85,
         kv_cache_memory_bytes=256 << 20,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_dir(tmp_path_factory) -> str:
+    """A tiny random-weight Qwen2.5-VL model folder with its processor (see tests/models/tiny_vl.py)."""
+    from models.tiny_vl import make_tiny_qwen2_5_vl
+
+    return str(make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_vl")))

@@ -57,6 +57,39 @@ def test_cuda_graphs_give_the_eager_tokens_for_every_batch_size(tiny):
     assert results[0] == results[1]
 
 
+@pytest.mark.parametrize("num_blocks", [None, 40], ids=["roomy", "preempting"])
+def test_async_scheduling_gives_the_synchronous_outputs(tiny, num_blocks):
+    folder, _, prompts = tiny
+    many = [p[: 5 + i % 60] for i, p in enumerate(prompts * 9)][:48]
+    kinds = [
+        dict(temperature=0.0),
+        dict(temperature=0.9, top_p=0.8, seed=5),
+        dict(temperature=0.0, stop_token_ids=[7, 11]),
+        dict(temperature=0.0, repetition_penalty=1.2),
+        dict(temperature=0.0, logprobs=2),
+        dict(temperature=1.0, top_k=5, seed=9, min_tokens=6, stop_token_ids=[3]),
+    ]
+    params = [
+        SamplingParams(max_tokens=3 + i % 30, ignore_eos=True, **kinds[i % len(kinds)])
+        for i in range(len(many))
+    ]
+    results = []
+    for overlap in (False, True):
+        with LLM(
+            folder,
+            device="cuda",
+            dtype="float32",
+            async_scheduling=overlap,
+            gpu_memory_utilization=0.3,
+            num_gpu_blocks_override=num_blocks,
+            max_num_seqs=32,
+        ) as llm:
+            results.append([(o.token_ids, o.finish_reason) for o in llm.generate(many, params)])
+            preemptions = llm.llm_engine.stats.num_preemptions
+    assert results[1] == results[0]
+    assert (preemptions > 0) == (num_blocks is not None)
+
+
 def test_kv_cache_follows_gpu_memory_utilization_and_close_frees_it(tiny):
     folder = tiny[0]
     torch.cuda.empty_cache()

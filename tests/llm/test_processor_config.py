@@ -58,7 +58,7 @@ def test_a_bad_type_names_the_field(field, value, expected):
         (dict(batch_size=0), "batch_size must be >= 1"),
         (dict(max_pending_requests=0), "max_pending_requests must be >= 1"),
         (dict(concurrency=(4, 2)), "needs 1 <= min <= max"),
-        (dict(has_image=True), "image inputs are not supported yet"),
+        (dict(has_image=True, tokenize=False), "has_image=True needs tokenize=True"),
         (dict(model_source=""), "model_source must not be empty"),
         (dict(engine_kwargs={"model": "other/model"}), "give the model only as model_source"),
     ],

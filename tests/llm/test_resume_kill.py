@@ -152,7 +152,12 @@ def _listed_shards(out: Path) -> int:
 def _kill_when(runner, job: Path, out: Path, moment: str) -> int:
     process, _ = runner(job)
     if moment == "load":
-        time.sleep(1.0)
+        # about a second in, or at the first commit if the run gets that far sooner (later
+        # steps of the chain need rows left to do)
+        listed = _listed_shards(out)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and _listed_shards(out) <= listed:
+            time.sleep(0.02)
     else:
         listed = _listed_shards(out)
         deadline = time.monotonic() + 120

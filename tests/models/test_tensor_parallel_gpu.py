@@ -53,4 +53,5 @@ def test_tp2_matches_unsharded_in_bf16(llama_folder):
     assert [o.token_ids for o in sharded] == [o.token_ids for o in unsharded]
     for a, b in zip(unsharded, sharded):
         for step_a, step_b, token in zip(a.logprobs, b.logprobs, a.token_ids):
-            assert step_b[token] == pytest.approx(step_a[token], abs=0.1)
+            # partial sums meet in bf16: a couple of bf16 steps of this model's logits (~16)
+            assert step_b[token] == pytest.approx(step_a[token], abs=0.25)

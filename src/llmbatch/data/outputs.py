@@ -156,7 +156,7 @@ class DatasetOutputs:
         **arrow_csv_args: Any,
     ) -> None:
         """Writes CSV files into the folder ``path``; ``arrow_csv_args`` go to ``CSVWriter``.
-        Lists and structs are stored as JSON text."""
+        Lists and structs are stored as JSON text, bytes (e.g. images) as base64."""
         self._write(
             path,
             "csv",

@@ -139,33 +139,50 @@ def write_table(stream: pa.NativeFile, table: pa.Table, file_format: str, option
     writer.close()
 
 
-def nested_as_json(table: pa.Table) -> pa.Table:
-    """Lists, structs and maps as JSON text, which CSV can store."""
+def _is_bytes(data_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(data_type)
+        or pa.types.is_large_binary(data_type)
+        or pa.types.is_fixed_size_binary(data_type)
+    )
+
+
+def as_csv_text(table: pa.Table) -> pa.Table:
+    """Lists, structs and maps as JSON text and bytes (e.g. images) as base64, which CSV can
+    store; bytes inside JSON are base64 too, as write_json writes them."""
     for index, column in enumerate(table.schema):
         if pa.types.is_nested(column.type):
             text = [
                 None if value is None else json.dumps(value, default=_json_value)
                 for value in table.column(index).to_pylist()
             ]
-            table = table.set_column(index, column.name, pa.array(text, pa.string()))
+        elif _is_bytes(column.type):
+            text = [
+                None if value is None else _json_value(value)
+                for value in table.column(index).to_pylist()
+            ]
+        else:
+            continue
+        table = table.set_column(index, column.name, pa.array(text, pa.string()))
     return table
 
 
 def _csv_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(
-        pa.field(f.name, pa.string()) if pa.types.is_nested(f.type) else f for f in schema
+        pa.field(f.name, pa.string()) if pa.types.is_nested(f.type) or _is_bytes(f.type) else f
+        for f in schema
     )
 
 
 class _CsvWriter:
-    """CSV with nested columns (lists, structs) stored as JSON text."""
+    """CSV with nested columns (lists, structs) stored as JSON text and bytes as base64."""
 
     def __init__(self, stream: pa.NativeFile, schema: pa.Schema, options: dict[str, Any]) -> None:
         self._schema = _csv_schema(schema)
         self._writer = pacsv.CSVWriter(stream, self._schema, **options)
 
     def write(self, table: pa.Table) -> None:
-        self._writer.write(conform(nested_as_json(table), self._schema))
+        self._writer.write(conform(as_csv_text(table), self._schema))
 
     def close(self) -> None:
         self._writer.close()

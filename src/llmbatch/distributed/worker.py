@@ -58,6 +58,9 @@ def _serve(spec: WorkerSpec, conn: Connection) -> None:
         rank=spec.rank,
         world_size=spec.size,
         timeout=spec.timeout,
+        # NCCL communicators start eagerly on every rank or on none: the driver starts its own
+        # at init, and a worker starting lazily (at its first collective) would never meet it.
+        **({"device_id": device} if device.type == "cuda" else {}),
     )
     tp = TensorParallel(spec.rank, spec.size, dist.group.WORLD)
     with sharded_over(tp):

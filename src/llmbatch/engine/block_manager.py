@@ -80,7 +80,9 @@ class BlockManager:
         for _ in range(max(num_required, 0)):
             request.block_ids.append(self._take_free_block())
         if self.enable_prefix_caching:
-            self._register_full_blocks(request, num_tokens // self.block_size)
+            # Only blocks of known tokens: a pending token's id is not known yet.
+            known = min(num_tokens, len(request.token_ids))
+            self._register_full_blocks(request, known // self.block_size)
         return True
 
     def free(self, request: Request) -> None:
@@ -109,10 +111,15 @@ class BlockManager:
         hashes = request.block_hashes
         tokens = request.token_ids
         size = self.block_size
+        images = request.images
         while len(hashes) < num_blocks:
             start = len(hashes) * size
             parent = hashes[-1] if hashes else ROOT_HASH
-            hashes.append(hash((parent, tuple(tokens[start : start + size]))))
+            key = (parent, tuple(tokens[start : start + size]))
+            if images is not None:
+                # image placeholders are one repeated token: the pixels tell images apart
+                key += images.hashes_in(start, start + size)
+            hashes.append(hash(key))
 
     def _register_full_blocks(self, request: Request, num_full_blocks: int) -> None:
         """Offers the request's blocks that will be full after this step to the prefix cache.

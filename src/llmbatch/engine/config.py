@@ -38,7 +38,8 @@ class EngineConfig:
     - seed: seeds dummy weights and the sampling of requests that give no seed of their own.
     - max_model_len: longest prompt + output; default the model's positions, capped by the KV cache.
     - max_num_batched_tokens: tokens per step (8192 by default; at least max_model_len when
-      chunked prefill is off). max_num_seqs: sequences per step (256).
+      chunked prefill is off). max_num_seqs: sequences per step (default 512 on CUDA, where
+      larger decode batches use the matmuls better, and 256 on CPU).
     - enable_chunked_prefill: split long prompts over steps. enable_prefix_caching: reuse the KV
       of shared prompt prefixes.
     - gpu_memory_utilization: share of GPU memory the engine may fill (KV cache included).
@@ -46,6 +47,9 @@ class EngineConfig:
       num_gpu_blocks_override: a fixed number of KV blocks of block_size tokens (any device).
     - enforce_eager: never use CUDA graphs (otherwise decode steps replay captured graphs when
       the attention backend allows it: "triton").
+    - async_scheduling: schedule and launch step N+1 while the device still runs step N (its
+      sampled tokens stay on the device and feed step N+1 directly; finishes are seen one step
+      late). None: on for CUDA, off on CPU, where nothing runs in the background.
     - tensor_parallel_size: shards the model over this many GPUs (CPU processes on a CPU host);
       it must divide the model's attention and KV heads. pipeline_parallel_size: 1 only.
     - trust_remote_code, revision, load_format ("auto" or "dummy": random weights): loading.
@@ -60,12 +64,13 @@ class EngineConfig:
     seed: int = 0
     max_model_len: int | None = None
     max_num_batched_tokens: int | None = None
-    max_num_seqs: int = 256
+    max_num_seqs: int | None = None
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     enforce_eager: bool = False
+    async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     kv_cache_memory_bytes: int | None = None
@@ -105,6 +110,11 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def default_max_num_seqs(device: str, max_num_batched_tokens: int | None) -> int:
+    default = 512 if device.startswith("cuda") else 256
+    return min(default, max_num_batched_tokens or default)
 
 
 def default_cpu_kv_cache_bytes() -> int:
@@ -169,13 +179,16 @@ def _check_values(c: EngineConfig) -> None:
     for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes"):
         value = getattr(c, name)
         _require(value is None or value >= 1, f"{name} must be a positive integer, got {value}")
-    _require(c.max_num_seqs >= 1, f"max_num_seqs must be at least 1, got {c.max_num_seqs}")
+    _require(
+        c.max_num_seqs is None or c.max_num_seqs >= 1,
+        f"max_num_seqs must be at least 1, got {c.max_num_seqs}",
+    )
     _require(
         c.num_gpu_blocks_override is None or c.num_gpu_blocks_override >= 1,
         f"num_gpu_blocks_override must be at least 1, got {c.num_gpu_blocks_override}",
     )
     _require(
-        c.max_num_batched_tokens is None or c.max_num_batched_tokens >= c.max_num_seqs,
+        c.max_num_batched_tokens is None or c.max_num_batched_tokens >= (c.max_num_seqs or 1),
         f"max_num_batched_tokens ({c.max_num_batched_tokens}) must be at least max_num_seqs "
         f"({c.max_num_seqs}) so that every running sequence can decode in one step",
     )

@@ -9,10 +9,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llmbatch.engine.llm_engine import LLMEngine, RequestRejected
+from llmbatch.engine.multimodal import MultiModalInputs, process_images
 from llmbatch.engine.outputs import RequestOutput
 from llmbatch.engine.sampling_params import SamplingParams
 
-Prompt = str | list[int]
+Prompt = str | list[int] | dict[str, Any]
+PROMPT_KEYS = ("prompt", "prompt_token_ids", "multi_modal_data")
 Message = dict[str, Any]
 
 
@@ -35,7 +37,10 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
-        """One output per prompt, in input order. A prompt is a str or a list of token ids."""
+        """One output per prompt, in input order. A prompt is a str, a list of token ids, or a
+        dict as in vLLM: ``{"prompt": text}`` or ``{"prompt_token_ids": ids}``, and for
+        vision-language models ``{"prompt": text, "multi_modal_data": {"image": images}}`` with
+        one PIL image (or a list) for the image placeholders of the text, in order."""
         prompt_list = _as_prompt_list(prompts)
         return self._run(
             prompt_list, _params_per_prompt(sampling_params, len(prompt_list)), use_tqdm
@@ -88,8 +93,9 @@ class LLM:
         request_ids = [f"llm-{next(self._ids)}" for _ in prompts]
         for index, (request_id, prompt, p) in enumerate(zip(request_ids, prompts, params)):
             try:
-                engine.add_request(request_id, prompt, p)
-            except RequestRejected as exc:
+                engine_prompt, images = self._engine_prompt(prompt)
+                engine.add_request(request_id, engine_prompt, p, multi_modal=images)
+            except (RequestRejected, ValueError) as exc:
                 for added in request_ids[:index]:
                     engine.abort_request(added)
                 raise ValueError(f"prompt {index}: {exc}") from exc
@@ -106,6 +112,20 @@ class LLM:
                         progress.update(1)
         return [r for r in results if r is not None]
 
+    def _engine_prompt(self, prompt: Prompt) -> tuple[str | list[int], MultiModalInputs | None]:
+        if not isinstance(prompt, dict):
+            return prompt, None
+        images = (prompt.get("multi_modal_data") or {}).get("image")
+        if images is None:
+            return prompt.get("prompt_token_ids", prompt.get("prompt")), None
+        if "prompt" not in prompt:
+            raise ValueError(
+                "a prompt with images must give its text as 'prompt' (the processor expands "
+                "its image placeholders), not 'prompt_token_ids'"
+            )
+        images = list(images) if isinstance(images, list | tuple) else [images]
+        return process_images(self.llm_engine.processor, prompt["prompt"], images)
+
 
 def _is_token_list(value: object) -> bool:
     return isinstance(value, list) and all(
@@ -116,15 +136,25 @@ def _is_token_list(value: object) -> bool:
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     if isinstance(prompts, str) or (_is_token_list(prompts) and prompts):
         return [prompts]  # type: ignore[list-item]
-    if not isinstance(prompts, list | tuple):
+    if not isinstance(prompts, list | tuple | dict):
         raise ValueError(
-            "prompts must be a str, a list of token ids, or a list of those; "
+            "prompts must be a str, a list of token ids, a dict, or a list of those; "
             f"got {type(prompts).__name__}"
         )
+    if isinstance(prompts, dict):
+        prompts = [prompts]
     for index, prompt in enumerate(prompts):
-        if not (isinstance(prompt, str) or _is_token_list(prompt)):
+        if isinstance(prompt, dict):
+            unknown = sorted(set(prompt) - set(PROMPT_KEYS))
+            if unknown or ("prompt" in prompt) == ("prompt_token_ids" in prompt):
+                raise ValueError(
+                    f"prompt {index}: a dict prompt holds 'prompt' (text) or 'prompt_token_ids', "
+                    f"and optionally 'multi_modal_data'; got keys {sorted(prompt)}"
+                )
+        elif not (isinstance(prompt, str) or _is_token_list(prompt)):
             raise ValueError(
-                f"prompt {index} must be a str or a list of token ids, got {type(prompt).__name__}"
+                f"prompt {index} must be a str, a list of token ids or a dict, "
+                f"got {type(prompt).__name__}"
             )
     return list(prompts)
 

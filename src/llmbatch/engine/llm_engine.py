@@ -13,9 +13,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from llmbatch.distributed.workers import load_sharded_model
 from llmbatch.engine.block_manager import BlockManager
-from llmbatch.engine.config import DTYPE_NAMES, EngineConfig, resolve_device
+from llmbatch.engine.config import (
+    DTYPE_NAMES,
+    EngineConfig,
+    default_max_num_seqs,
+    resolve_device,
+)
 from llmbatch.engine.detokenizer import IncrementalDetokenizer
-from llmbatch.engine.model_runner import ModelRunner
+from llmbatch.engine.model_runner import LaunchedStep, ModelRunner
+from llmbatch.engine.multimodal import MultiModalInputs, RequestImages
 from llmbatch.engine.outputs import RequestOutput
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampling_params import SamplingParams
@@ -48,6 +54,11 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         device = resolve_device(config.device)
+        if config.max_num_seqs is None:
+            config = dataclasses.replace(
+                config,
+                max_num_seqs=default_max_num_seqs(device, config.max_num_batched_tokens),
+            )
         backend = config.attention_backend
         if backend == "auto":
             backend = "triton" if device.startswith("cuda") else "torch"
@@ -104,6 +115,13 @@ class LLMEngine:
         )
         self._requests: dict[str, Request] = {}
         self._stats = EngineStats()
+        self._async = (
+            config.async_scheduling
+            if config.async_scheduling is not None
+            else device.startswith("cuda")
+        )
+        self._in_flight: LaunchedStep | None = None
+        self._processor: Any = None
 
     @classmethod
     def from_engine_args(cls, **kwargs: Any) -> LLMEngine:
@@ -111,12 +129,40 @@ class LLMEngine:
         return cls(EngineConfig.from_kwargs(**kwargs))
 
     @property
+    def processor(self) -> Any:
+        """The model's own multimodal processor (loaded on first use); a ValueError for models
+        that take no images."""
+        if self._processor is None:
+            if not hasattr(self._runner.model, "encode_images"):
+                raise ValueError(
+                    f"this model ({type(self._runner.model).__name__}) takes no images; use a "
+                    "vision-language model such as Qwen2.5-VL"
+                )
+            from llmbatch.models.processor import load_processor
+
+            self._processor = load_processor(
+                self.config.model, trust_remote_code=self.config.trust_remote_code
+            )
+        return self._processor
+
+    @property
     def stats(self) -> EngineStats:
         return dataclasses.replace(self._stats)
 
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        multi_modal: MultiModalInputs | None = None,
+    ) -> None:
         """Queues a request. Raises RequestRejected, leaving the engine unchanged, when the
-        request cannot run (duplicate id, empty or too long prompt, bad token ids or params)."""
+        request cannot run (duplicate id, empty or too long prompt, bad token ids or params,
+        images the model cannot take).
+
+        `multi_modal` holds the request's images, processed with the model's processor
+        (`llmbatch.engine.multimodal.process_images`, which also expands the prompt's image
+        placeholders)."""
         if not isinstance(request_id, str):
             raise RequestRejected(f"request_id must be a str, got {type(request_id).__name__}")
         if request_id in self._requests:
@@ -135,6 +181,7 @@ class LLMEngine:
         if params.truncate_prompt_tokens is not None:
             token_ids = token_ids[-params.truncate_prompt_tokens :]
         self._check_request(token_ids, params)
+        images = self._request_images(token_ids, multi_modal)
         request = Request(
             request_id=request_id,
             prompt=prompt if isinstance(prompt, str) else None,
@@ -148,35 +195,49 @@ class LLMEngine:
                 if params.detokenize
                 else None
             ),
+            images=images,
         )
         self._requests[request_id] = request
         self._scheduler.add(request)
         self._stats.num_requests += 1
 
     def step(self) -> list[RequestOutput]:
-        """Runs one scheduler step; returns the requests that finished in it."""
+        """Runs one scheduler step; returns the requests that finished in it.
+
+        With async_scheduling, the step is launched before the previous one is read back, so
+        the device never waits for the host; a request's finish is then reported one step late.
+        """
+        previous, self._in_flight = self._in_flight, None
+        finished: list[RequestOutput] = []
+        if previous is not None and (not self._async or previous.needs_history):
+            finished += self._resolve(previous)
+            previous = None
         if not self._scheduler.has_unfinished():
-            return []
+            return finished + (self._resolve(previous) if previous is not None else [])
         start = time.perf_counter()
         batch = self._scheduler.schedule()
         self._stats.num_preemptions += batch.num_preempted
-        if not batch.requests:
+        if batch.requests:
+            launched = self._runner.launch(batch, previous)
+            for request, num_new in zip(batch.requests, batch.num_new_tokens):
+                request.num_computed_tokens += num_new
+            for row, request in enumerate(launched.requests):
+                request.num_pending += 1
+                request.pending_row = row
+            self._in_flight = launched
+            self._stats.num_steps += 1
+        elif previous is None:
             raise RuntimeError("the scheduler found no work although requests are waiting")
-        result = self._runner.execute(batch)
-        for request, num_new in zip(batch.requests, batch.num_new_tokens):
-            request.num_computed_tokens += num_new
-        finished: list[RequestOutput] = []
-        self._stats.num_generated_tokens += len(result.token_ids)
-        for request, token_id, logprobs in zip(result.requests, result.token_ids, result.logprobs):
-            if request.append_token(token_id, logprobs):
-                self._scheduler.finish(request)
-                finished.append(self._retire(request))
-        self._stats.num_steps += 1
+        if previous is not None:
+            finished += self._resolve(previous)
+        if not self._async and self._in_flight is not None:
+            finished += self._resolve(self._in_flight)
+            self._in_flight = None
         self._stats.step_seconds += time.perf_counter() - start
         return finished
 
     def has_unfinished(self) -> bool:
-        return self._scheduler.has_unfinished()
+        return self._in_flight is not None or self._scheduler.has_unfinished()
 
     def num_unfinished(self) -> int:
         return self._scheduler.num_unfinished()
@@ -191,6 +252,7 @@ class LLMEngine:
 
     def close(self) -> None:
         """Releases the model and the KV cache (GPU memory goes back to the allocator)."""
+        self._in_flight = None
         self._requests.clear()
         self._scheduler.waiting.clear()
         self._scheduler.running.clear()
@@ -203,6 +265,21 @@ class LLMEngine:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _resolve(self, step: LaunchedStep) -> list[RequestOutput]:
+        """Appends a launched step's tokens; returns the requests they finish. Requests that
+        finished (or were aborted) after the step was launched ignore their token."""
+        result = self._runner.resolve(step)
+        finished: list[RequestOutput] = []
+        for request, token_id, logprobs in zip(result.requests, result.token_ids, result.logprobs):
+            request.num_pending -= 1
+            if request.is_finished:
+                continue
+            self._stats.num_generated_tokens += 1
+            if request.append_token(token_id, logprobs):
+                self._scheduler.finish(request)
+                finished.append(self._retire(request))
+        return finished
 
     def _retire(self, request: Request) -> RequestOutput:
         del self._requests[request.request_id]
@@ -241,6 +318,31 @@ class LLMEngine:
                 f"logprobs={params.logprobs} exceeds max_logprobs={self.config.max_logprobs} "
                 "(raise max_logprobs in the engine arguments)"
             )
+
+    def _request_images(
+        self, token_ids: list[int], multi_modal: MultiModalInputs | None
+    ) -> RequestImages | None:
+        if multi_modal is None:
+            return None
+        if not isinstance(multi_modal, MultiModalInputs):
+            raise RequestRejected(
+                f"multi_modal must be a MultiModalInputs, got {type(multi_modal).__name__}"
+            )
+        model = self._runner.model
+        if not hasattr(model, "encode_images"):
+            raise RequestRejected(
+                f"this model ({type(model).__name__}) takes no images; use a vision-language "
+                "model such as Qwen2.5-VL"
+            )
+        if self._workers is not None:
+            raise RequestRejected(
+                "images need tensor_parallel_size=1 (scale vision jobs with data-parallel "
+                "replicas: concurrency=N)"
+            )
+        try:
+            return RequestImages.build(model, token_ids, multi_modal)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
 
     def _request_generator(self, params: SamplingParams) -> torch.Generator | None:
         if params.seed is None or params.is_greedy:

@@ -13,6 +13,7 @@ import torch
 from llmbatch.engine.block_manager import cdiv
 from llmbatch.engine.config import EngineConfig, default_cpu_kv_cache_bytes
 from llmbatch.engine.cuda_graphs import DecodeGraphs
+from llmbatch.engine.multimodal import ImageChunk, mrope_step_positions
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampler import Sampler
 from llmbatch.engine.scheduler import ScheduledBatch
@@ -30,6 +31,21 @@ class StepResult:
     requests: list[Request]
     token_ids: list[int]
     logprobs: list[dict[int, float] | None]
+
+
+@dataclass(slots=True, eq=False)
+class LaunchedStep:
+    """A step queued on the device. `sampled` (device) row i is the token of `requests[i]`;
+    `host_sampled` receives a copy of it, complete once `done` has fired."""
+
+    requests: list[Request]
+    sampled: torch.Tensor | None
+    host_sampled: torch.Tensor | None
+    logprobs: list[dict[int, float] | None]
+    done: torch.cuda.Event | None
+    needs_history: bool
+    """True when a request of it samples from its whole token history (penalties): the next
+    step may not be launched before this one's tokens are known."""
 
 
 def kv_cache_bytes_per_block(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -50,7 +66,10 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         self._decode_graphs: DecodeGraphs | None = None
-        self._host_buffers: list[torch.Tensor | None] = [None, None]
+        # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
+        # copies of step N may still be reading theirs.
+        self._host_buffers: list[list[torch.Tensor | None]] = [[None, None, None], [None] * 3]
+        self._parity = 0
 
     def allocate_kv_cache(self, max_num_batched_tokens: int, max_model_len: int) -> int:
         """Sizes and allocates the KV cache; returns its number of blocks."""
@@ -98,19 +117,69 @@ class ModelRunner:
             self.model, self.kv_caches, self.config.max_num_seqs, max_model_len, self.block_size
         )
 
-    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepResult:
-        input_ids, positions, meta, sample_rows, sampling = self._prepare_inputs(batch)
+        """Runs one step to completion."""
+        return self.resolve(self.launch(batch, None))
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None) -> LaunchedStep:
+        """Queues the step on the device and returns without waiting for it. Pending input
+        tokens (sampled by `previous`, not yet known on the host) are read from its device rows."""
+        self._parity ^= 1
+        inputs = self._prepare_inputs(batch, previous)
+        input_ids, positions, meta, sample_rows, sampling, image_chunks = inputs
         graphs = self._decode_graphs
-        if graphs is not None and meta.is_decode_only and meta.num_seqs <= graphs.max_batch_size:
+        if image_chunks:
+            embeds = self._embed_with_images(input_ids, image_chunks)
+            hidden = self.model(input_ids, positions, self.kv_caches, meta, inputs_embeds=embeds)
+        elif graphs is not None and meta.is_decode_only and meta.num_seqs <= graphs.max_batch_size:
             hidden = graphs.run(input_ids, positions, meta)
         else:
             hidden = self.model(input_ids, positions, self.kv_caches, meta)
         if not sampling:
-            return StepResult([], [], [])
+            return LaunchedStep([], None, None, [], None, False)
         logits = self.model.compute_logits(hidden if sample_rows is None else hidden[sample_rows])
         sampled = self.sampler(logits, sampling)
-        return StepResult(sampling, sampled.token_ids, sampled.logprobs)
+        needs_history = any(r.params.needs_penalties for r in sampling)
+        if self.device.type != "cuda":
+            return LaunchedStep(
+                sampling, sampled.sampled, sampled.sampled, sampled.logprobs, None, needs_history
+            )
+        host = self._pinned(2, len(sampling), torch.int64)
+        host.copy_(sampled.sampled, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return LaunchedStep(sampling, sampled.sampled, host, sampled.logprobs, done, needs_history)
+
+    def resolve(self, step: LaunchedStep) -> StepResult:
+        """Waits for a launched step and returns its sampled tokens."""
+        if step.host_sampled is None:
+            return StepResult([], [], [])
+        if step.done is not None:
+            step.done.synchronize()
+        return StepResult(step.requests, step.host_sampled.tolist(), step.logprobs)
+
+    def _embed_with_images(self, input_ids: torch.Tensor, chunks: list[ImageChunk]) -> torch.Tensor:
+        """The step's input embeddings with image placeholders replaced by the images' encodings
+        (each request's images are encoded once, at the first chunk of its prompt that needs
+        them, and dropped once its prompt is done)."""
+        embeds = self.model.embed_input_ids(input_ids)
+        at, rows = [], []
+        for chunk in chunks:
+            images = chunk.images
+            if chunk.rows.size:
+                if images.embeds is None:
+                    images.embeds = self.model.encode_images(
+                        images.inputs.pixel_values, images.inputs.image_grid_thw
+                    )
+                at.append(chunk.at)
+                rows.append(images.embeds[torch.from_numpy(chunk.rows).to(self.device)])
+            if chunk.completes_prompt:
+                images.embeds = None
+        if at:
+            index = torch.from_numpy(np.concatenate(at)).to(self.device)
+            embeds[index] = torch.cat(rows).to(embeds.dtype)
+        return embeds
 
     def close(self) -> None:
         self._decode_graphs = None
@@ -121,10 +190,18 @@ class ModelRunner:
             torch.cuda.empty_cache()
 
     def _prepare_inputs(
-        self, batch: ScheduledBatch
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None, list[Request]]:
+        self, batch: ScheduledBatch, previous: LaunchedStep | None
+    ) -> tuple[
+        torch.Tensor,
+        torch.Tensor,
+        AttentionMetadata,
+        torch.Tensor | None,
+        list[Request],
+        list[ImageChunk],
+    ]:
         """Flat inputs of the step, the hidden rows to sample from (None: every row, as in a
-        decode-only step) and the requests that sample (those whose prompt is now complete)."""
+        decode-only step), the requests that sample (those whose prompt is now complete) and
+        where image encodings replace token embeddings."""
         requests = batch.requests
         num_seqs = len(requests)
         block_size = self.block_size
@@ -134,18 +211,33 @@ class ModelRunner:
         seq_lens = context_lens + query_lens
         max_query_len = int(query_lens.max())
         max_seq_len = int(seq_lens.max())
+        # A pending token (sampled by the previous step, still on the device) is always a
+        # decode's only input token: it is filled in on the device from the previous step.
+        pending_at: list[int] = []
+        pending_rows: list[int] = []
         if max_query_len == 1:
             num_tokens = num_seqs
-            token_ids = np.array(
-                [r.token_ids[c] for r, c in zip(requests, context_list)], dtype=np.int64
-            )
+            ids: list[int] = []
+            for i, (request, start) in enumerate(zip(requests, context_list)):
+                if start < len(request.token_ids):
+                    ids.append(request.token_ids[start])
+                else:
+                    ids.append(0)
+                    pending_at.append(i)
+                    pending_rows.append(request.pending_row)
+            token_ids = np.array(ids, dtype=np.int64)
             positions = context_lens
             seq_index = np.arange(num_seqs)
         else:
             num_tokens = int(query_lens.sum())
-            ids: list[int] = []
+            ids = []
             for request, start, count in zip(requests, context_list, batch.num_new_tokens):
-                ids.extend(request.token_ids[start : start + count])
+                if start < len(request.token_ids):
+                    ids.extend(request.token_ids[start : start + count])
+                else:
+                    pending_at.append(len(ids))
+                    pending_rows.append(request.pending_row)
+                    ids.append(0)
             token_ids = np.array(ids, dtype=np.int64)
             starts = np.cumsum(query_lens) - query_lens
             seq_index = np.repeat(np.arange(num_seqs), query_lens)
@@ -168,16 +260,28 @@ class ModelRunner:
         sampling = requests if samples.all() else list(itertools.compress(requests, samples))
         sample_rows = query_start_loc[1:][samples] - 1
 
-        token_part = [token_ids, positions, slot_mapping]
-        if sample_rows.size != num_tokens:
-            token_part.append(sample_rows)
+        num_sample_rows = sample_rows.size if sample_rows.size != num_tokens else 0
+        num_pending = len(pending_at)
+        model_positions, image_chunks = positions, []
+        if self.model.uses_mrope:
+            model_positions, image_chunks = mrope_step_positions(
+                requests, context_list, batch.num_new_tokens, positions, query_start_loc[:-1]
+            )
+        token_part = [token_ids, model_positions.ravel(), slot_mapping]
+        token_part.append(sample_rows[:num_sample_rows])
+        token_part += [np.array(pending_at, np.int64), np.array(pending_rows, np.int64)]
         token_data = self._to_device(token_part, torch.int64, 0)
         seq_data = self._to_device(
             [query_start_loc, seq_lens, block_tables.ravel()], torch.int32, 1
         )
-        ids_t, positions_t, slots_t, *rows_t = token_data.split(
-            [num_tokens] * 3 + [sample_rows.size] * (len(token_part) - 3)
+        ids_t, positions_t, slots_t, rows_t, at_t, from_t = token_data.split(
+            [num_tokens, model_positions.size, num_tokens, num_sample_rows] + [num_pending] * 2
         )
+        positions_t = positions_t.view(model_positions.shape)
+        if num_pending:
+            if previous is None or previous.sampled is None:
+                raise RuntimeError("a step has pending input tokens but no previous step")
+            ids_t.index_copy_(0, at_t, previous.sampled.index_select(0, from_t))
         qsl_t, seq_lens_t, tables_t = seq_data.split([num_seqs + 1, num_seqs, block_tables.size])
         meta = AttentionMetadata(
             num_seqs=num_seqs,
@@ -191,22 +295,28 @@ class ModelRunner:
             query_lens_cpu=batch.num_new_tokens,
             seq_lens_cpu=seq_lens.tolist(),
         )
-        sample_rows_t = rows_t[0] if rows_t else None
-        return ids_t, positions_t, meta, sample_rows_t, sampling
+        sample_rows_t = rows_t if num_sample_rows else None
+        return ids_t, positions_t, meta, sample_rows_t, sampling, image_chunks
 
     def _to_device(self, parts: list[np.ndarray], dtype: torch.dtype, slot: int) -> torch.Tensor:
         """The parts laid end to end on the device, through one reused (pinned) host buffer and
-        one copy. Reusing the buffer is safe: every step waits for its sampled tokens, which
-        come after this copy in stream order, before the next step fills it again."""
+        one copy. Reuse is safe: a buffer's next user is two steps later, and the engine never
+        launches a step before the one two back has finished."""
         size = sum(part.size for part in parts)
         if self.device.type == "cpu":
             return torch.from_numpy(np.concatenate(parts).astype(_NUMPY_DTYPES[dtype], copy=False))
-        buffer = self._host_buffers[slot]
-        if buffer is None or buffer.numel() < size:
+        buffer = self._pinned(slot, size, dtype)
+        np.concatenate(parts, out=buffer.numpy(), casting="unsafe")
+        return buffer.to(self.device, non_blocking=True)
+
+    def _pinned(self, slot: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+        """`size` elements of this step's pinned host buffer `slot`."""
+        buffers = self._host_buffers[self._parity]
+        buffer = buffers[slot]
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
             buffer = torch.empty(max(size, 1 << 16), dtype=dtype, pin_memory=True)
-            self._host_buffers[slot] = buffer
-        np.concatenate(parts, out=buffer.numpy()[:size], casting="unsafe")
-        return buffer[:size].to(self.device, non_blocking=True)
+            buffers[slot] = buffer
+        return buffer[:size]
 
     def _profile_free_gpu_memory(self, max_num_batched_tokens: int, max_model_len: int) -> int:
         """Bytes left for the KV cache under gpu_memory_utilization, after a forward pass of a

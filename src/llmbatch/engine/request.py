@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmbatch.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from llmbatch.engine.multimodal import RequestImages
 from llmbatch.engine.outputs import FinishReason, RequestOutput
 from llmbatch.engine.sampling_params import SamplingParams
 
@@ -27,6 +28,10 @@ class Request:
     blocks (kept across preemption); the first `num_registered_blocks` blocks were offered to the
     prefix cache. After preemption the computed count drops back to zero and the whole sequence,
     generated tokens included, is prefilled again.
+
+    With asynchronous scheduling a step may be launched before the tokens of the previous one are
+    known: `num_pending` tokens have been sampled on the device but not yet appended, and the
+    newest of them is row `pending_row` of the last launched step's sampled tokens.
     """
 
     request_id: str
@@ -37,12 +42,15 @@ class Request:
     max_model_len: int
     generator: torch.Generator | None = None
     detokenizer: IncrementalDetokenizer | None = None
+    images: RequestImages | None = None
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1
     block_ids: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
     num_registered_blocks: int = 0
+    num_pending: int = 0
+    pending_row: int = -1
     text: str = ""
     logprobs: list[dict[int, float]] | None = None
     finish_reason: FinishReason | None = None
@@ -66,7 +74,13 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        """Tokens of the sequence, pending ones included."""
+        return len(self.token_ids) + self.num_pending
+
+    @property
+    def certain_to_finish(self) -> bool:
+        """True when the pending tokens reach the length limit: nothing more need be computed."""
+        return self.num_pending > 0 and self.num_tokens >= self.length_limit
 
     @property
     def num_output_tokens(self) -> int:

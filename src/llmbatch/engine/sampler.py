@@ -11,8 +11,15 @@ from llmbatch.engine.request import Request
 
 @dataclass(slots=True)
 class SamplerOutput:
-    token_ids: list[int]
+    """The sampled ids stay on the device (reading them waits for the step); logprobs, when any
+    row asks for them, are already on the host."""
+
+    sampled: torch.Tensor
     logprobs: list[dict[int, float] | None]
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.sampled.tolist()
 
 
 class Sampler:
@@ -42,8 +49,7 @@ class Sampler:
             sampled = logits.argmax(dim=-1)
             rows = torch.tensor(random_rows, device=logits.device)
             sampled[rows] = self._sample_random(logits[rows], [requests[i] for i in random_rows])
-        token_ids = sampled.tolist()
-        return SamplerOutput(token_ids, self._gather_logprobs(raw_logprobs, requests, sampled))
+        return SamplerOutput(sampled, self._gather_logprobs(raw_logprobs, requests, sampled))
 
     def _raw_logprobs(
         self, logits: torch.Tensor, requests: list[Request]

@@ -65,8 +65,11 @@ class Scheduler:
         return batch
 
     def finish(self, request: Request) -> None:
-        """Releases a request that finished in the last step."""
-        self.running.remove(request)
+        """Releases a request that finished in the last step (it may have been preempted since)."""
+        try:
+            self.running.remove(request)
+        except ValueError:
+            self.waiting.remove(request)
         self.block_manager.free(request)
 
     def abort(self, request_id: str) -> Request | None:
@@ -83,6 +86,9 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
+            if request.certain_to_finish:
+                index += 1
+                continue
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             while not self.block_manager.allocate(request, request.num_computed_tokens + num_new):
                 victim = self.running.pop()

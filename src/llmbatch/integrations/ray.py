@@ -53,7 +53,10 @@ class EngineReplicaActor:
         self.processor = Processor(
             LLMProcessorConfig(**config), preprocess=preprocess, postprocess=postprocess
         )
-        _ = self.processor.engine  # loaded now, so Ray counts the load as the actor's start-up
+        # Held open for the actor's life, so one engine serves every batch; loaded now, so Ray
+        # counts the load as the actor's start-up.
+        self.processor.__enter__()
+        _ = self.processor.engine
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import llmbatch.data

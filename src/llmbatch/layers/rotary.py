@@ -69,6 +69,13 @@ def _inverse_frequencies(
     return inv_freq, attention_scaling
 
 
+def table_lookup(
+    cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``positions`` of the cos and sin tables, as ``[T, 1, head_dim // 2]`` in ``dtype``."""
+    return cos[positions, None].to(dtype), sin[positions, None].to(dtype)
+
+
 class RotaryEmbedding(nn.Module):
     """A float32 cos/sin table over every position the model can see."""
 
@@ -90,25 +97,28 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for ``positions`` (int64 [T]), as ``[T, 1, head_dim // 2]`` in ``dtype``."""
-        return self.cos[positions, None].to(dtype), self.sin[positions, None].to(dtype)
+        return table_lookup(self.cos, self.sin, positions, dtype)
 
     def at(self, positions: torch.Tensor, dtype: torch.dtype) -> PositionRotation:
         """The rotation of one step's tokens, shared by every layer of the step."""
-        return PositionRotation(self, positions, dtype)
+        return PositionRotation(self.cos, self.sin, positions, dtype)
 
 
 class PositionRotation:
-    """Rotates q and k by their tokens' positions: the Triton kernel in place on CUDA, else PyTorch."""
+    """Rotates q and k by their tokens' positions: the Triton kernel in place on CUDA, else PyTorch.
+
+    ``cos``/``sin`` are float32 ``[P, head_dim // 2]`` tables that ``positions`` (int64 [T]) index.
+    """
 
     def __init__(
-        self, rotary: RotaryEmbedding, positions: torch.Tensor, dtype: torch.dtype
+        self, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
     ) -> None:
         self.ops = triton_ops_for(positions)
         self.positions = positions
         if self.ops is None:
-            self.cos, self.sin = rotary.lookup(positions, dtype)
+            self.cos, self.sin = table_lookup(cos, sin, positions, dtype)
         else:
-            self.tables = (rotary.cos, rotary.sin)
+            self.tables = (cos, sin)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q ``[T, heads, head_dim]``, k ``[T, kv_heads, head_dim]``; may rotate them in place."""

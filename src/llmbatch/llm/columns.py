@@ -12,6 +12,11 @@ PROMPT = "prompt"
 SAMPLING_PARAMS = "sampling_params"
 PROMPT_TOKEN_IDS = "prompt_token_ids"
 ERROR = "error"
+# A row's decoded images (after preprocess) and processed image inputs (after tokenize).
+IMAGES = "__llmbatch_images"
+MULTI_MODAL = "__llmbatch_multi_modal"
+# Read by the engine stage and dropped there: they never reach postprocess or the output.
+INTERMEDIATE_COLUMNS = (PROMPT_TOKEN_IDS, IMAGES, MULTI_MODAL)
 
 GENERATION_TYPES: dict[str, pa.DataType] = {
     "generated_text": pa.string(),
@@ -85,6 +90,12 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
         names.update(dict.fromkeys(row))
     arrays = [to_arrow(name, [row.get(name) for row in rows]) for name in names]
     return pa.Table.from_arrays(arrays, names=list(names))
+
+
+def drop_intermediate_columns(table: pa.Table) -> pa.Table:
+    """The table without the columns that only carry a row's request to the engine."""
+    present = [name for name in INTERMEDIATE_COLUMNS if name in table.column_names]
+    return table.drop_columns(present) if present else table
 
 
 def split_table(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:

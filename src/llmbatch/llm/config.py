@@ -42,7 +42,12 @@ class LLMProcessorConfig:
             bounds, and a min the host cannot meet is an error. On Ray, the actor pool's size.
         accelerator_type: the GPU type each replica asks Ray for; no effect on one host.
         runtime_env: the replicas' Ray runtime environment; no effect on one host.
-        has_image: image inputs; not supported yet.
+        has_image: rows may hold images in their ``messages`` (content parts
+            ``{"type": "image", "image": X}`` or ``{"type": "image_url", "image_url": {"url": X}}``,
+            X a PIL image, bytes, a ``{"bytes", "path"}`` dict, a path or an http(s)/data URL).
+            The model's own processor (``AutoProcessor``) renders and tokenizes them; the model
+            must have an image processor. An image that cannot be read makes its row an error
+            row. Without it, a row holding an image stops the job with an error.
         apply_chat_template: turn each row's ``messages`` into ``prompt`` with the tokenizer's
             chat template (rows that give ``prompt`` directly skip it).
         chat_template: a Jinja template replacing the tokenizer's own.
@@ -111,10 +116,7 @@ class LLMProcessorConfig:
                 f"rows, e.g. 0.5), got {rate!r}"
             )
         if self.has_image:
-            raise ValueError(
-                f"{type(self).__name__}.has_image=True: image inputs are not supported yet; "
-                "use has_image=False with text-only messages"
-            )
+            self._check_image_options()
 
     @property
     def num_replicas(self) -> int:
@@ -124,6 +126,16 @@ class LLMProcessorConfig:
     def _check_positive(self, name: str, value: int) -> None:
         if value < 1:
             raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {value}")
+
+    def _check_image_options(self) -> None:
+        # Images live in messages and are expanded into the prompt's tokens before the engine.
+        needed = [name for name in ("apply_chat_template", "tokenize") if not getattr(self, name)]
+        if needed:
+            raise ValueError(
+                f"{type(self).__name__}.has_image=True needs "
+                f"{' and '.join(f'{name}=True' for name in needed)}: a row's images come from "
+                "its messages and are turned into image tokens by the tokenize stage"
+            )
 
     def _check_engine_kwargs(self) -> None:
         bad_keys = [k for k in self.engine_kwargs if not isinstance(k, str)]

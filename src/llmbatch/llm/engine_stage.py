@@ -17,21 +17,25 @@ from llmbatch.llm.columns import (
     GENERATION_TYPES,
     LOGPROBS,
     LOGPROBS_TYPE,
+    MULTI_MODAL,
     PROMPT,
     PROMPT_TOKEN_IDS,
     SAMPLING_PARAMS,
     as_table,
     column_values,
+    drop_intermediate_columns,
     errors_of,
     format_error,
     set_column,
 )
+from llmbatch.llm.image_columns import multi_modal_from_record
 from llmbatch.llm.prefetch import Prefetcher
 from llmbatch.llm.replicas import RejectedRequest
 from llmbatch.llm.summary import RunStats
 
 if TYPE_CHECKING:
     from llmbatch.engine.llm_engine import LLMEngine
+    from llmbatch.engine.multimodal import MultiModalInputs
     from llmbatch.engine.outputs import RequestOutput
     from llmbatch.engine.sampling_params import SamplingParams
 
@@ -45,6 +49,7 @@ class _Slot:
     request_id: str
     prompt: str | list[int] | None = None
     params: SamplingParams | None = None
+    multi_modal: MultiModalInputs | None = None
     error: str | None = None
     output: RequestOutput | None = None
     submitted_at: float = 0.0
@@ -153,19 +158,19 @@ class _Run:
             token_ids = column_values(table, PROMPT_TOKEN_IDS)
             prompts = column_values(table, PROMPT)
             params = column_values(table, SAMPLING_PARAMS)
+            multi_modal = column_values(table, MULTI_MODAL)
             slots = []
             for i in range(table.num_rows):
                 slot = _Slot(request_id=f"{self.prefix}{next(self.counter)}", error=errors[i])
                 if slot.error is None:
                     slot.prompt = token_ids[i] if token_ids[i] is not None else prompts[i]
+                    slot.multi_modal = multi_modal_from_record(multi_modal[i])
                     try:
                         slot.params = sampling_params_of(params[i])
                     except (TypeError, ValueError) as exc:
                         slot.error = format_error(SAMPLING_PARAMS, exc)
                 slots.append(slot)
-            if PROMPT_TOKEN_IDS in table.column_names:
-                table = table.drop_columns([PROMPT_TOKEN_IDS])
-            yield table, slots
+            yield drop_intermediate_columns(table), slots
 
     def execute(self) -> Iterator[pa.Table]:
         batch_size = self.stage.batch_size
@@ -206,8 +211,10 @@ class _Run:
             self.unsubmitted.extend(slot for slot in slots if slot.error is None)
 
     def submit(self, slot: _Slot) -> None:
+        # Text rows are submitted without the keyword, so engines without image support run them.
+        images = {} if slot.multi_modal is None else {"multi_modal": slot.multi_modal}
         try:
-            self.engine.add_request(slot.request_id, slot.prompt, slot.params)
+            self.engine.add_request(slot.request_id, slot.prompt, slot.params, **images)
         except ValueError as exc:
             slot.error = format_error(self.stage.name, exc)
             return

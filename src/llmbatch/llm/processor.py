@@ -49,17 +49,25 @@ def engine_args(config: LLMProcessorConfig) -> dict[str, Any]:
 
 
 class _EngineHolder:
-    """Loads the engine on first use and lends it to one run at a time."""
+    """Loads the engine on first use and lends it to one run at a time; closes it when a run
+    ends unless `keep_loaded` is set."""
 
     def __init__(self, config: LLMProcessorConfig, current_stats: Callable[[], RunStats]) -> None:
         self._config = config
         self._current_stats = current_stats
         self._engine: LLMEngine | None = None
+        self._processor: Any = None
         self._lock = threading.Lock()
+        self._processor_lock = threading.Lock()
         self._supersede_current: Callable[[], None] | None = None
+        self.keep_loaded = False
 
     def load(self) -> LLMEngine:
-        """The engine; loading it counts as the current run's start-up time."""
+        """The engine; loading it counts as the current run's start-up time. With has_image the
+        model's processor is loaded first, so a model without images fails before its engine
+        loads."""
+        if self._config.has_image:
+            self.processor()
         with self._lock:
             if self._engine is None:
                 started = time.perf_counter()
@@ -70,6 +78,13 @@ class _EngineHolder:
     def tokenizer(self) -> Any:
         return self.load().tokenizer
 
+    def processor(self) -> Any:
+        """The model's processor (image processor, tokenizer and chat template)."""
+        with self._processor_lock:
+            if self._processor is None:
+                self._processor = image_processor_of(self._config)
+            return self._processor
+
     def acquire(self, supersede: Callable[[], None]) -> LLMEngine:
         """The engine for a new run; a run still holding it is told to stop (`supersede`)."""
         engine = self.load()
@@ -79,9 +94,12 @@ class _EngineHolder:
         return engine
 
     def release(self, supersede: Callable[[], None]) -> None:
-        """A run is over: it no longer needs stopping when the next one starts."""
+        """A run is over: it no longer needs stopping when the next one starts, and the engine
+        is closed unless it is kept loaded."""
         if self._supersede_current == supersede:
             self._supersede_current = None
+            if not self.keep_loaded:
+                self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -97,9 +115,11 @@ class Processor:
     """Runs an LLM over a Dataset: ``processor(ds)`` returns a lazy Dataset of results.
 
     Stages, each reading and writing named columns: preprocess -> chat template -> tokenize ->
-    engine -> detokenize -> postprocess. The engine is loaded on the first run and kept for
-    later ones until `close()`. Consume one output at a time: starting a new run stops a run
-    still in progress.
+    engine -> detokenize -> postprocess. A run loads the engine and closes it when the run ends,
+    so its (GPU) memory is free for whatever runs next, as Ray Data LLM's actors end with their
+    job. Open as a context manager (``with build_llm_processor(...) as processor:``), the
+    processor keeps its engine loaded across runs until the block exits. Consume one output at
+    a time: starting a new run stops a run still in progress.
     """
 
     def __init__(
@@ -133,12 +153,24 @@ class Processor:
         _check_dataset(dataset)
         config = self.config
         holder = self._engine
+        has_image = config.has_image
         stages: list[Any] = [
-            PreprocessStage(self.preprocess, config.batch_size),
-            ChatTemplateStage(holder.tokenizer, config.apply_chat_template, config.chat_template),
+            PreprocessStage(self.preprocess, config.batch_size, has_image),
+            ChatTemplateStage(
+                holder.processor if has_image else holder.tokenizer,
+                config.apply_chat_template,
+                config.chat_template,
+                has_image,
+            ),
         ]
         if config.tokenize:
-            stages.append(TokenizeStage(holder.tokenizer, config.apply_chat_template))
+            stages.append(
+                TokenizeStage(
+                    holder.tokenizer,
+                    config.apply_chat_template,
+                    holder.processor if has_image else None,
+                )
+            )
         stages.append(
             EngineStage(
                 acquire=holder.acquire,
@@ -163,7 +195,8 @@ class Processor:
 
     @property
     def engine(self) -> LLMEngine:
-        """The engine (loaded now if no run has loaded it yet)."""
+        """The engine, loaded now if it is not loaded (the end of a run closes it unless the
+        processor is open as a context manager)."""
         return self._engine.load()
 
     def close(self) -> None:
@@ -171,9 +204,11 @@ class Processor:
         self._engine.close()
 
     def __enter__(self) -> Processor:
+        self._engine.keep_loaded = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._engine.keep_loaded = False
         self.close()
 
     def _identity(self) -> str:
@@ -210,6 +245,24 @@ def build_llm_processor(
     error row (its ``error`` column says why) and the run goes on.
     """
     return Processor(config, preprocess=preprocess, postprocess=postprocess)
+
+
+def image_processor_of(config: LLMProcessorConfig) -> Any:
+    """The processor of `config`'s model (``AutoProcessor``); a ValueError when it has no image
+    processor."""
+    from llmbatch.models.processor import load_processor
+    from llmbatch.models.source import resolve_model_folder
+
+    kwargs = config.engine_kwargs
+    folder = resolve_model_folder(config.model_source, kwargs.get("revision"), with_weights=False)
+    processor = load_processor(folder, trust_remote_code=bool(kwargs.get("trust_remote_code")))
+    if getattr(processor, "image_processor", None) is None:
+        raise ValueError(
+            f"has_image=True, but the model {config.model_source!r} has no image processor "
+            f"(its AutoProcessor is a {type(processor).__name__}): use a vision-language model "
+            "such as Qwen/Qwen2.5-VL-3B-Instruct, or set has_image=False for text-only rows"
+        )
+    return processor
 
 
 def _check_dataset(dataset: object) -> None:

@@ -17,10 +17,12 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llmbatch.llm.image_columns import multi_modal_from_record, multi_modal_record
 from llmbatch.llm.replica_plan import ReplicaPlan, plan_replicas
 
 if TYPE_CHECKING:
     from llmbatch.engine.config import EngineConfig
+    from llmbatch.engine.multimodal import MultiModalInputs
     from llmbatch.engine.outputs import RequestOutput
     from llmbatch.engine.sampling_params import SamplingParams
 
@@ -97,9 +99,11 @@ def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 for request_id in payload:
                     engine.abort_request(request_id)
             else:
-                for request_id, prompt, params in payload:
+                for request_id, prompt, params, images in payload:
+                    multi_modal = multi_modal_from_record(images)
+                    extra = {} if multi_modal is None else {"multi_modal": multi_modal}
                     try:
-                        engine.add_request(request_id, prompt, params)
+                        engine.add_request(request_id, prompt, params, **extra)
                     except ValueError as exc:
                         rejected.append(RejectedRequest(request_id, exc))
         results: list[Any] = list(rejected)
@@ -132,7 +136,9 @@ class ReplicatedEngine:
             for i, device in enumerate(plan.devices)
         ]
         self._owner: dict[str, int] = {}
-        self._unsent: list[list[tuple[str, Any, SamplingParams]]] = [[] for _ in plan.devices]
+        self._unsent: list[list[tuple[str, Any, SamplingParams, dict[str, Any] | None]]] = [
+            [] for _ in plan.devices
+        ]
         self._load = [0] * plan.num_replicas
         self._closed = False
         for process in self._processes:
@@ -155,14 +161,21 @@ class ReplicatedEngine:
         """The replica processes' ids, in replica order."""
         return [process.pid for process in self._processes]
 
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        multi_modal: MultiModalInputs | None = None,
+    ) -> None:
         """Queues a request on the least-loaded replica (sent with the next `step`)."""
         if request_id in self._owner:
             raise ValueError(f"request_id {request_id!r} is already in the engine")
         replica = min(range(self.num_replicas), key=self._load.__getitem__)
         self._owner[request_id] = replica
         self._load[replica] += 1
-        self._unsent[replica].append((request_id, prompt, params))
+        images = None if multi_modal is None else multi_modal_record(multi_modal)
+        self._unsent[replica].append((request_id, prompt, params, images))
 
     def abort_request(self, request_id: str) -> bool:
         replica = self._owner.pop(request_id, None)

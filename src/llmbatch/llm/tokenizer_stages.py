@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from llmbatch.llm.columns import (
     GENERATION_TYPES,
+    IMAGES,
     MESSAGES,
+    MULTI_MODAL,
     PROMPT,
     PROMPT_TOKEN_IDS,
     SAMPLING_PARAMS,
@@ -20,6 +22,11 @@ from llmbatch.llm.columns import (
     set_column,
     with_errors,
 )
+from llmbatch.llm.image_columns import images_from_arrow, multi_modal_to_arrow
+from llmbatch.llm.images import check_no_images
+
+if TYPE_CHECKING:
+    from llmbatch.engine.multimodal import MultiModalInputs
 
 TokenizerSource = Callable[[], Any]
 
@@ -37,6 +44,11 @@ def _clean_messages(messages: Any) -> list[dict[str, Any]]:
         message = {k: v for k, v in message.items() if v is not None}
         if not isinstance(message.get("role"), str) or "content" not in message:
             raise ValueError(f"messages[{i}] needs a str 'role' and a 'content', got {message!r}")
+        if isinstance(message["content"], list):
+            message["content"] = [
+                {k: v for k, v in part.items() if v is not None} if isinstance(part, dict) else part
+                for part in message["content"]
+            ]
         cleaned.append(message)
     return cleaned
 
@@ -47,15 +59,27 @@ def uses_chat_template(apply_chat_template: bool, messages: Any) -> bool:
 
 
 class ChatTemplateStage:
-    """``messages`` -> ``prompt`` through the tokenizer's chat template, with the generation
-    prompt added; rows without messages must give ``prompt`` themselves."""
+    """``messages`` -> ``prompt`` through the chat template of `tokenizer` (the model's processor
+    when rows hold images), with the generation prompt added; rows without messages must give
+    ``prompt`` themselves.
+
+    Without ``has_image``, a row whose messages hold an image stops the job with an error that
+    says to set has_image=True.
+    """
 
     name = "chat_template"
 
-    def __init__(self, tokenizer: TokenizerSource, apply: bool, chat_template: str | None):
+    def __init__(
+        self,
+        tokenizer: TokenizerSource,
+        apply: bool,
+        chat_template: str | None,
+        has_image: bool = False,
+    ):
         self._tokenizer = tokenizer
         self._apply = apply
         self._chat_template = chat_template
+        self._has_image = has_image
 
     def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
         tokenizer = self._tokenizer()
@@ -67,6 +91,8 @@ class ChatTemplateStage:
             for i in range(table.num_rows):
                 if errors[i] is not None:
                     continue
+                if not self._has_image:
+                    check_no_images(messages[i])
                 try:
                     prompts[i] = self._prompt_of(tokenizer, messages[i], prompts[i])
                 except Exception as exc:
@@ -99,23 +125,35 @@ class TokenizeStage:
     """``prompt`` -> ``prompt_token_ids``, a whole table per tokenizer call.
 
     Templated prompts already hold their special tokens; raw prompts get the tokenizer's
-    (e.g. BOS), as the engine would add them.
+    (e.g. BOS), as the engine would add them. Given the model's `processor`, a row with images
+    is tokenized with them: each image placeholder is expanded to the image's tokens and the
+    processed images go to an intermediate column for the engine; a row the processor rejects
+    becomes an error row.
     """
 
     name = "tokenize"
 
-    def __init__(self, tokenizer: TokenizerSource, apply_chat_template: bool):
+    def __init__(
+        self,
+        tokenizer: TokenizerSource,
+        apply_chat_template: bool,
+        processor: TokenizerSource | None = None,
+    ):
         self._tokenizer = tokenizer
         self._apply_chat_template = apply_chat_template
+        self._processor = processor
 
     def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
         tokenizer = self._tokenizer()
+        processor = self._processor() if self._processor is not None else None
         for block in blocks:
             table = as_table(block)
             errors = errors_of(table)
             prompts = column_values(table, PROMPT)
             messages = column_values(table, MESSAGES)
             token_ids: list[list[int] | None] = [None] * table.num_rows
+            if processor is not None:
+                multi_modal = self._with_images(processor, table, prompts, errors, token_ids)
             templated = [uses_chat_template(self._apply_chat_template, m) for m in messages]
             for from_template in (True, False):
                 rows = [
@@ -123,6 +161,7 @@ class TokenizeStage:
                     for i in range(table.num_rows)
                     if errors[i] is None
                     and prompts[i] is not None
+                    and token_ids[i] is None
                     and templated[i] == from_template
                 ]
                 if not rows:
@@ -132,7 +171,35 @@ class TokenizeStage:
                 )["input_ids"]
                 for i, ids in zip(rows, encoded):
                     token_ids[i] = ids
-            yield set_column(table, PROMPT_TOKEN_IDS, pa.array(token_ids, pa.list_(pa.int64())))
+            table = set_column(table, PROMPT_TOKEN_IDS, pa.array(token_ids, pa.list_(pa.int64())))
+            if processor is not None:
+                table = set_column(table, MULTI_MODAL, multi_modal_to_arrow(multi_modal))
+                table = with_errors(table.drop_columns([IMAGES]), errors)
+            yield table
+
+    def _with_images(
+        self,
+        processor: Any,
+        table: pa.Table,
+        prompts: list[Any],
+        errors: list[str | None],
+        token_ids: list[list[int] | None],
+    ) -> list[MultiModalInputs | None]:
+        """Tokenizes the rows that hold images (filling `token_ids` and `errors`); returns each
+        row's processed images."""
+        from llmbatch.engine.multimodal import process_images
+
+        multi_modal: list[MultiModalInputs | None] = [None] * table.num_rows
+        for i, stored in enumerate(column_values(table, IMAGES)):
+            if errors[i] is not None or not stored:
+                continue
+            try:
+                token_ids[i], multi_modal[i] = process_images(
+                    processor, prompts[i], images_from_arrow(stored)
+                )
+            except Exception as exc:
+                errors[i] = format_error(self.name, exc)
+        return multi_modal
 
 
 class DetokenizeStage:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
 
 from llmbatch.llm.columns import (
     ERROR,
+    IMAGES,
+    MESSAGES,
     as_table,
+    column_values,
     error_kind,
     errors_of,
     format_error,
@@ -20,6 +24,13 @@ from llmbatch.llm.columns import (
     split_table,
     to_arrow,
     with_errors,
+)
+from llmbatch.llm.image_columns import images_to_arrow
+from llmbatch.llm.images import (
+    ImageInputError,
+    as_content_parts,
+    check_no_images,
+    load_message_images,
 )
 from llmbatch.llm.summary import RunStats
 
@@ -30,6 +41,8 @@ logger = logging.getLogger("llmbatch")
 
 # The error rate is judged only after this many rows, so one early bad row does not stop a job.
 MIN_ROWS_FOR_ERROR_RATE = 20
+# Images of different rows are fetched and decoded at once: URLs mostly wait on the network.
+IMAGE_LOADING_THREADS = 8
 
 
 class ErrorRateExceeded(RuntimeError):
@@ -64,24 +77,59 @@ class PreprocessStage:
     """First stage: cuts the input into ``batch_size`` tables and merges ``preprocess(row)``
     into each row (its columns are added, or replace same-named originals).
 
+    With ``has_image``, each row's message images are loaded (several rows at once, in threads)
+    and taken out of ``messages``: the image parts become ``{"type": "image"}``, every content
+    becomes a list of parts (the form that multimodal chat templates take and that Arrow can
+    store for all rows alike), and the RGB images go to an intermediate column. A row whose image
+    cannot be read becomes an error row. Without ``has_image``, a row holding an image stops the
+    job: every such row would fail alike, so the fix is the config's, not the row's.
+
     Rows whose ``error`` is already set (e.g. from an earlier processor) pass untouched.
     """
 
     name = "preprocess"
 
-    def __init__(self, fn: RowFn | None, batch_size: int) -> None:
+    def __init__(self, fn: RowFn | None, batch_size: int, has_image: bool = False) -> None:
         self._fn = fn
         self._batch_size = batch_size
+        self._has_image = has_image
 
     def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        for block in blocks:
-            table = as_table(block)
-            _check_error_column(table)
-            for piece in split_table(table, self._batch_size):
-                yield piece if self._fn is None else self._apply(piece)
+        with ThreadPoolExecutor(IMAGE_LOADING_THREADS, "llmbatch-images") as pool:
+            for block in blocks:
+                table = as_table(block)
+                _check_error_column(table)
+                for piece in split_table(table, self._batch_size):
+                    yield self._apply(piece, pool)
 
-    def _apply(self, table: pa.Table) -> pa.Table:
+    def _apply(self, table: pa.Table, pool: ThreadPoolExecutor) -> pa.Table:
         errors = errors_of(table)
+        results = self._run_fn(table, errors) if self._fn is not None else None
+        if not self._has_image:
+            for result in results or ():
+                if result is not None:
+                    check_no_images(result.get(MESSAGES))
+            return table if results is None else _merge(table, results, errors)
+        if results is None:
+            results = [{} if error is None else None for error in errors]
+        originals = column_values(table, MESSAGES)
+        messages = [
+            None if res is None else res.get(MESSAGES, originals[i])
+            for i, res in enumerate(results)
+        ]
+        images: list[list[Any] | None] = [None] * table.num_rows
+        for i, loaded in enumerate(pool.map(_load_row_images, messages)):
+            if results[i] is None:
+                continue
+            if isinstance(loaded, ImageInputError):
+                errors[i] = format_error("images", loaded)
+                results[i] = None
+            elif messages[i] is not None:
+                results[i][MESSAGES], images[i] = loaded
+        table = _merge(table, results, errors)
+        return set_column(table, IMAGES, images_to_arrow(images))
+
+    def _run_fn(self, table: pa.Table, errors: list[str | None]) -> list[Row | None]:
         results: list[Row | None] = []
         for i, row in enumerate(table.to_pylist()):
             if errors[i] is not None:
@@ -96,18 +144,33 @@ class PreprocessStage:
             except Exception as exc:
                 errors[i] = format_error(self.name, exc)
                 results.append(None)
-        new_columns = dict.fromkeys(name for res in results if res for name in res)
-        new_columns.pop(ERROR, None)
-        for name in new_columns:
-            original = table.column(name).to_pylist() if name in table.column_names else None
-            values = [
-                res[name]
-                if res is not None and name in res
-                else (original[i] if original is not None else None)
-                for i, res in enumerate(results)
-            ]
-            table = set_column(table, name, to_arrow(name, values))
-        return with_errors(table, errors)
+        return results
+
+
+def _load_row_images(messages: Any) -> tuple[Any, list[Any]] | ImageInputError:
+    """A row's messages in stored form (content as parts, images as placeholders) and its
+    images; the error instead when an image cannot be loaded."""
+    try:
+        messages, images = load_message_images(messages)
+    except ImageInputError as exc:
+        return exc
+    return as_content_parts(messages), images
+
+
+def _merge(table: pa.Table, results: list[Row | None], errors: list[str | None]) -> pa.Table:
+    """Each row's results as columns over the table's own (rows without results keep theirs)."""
+    new_columns = dict.fromkeys(name for res in results if res for name in res)
+    new_columns.pop(ERROR, None)
+    for name in new_columns:
+        original = table.column(name).to_pylist() if name in table.column_names else None
+        values = [
+            res[name]
+            if res is not None and name in res
+            else (original[i] if original is not None else None)
+            for i, res in enumerate(results)
+        ]
+        table = set_column(table, name, to_arrow(name, values))
+    return with_errors(table, errors)
 
 
 class OutputStage:

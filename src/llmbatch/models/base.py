@@ -27,6 +27,9 @@ class CausalLM(nn.Module, ABC):
     """Positions the model can encode (the length of its rotary table)."""
     tensor_parallel: TensorParallel = SINGLE
     """The shard of the model this instance holds."""
+    uses_mrope: bool = False
+    """Whether positions are M-RoPE's three rows ``[3, T]`` (temporal, height, width), as
+    ``mrope_positions`` gives them, rather than ``[T]``."""
 
     @abstractmethod
     def forward(
@@ -39,6 +42,9 @@ class CausalLM(nn.Module, ABC):
         """input_ids/positions int64 ``[T]`` -> final hidden states ``[T, hidden_size]``.
 
         ``kv_caches[i]`` is layer ``i``'s ``[2, num_blocks, block_size, num_kv_heads, head_dim]``.
+        Models with ``uses_mrope`` take positions ``[3, T]``, and models that read images take an
+        optional ``inputs_embeds: Tensor | None = None`` (``[T, hidden_size]``) that replaces the
+        embedding of ``input_ids``; text models keep this signature.
         """
 
     @abstractmethod

@@ -109,7 +109,7 @@ def eos_token_ids_of(
     if tokenizer is not None:
         ids += _as_list(tokenizer.eos_token_id)
     if not ids:
-        ids += _as_list(getattr(config, "eos_token_id", None))
+        ids += _as_list(getattr(config.get_text_config(), "eos_token_id", None))
     return list(dict.fromkeys(ids))
 
 

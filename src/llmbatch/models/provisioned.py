@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from llmbatch.models.gguf import converted_gguf_folder
@@ -25,5 +26,7 @@ def smollm2_gguf_path() -> str:
 
 
 def smollm2_dir() -> str:
-    """SmolLM2-135M-Instruct as a safetensors folder (converted once from the GGUF, then cached)."""
-    return converted_gguf_folder(smollm2_gguf_path())
+    """SmolLM2-135M-Instruct as a safetensors folder (converted once from the GGUF, then cached),
+    or the folder that $LLMBATCH_SMOLLM2_DIR names, used as it is (for machines without the
+    package or the gguf reader)."""
+    return os.environ.get("LLMBATCH_SMOLLM2_DIR") or converted_gguf_folder(smollm2_gguf_path())

@@ -7,12 +7,14 @@ from transformers import PretrainedConfig
 from llmbatch.layers.attention.base import AttentionBackend
 from llmbatch.models.base import CausalLM
 from llmbatch.models.llama import LlamaForCausalLM
+from llmbatch.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 
 MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLForConditionalGeneration,
 }
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(MODEL_CLASSES)
 # for configs that name no architecture
@@ -21,6 +23,7 @@ _ARCHITECTURE_OF_MODEL_TYPE = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
 }
 
 

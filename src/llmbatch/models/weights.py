@@ -74,7 +74,7 @@ def iterate_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 @torch.no_grad()
 def init_dummy_weights(model: CausalLM, seed: int) -> None:
-    """Normal(0, 0.02) weights and biases and unit norm scales, the same for the same seed and
+    """Normal(0, 0.02) weights and biases and unit RMS norm scales, the same for the same seed and
     device type. Whole checkpoint tensors are drawn, so every tensor-parallel shard holds its
     slice of the same model."""
     param = next(model.parameters())
@@ -87,5 +87,10 @@ def init_dummy_weights(model: CausalLM, seed: int) -> None:
 
     model.load_weights(draws())
     for module in model.modules():
-        if isinstance(module, RMSNorm):
+        if _is_rms_norm(module):
             module.weight.fill_(1.0)
+
+
+def _is_rms_norm(module: torch.nn.Module) -> bool:
+    """Ours, or one of a transformers module (e.g. a vision tower) that a model reuses."""
+    return isinstance(module, RMSNorm) or type(module).__name__.endswith("RMSNorm")

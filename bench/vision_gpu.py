@@ -1,0 +1,542 @@
+"""Vision throughput: llmbatch and transformers on a Qwen2.5-VL-3B-shaped model, same random
+weights, same card, same run.
+
+    PYTHONPATH=src python bench/vision_gpu.py --tokenizer .cache/smollm2-tokenizer --images 300 \
+        --out vision.json
+
+Each row is a multiple-choice question over one picture, in the vision tutorial's form (a system
+prompt asking for "Final Answer: <answer>"; the question, the image and the choices as the user's
+content), greedy, with a fixed number of new tokens (random weights never stop on their own).
+Pictures are generated (deterministic, of COCO's sizes around 640x480) and processed with the
+model folder's processor before any timing; the processor's time per image is reported apart.
+transformers `generate()` runs static batches (left padding, sdpa) over the first --peer-images
+rows; its rates are per-second figures over the rows it ran. Its greedy tokens are compared with
+llmbatch's on those rows: equal in float32, while bf16 rounding makes them part after a while.
+
+The model folder (config, SmolLM2's tokenizer with Qwen's chat and vision tokens, image
+processor, chat template) is built in a temporary folder; weights are drawn by transformers and
+copied into llmbatch's engine, so both run the same model.
+
+CPU smoke run (prints only; nothing is appended to bench/RESULTS.md):
+
+    PYTHONPATH=src python bench/vision_gpu.py --device cpu --shape tiny --images 8 \
+        --peer-images 8 --peer-batch 4 --max-tokens 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+if TYPE_CHECKING:
+    from llmbatch.engine.multimodal import MultiModalInputs
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+# Qwen2-VL's prompt layout; an image part becomes its vision placeholder, which the processor
+# expands to one token per 2 x 2 patches.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+MIN_PIXELS = 56 * 56
+PATCH = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+
+# Qwen2.5-VL-3B-Instruct's config, and the tiny Qwen2.5-VL of the tests (tests/models/tiny_vl.py)
+# fmt: off
+SHAPES: dict[str, dict[str, dict[str, Any]]] = {
+    "qwen2.5-vl-3b": {
+        "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008,
+                     num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                     max_position_embeddings=128000, tie_word_embeddings=True),
+        "rope": dict(rope_theta=1000000.0, mrope_section=[16, 24, 24]),
+        "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                       window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
+    },
+    "tiny": {
+        "text": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                     tie_word_embeddings=False),
+        "rope": dict(rope_theta=10000.0, mrope_section=[2, 3, 3]),
+        "vision": dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=2,
+                       window_size=56, fullatt_block_indexes=[1]),
+    },
+}
+# fmt: on
+
+SYSTEM_PROMPT = """Look at the image and the question carefully and reason step by step.
+First describe the image, then give your reasoning, and end with one line in this format:
+Final Answer: <answer>
+where <answer> is the letter of the right choice (the letter only). Always give an answer."""
+QUESTIONS = (
+    ("What is the main object in the picture?", ("a dog", "a bicycle", "a pizza", "a train")),
+    ("How many people can be seen?", ("none", "one", "two", "three or more")),
+    ("Where was this photo most likely taken?", ("a kitchen", "a street", "a beach", "a park")),
+    ("Which colour covers most of the picture?", ("red", "green", "blue", "yellow")),
+    ("What is the weather like?", ("sunny", "rainy", "snowy", "cloudy")),
+)
+CHOICE_LETTERS = "ABCD"
+# COCO's common sizes (width, height)
+IMAGE_SIZES = ((640, 480), (480, 640), (640, 427), (500, 375), (612, 612), (640, 360))
+WARMUP_ROWS = 8
+
+
+@dataclass(slots=True)
+class Row:
+    """One request: its chat-templated prompt and picture, then the processor's output."""
+
+    prompt: str
+    image: Image.Image
+    token_ids: list[int] | None = None
+    multi_modal: MultiModalInputs | None = None
+
+
+# --- the model folder ---------------------------------------------------------------------------
+
+
+def vl_tokenizer(tokenizer_dir: str):
+    """SmolLM2's tokenizer with Qwen's chat and vision tokens added, and Qwen2-VL's layout."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    missing = [t for t in (*CHAT_TOKENS, *VISION_TOKENS) if t not in tokenizer.get_vocab()]
+    tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def vl_config(shape: str, tokenizer):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (*CHAT_TOKENS, *VISION_TOKENS)}
+    text = SHAPES[shape]["text"]
+    vocab_size = text.get("vocab_size", -(-len(tokenizer) // 64) * 64)
+    if vocab_size < len(tokenizer):
+        raise ValueError(f"{shape}'s vocabulary is smaller than the tokenizer's ({len(tokenizer)})")
+    text_config = {
+        **text,
+        "vocab_size": vocab_size,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", **SHAPES[shape]["rope"]},
+        "bos_token_id": ids["<|im_start|>"],
+        "eos_token_id": ids["<|im_end|>"],
+    }
+    vision_config = {**SHAPES[shape]["vision"], **PATCH, "tokens_per_second": 2}
+    return Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config | {"out_hidden_size": text["hidden_size"]},
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        # the Hub's configs set the tying at the top level, transformers reads the text config's
+        tie_word_embeddings=text["tie_word_embeddings"],
+        architectures=["Qwen2_5_VLForConditionalGeneration"],
+    )
+
+
+def write_model_folder(folder: Path, shape: str, tokenizer_dir: str, max_pixels: int):
+    """config.json (no weights), tokenizer, image processor and chat template, as the Hub's
+    Qwen2.5-VL folders hold them; returns the config."""
+    tokenizer = vl_tokenizer(tokenizer_dir)
+    config = vl_config(shape, tokenizer)
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    # Written as the Hub's folders hold it, not saved from a class: the image processor's class
+    # differs between transformers versions (with and without torchvision), the file does not.
+    image_processor = {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "size": {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels},
+        "patch_size": PATCH["patch_size"],
+        "temporal_patch_size": PATCH["temporal_patch_size"],
+        "merge_size": PATCH["spatial_merge_size"],
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=2))
+    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (folder / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Qwen2_5_VLProcessor"}, indent=2)
+    )
+    return config
+
+
+# --- the rows -----------------------------------------------------------------------------------
+
+
+def make_image(seed: int) -> Image.Image:
+    """Smooth random colour fields with a few rectangles, deterministic in `seed`."""
+    width, height = IMAGE_SIZES[seed % len(IMAGE_SIZES)]
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8)
+    pixels = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC)).copy()
+    for _ in range(4):
+        x, y = rng.integers(0, width - 40), rng.integers(0, height - 40)
+        w, h = rng.integers(20, width // 3), rng.integers(20, height // 3)
+        pixels[y : y + h, x : x + w] = rng.integers(0, 256, 3, dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def make_rows(processor, first: int, count: int) -> list[Row]:
+    rows = []
+    for i in range(first, first + count):
+        question, choices = QUESTIONS[i % len(QUESTIONS)]
+        listed = "\n".join(f"{CHOICE_LETTERS[k]}) {c}" for k, c in enumerate(choices))
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": question + "\n\n"},
+                    {"type": "image"},
+                    {"type": "text", "text": "\n\nChoices:\n" + listed},
+                ],
+            },
+        ]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        rows.append(Row(prompt, make_image(i)))
+    return rows
+
+
+def process_rows(processor, rows: list[Row]) -> float:
+    """Expands each row's image placeholder and processes its image; returns seconds."""
+    from llmbatch.engine.multimodal import process_images
+
+    start = time.perf_counter()
+    for row in rows:
+        row.token_ids, row.multi_modal = process_images(processor, row.prompt, [row.image])
+    return time.perf_counter() - start
+
+
+# --- the systems --------------------------------------------------------------------------------
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_hf_model(config, device: str, dtype: torch.dtype):
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(
+            config, dtype=dtype, attn_implementation="sdpa"
+        )
+    # ignore_eos: decode exactly max_new_tokens, as llmbatch does, without masking the EOS logit
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def run_transformers(config, processor, rows: list[Row], args) -> tuple[dict, list, dict]:
+    """transformers over the first --peer-images rows; returns the result, the tokens and the
+    model's weights (on the CPU), for llmbatch to run the same model."""
+    start = time.perf_counter()
+    model = make_hf_model(config, args.device, getattr(torch, args.dtype))
+    synchronize(args.device)
+    startup = time.perf_counter() - start
+    result, token_ids = hf_generate(model, processor, rows[: args.peer_images], args)
+    result["startup_s"] = startup
+    weights = {name: tensor.to("cpu") for name, tensor in model.state_dict().items()}
+    del model
+    gc.collect()
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return result, token_ids, weights
+
+
+def hf_generate(model, processor, rows: list[Row], args) -> tuple[dict, list[list[int]]]:
+    """Static batches of --peer-batch rows, left padding; inputs are processed before timing."""
+    processor.tokenizer.padding_side = "left"
+    pad = processor.tokenizer.pad_token_id
+    batches = []
+    for first in range(0, len(rows), args.peer_batch):
+        chunk = rows[first : first + args.peer_batch]
+        inputs = processor(
+            text=[r.prompt for r in chunk],
+            images=[r.image for r in chunk],
+            padding=True,
+            return_tensors="pt",
+        )
+        batches.append(inputs.to(args.device))
+
+    def generate(inputs, new_tokens: int) -> torch.Tensor:
+        with torch.no_grad():
+            out = model.generate(
+                **inputs,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        return out[:, inputs["input_ids"].shape[1] :]
+
+    generate(batches[0], 2)  # warm-up: kernels and allocator out of the timing
+    synchronize(args.device)
+    start = time.perf_counter()
+    outputs = [generate(inputs, args.max_tokens).cpu() for inputs in batches]
+    synchronize(args.device)
+    seconds = time.perf_counter() - start
+    token_ids = [row.tolist() for out in outputs for row in out]
+    return rates("transformers generate()", token_ids, seconds, args.max_tokens), token_ids
+
+
+def run_llmbatch(folder: str, weights: dict | None, rows: list[Row], warmup: list[Row], args):
+    """Start-up, then all rows through the engine at once; returns the result and tokens."""
+    from llmbatch import SamplingParams
+    from llmbatch.engine.llm_engine import LLMEngine
+
+    start = time.perf_counter()
+    engine = LLMEngine.from_engine_args(
+        model=folder,
+        load_format="dummy",
+        dtype=args.dtype,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
+    synchronize(args.device)
+    startup = time.perf_counter() - start
+    try:
+        if weights is not None:
+            # The same weights as the transformers peer.
+            engine._runner.model.load_weights(weights.items())
+        params = SamplingParams(
+            temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, detokenize=False
+        )
+        # Warm-up rows have pictures of their own, so the prefix cache holds none of the timed
+        # rows' images.
+        run_engine(engine, warmup, params, "warmup")
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        before = engine.stats
+        synchronize(args.device)
+        start = time.perf_counter()
+        token_ids = run_engine(engine, rows, params, "row")
+        synchronize(args.device)
+        seconds = time.perf_counter() - start
+        after = engine.stats
+    finally:
+        engine.close()
+    result = rates("llmbatch", token_ids, seconds, args.max_tokens)
+    result["startup_s"] = startup
+    result["prompt_tokens"] = after.num_prompt_tokens - before.num_prompt_tokens
+    result["cached_prompt_tokens"] = after.num_cached_tokens - before.num_cached_tokens
+    result["steps"] = after.num_steps - before.num_steps
+    result["preemptions"] = after.num_preemptions - before.num_preemptions
+    if args.device.startswith("cuda"):
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result, token_ids
+
+
+def run_engine(engine, rows: list[Row], params, prefix: str) -> list[list[int]]:
+    for i, row in enumerate(rows):
+        engine.add_request(f"{prefix}-{i}", row.token_ids, params, multi_modal=row.multi_modal)
+    outputs = {}
+    while engine.has_unfinished():
+        outputs.update((o.request_id, o.token_ids) for o in engine.step())
+    return [list(outputs[f"{prefix}-{i}"]) for i in range(len(rows))]
+
+
+def rates(system: str, token_ids: list[list[int]], seconds: float, max_tokens: int) -> dict:
+    """Rates over the timed rows, each of which must have decoded exactly max_tokens."""
+    lengths = {len(t) for t in token_ids}
+    if lengths != {max_tokens}:
+        raise RuntimeError(f"{system} gave outputs of {sorted(lengths)} tokens, not {max_tokens}")
+    generated = len(token_ids) * max_tokens
+    return {
+        "system": system,
+        "rows": len(token_ids),
+        "seconds": seconds,
+        "rows_per_s": len(token_ids) / seconds,
+        "output_tok_s": generated / seconds,
+        "startup_s": None,
+    }
+
+
+def agreement(ours: list[list[int]], theirs: list[list[int]]) -> str:
+    """How far llmbatch's greedy tokens follow transformers' on the rows both ran."""
+    equal = sum(a == b for a, b in zip(ours, theirs))
+    shared = [
+        next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        for a, b in zip(ours, theirs)
+    ]
+    return (
+        f"Greedy tokens equal to transformers' on {equal}/{len(theirs)} rows; the first "
+        f"{np.mean(shared):.1f} of {len(theirs[0])} tokens agree on average"
+    )
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def card_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def table(record: dict) -> str:
+    lines = [
+        f"### vision_gpu.py, {record['date']}, {record['card']}, commit {record['commit']}",
+        "",
+        f"`{record['command']}`",
+        "",
+        f"{record['shape']}, {record['dtype']}, random weights; {record['images']} rows of one "
+        f"{record['mean_image_tokens']:.0f}-token image and {record['mean_prompt_tokens']:.0f} "
+        f"prompt tokens on average, {record['max_tokens']} new tokens each (greedy, ignore_eos)",
+        "",
+        "| system | rows | rows/s | output tok/s | start-up s | vs transformers |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    peer = next((r for r in record["results"] if r["system"] != "llmbatch"), None)
+    for r in record["results"]:
+        startup = "" if r["startup_s"] is None else f"{r['startup_s']:.1f}"
+        speedup = f"{r['output_tok_s'] / peer['output_tok_s']:.1f}x" if peer else "-"
+        lines.append(
+            f"| {r['system']} | {r['rows']} | {r['rows_per_s']:.2f} | {r['output_tok_s']:,.0f} "
+            f"| {startup} | {speedup} |"
+        )
+    lines += [
+        "",
+        f"Image processing (before timing, one image at a time): "
+        f"{record['processor_ms_per_image']:.1f} ms per image.",
+    ]
+    if record["check"]:
+        lines.append(record["check"] + ".")
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--tokenizer", default=None, help="SmolLM2's tokenizer folder")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-vl-3b")
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        default=None,
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument("--images", type=int, default=300, help="rows (one image each)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per row")
+    parser.add_argument("--max-pixels", type=int, default=448 * 448)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--peer-images", type=int, default=64, help="0: skip transformers")
+    parser.add_argument("--peer-batch", type=int, default=16)
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--out", type=Path, default=Path("vision_gpu.json"))
+    args = parser.parse_args()
+    for name in ("images", "max_tokens", "peer_batch", "max_pixels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.peer_images <= args.images:
+        parser.error(f"--peer-images must be between 0 and --images ({args.images})")
+    if args.max_pixels < MIN_PIXELS:
+        parser.error(f"--max-pixels must be at least {MIN_PIXELS}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("no CUDA device here; pass --device cpu (with --shape tiny for a smoke run)")
+    if args.dtype is None:
+        args.dtype = "float32" if args.device == "cpu" else "bfloat16"
+    if args.tokenizer is None:
+        from llmbatch.models.provisioned import smollm2_dir
+
+        args.tokenizer = smollm2_dir()
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    from llmbatch.models.processor import load_processor
+
+    results: list[dict] = []
+    check = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = write_model_folder(folder, args.shape, args.tokenizer, args.max_pixels)
+        processor = load_processor(str(folder))
+        rows = make_rows(processor, 0, args.images)
+        warmup = make_rows(processor, args.images, WARMUP_ROWS)
+        processor_s = process_rows(processor, rows)
+        process_rows(processor, warmup)
+        print(f"processed {len(rows)} images in {processor_s:.1f} s", flush=True)
+
+        weights = None
+        peer_tokens: list[list[int]] = []
+        if args.peer_images:
+            peer, peer_tokens, weights = run_transformers(config, processor, rows, args)
+            results.append(peer)
+            print(peer, flush=True)
+        ours, our_tokens = run_llmbatch(str(folder), weights, rows, warmup, args)
+        del weights
+        results.append(ours)
+        print(ours, flush=True)
+        if peer_tokens:
+            check = agreement(our_tokens[: len(peer_tokens)], peer_tokens)
+
+    merge = PATCH["spatial_merge_size"] ** 2
+    image_tokens = [int(r.multi_modal.image_grid_thw.prod()) // merge for r in rows]
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "card": card_name(args.device),
+        "commit": commit(),
+        "command": "PYTHONPATH=src python3 " + shlex.join(sys.argv),
+        "shape": args.shape,
+        "dtype": args.dtype,
+        "images": args.images,
+        "max_tokens": args.max_tokens,
+        "max_pixels": args.max_pixels,
+        "mean_prompt_tokens": float(np.mean([len(r.token_ids) for r in rows])),
+        "mean_image_tokens": float(np.mean(image_tokens)),
+        "processor_ms_per_image": 1000 * processor_s / len(rows),
+        "check": check,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    text = table(record)
+    print("\n" + text)
+    if args.device.startswith("cuda") and not args.no_record:
+        with Path(__file__).with_name("RESULTS.md").open("a") as f:
+            f.write("\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
