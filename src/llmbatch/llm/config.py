@@ -56,7 +56,8 @@ class LLMProcessorConfig:
         detokenize: decode ``generated_tokens`` into ``generated_text`` for rows whose
             ``sampling_params`` set ``detokenize=False``.
         max_pending_requests: requests kept inside the engine at once (default: twice the
-            engine's ``max_num_seqs``), so its running batch never waits for new rows.
+            engine's ``max_num_seqs``, 256 with ``has_image``), so its running batch never waits
+            for new rows.
         max_concurrent_batches: how many ``batch_size`` tables of finished rows may wait for an
             earlier, slower row (output keeps input order); feeding pauses beyond that.
     """

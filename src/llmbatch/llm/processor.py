@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("llmbatch")
 
+# Rows with images in the engine at once by default: each holds its pixels on the host until its
+# prompt is encoded (about 7 MB a COCO-sized picture for Qwen2.5-VL), so the default of twice
+# max_num_seqs would hold gigabytes.
+IMAGE_PENDING_REQUESTS = 256
+
 
 class ModelLoadError(ValueError):
     """The model could not be loaded; raised before any row is read by a resumable write."""
@@ -177,7 +182,8 @@ class Processor:
                 release=holder.release,
                 current_stats=self._current_stats,
                 batch_size=config.batch_size,
-                max_pending_requests=config.max_pending_requests,
+                max_pending_requests=config.max_pending_requests
+                or (IMAGE_PENDING_REQUESTS if has_image else None),
                 max_concurrent_batches=config.max_concurrent_batches,
             )
         )
