@@ -109,6 +109,8 @@ def test_a_tiny_kv_cache_preempts_and_gives_the_same_output(config, tmp_path):
         with build_llm_processor(budget, preprocess=_long_request) as processor:
             processor(data.from_items(rows)).write_parquet(tmp_path / name)
             preemptions[name] = processor.engine.stats.num_preemptions
+            assert processor.summary().preemptions == preemptions[name]
+            assert f"preemptions      {preemptions[name]}\n" in processor.summary().format()
         answers[name] = [
             (r["word"], r["generated_text"], r["error"]) for r in _read(tmp_path / name)
         ]

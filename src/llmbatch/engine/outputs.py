@@ -28,7 +28,8 @@ class RequestOutput:
     id or string, None for EOS) or "length" (max_tokens or max_model_len reached). logprobs, when
     asked for, holds one dict per generated token mapping token id to log-probability: the top
     `logprobs` ids plus the sampled one. num_cached_tokens counts prompt tokens served from the
-    prefix cache.
+    prefix cache; num_preemptions how often the request lost its KV cache to others and was
+    recomputed.
     """
 
     request_id: str
@@ -41,6 +42,7 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     logprobs: list[dict[int, float]] | None = None
+    num_preemptions: int = 0
 
     @property
     def finished(self) -> bool:

@@ -50,6 +50,7 @@ class Request:
     block_hashes: list[int] = field(default_factory=list)
     num_registered_blocks: int = 0
     num_pending: int = 0
+    num_preemptions: int = 0
     pending_row: int = -1
     text: str = ""
     logprobs: list[dict[int, float]] | None = None
@@ -158,4 +159,5 @@ class Request:
             num_prompt_tokens=self.num_prompt_tokens,
             num_cached_tokens=max(self.num_cached_tokens, 0),
             logprobs=self.logprobs,
+            num_preemptions=self.num_preemptions,
         )

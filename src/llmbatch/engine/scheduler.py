@@ -125,6 +125,7 @@ class Scheduler:
             budget -= num_new
 
     def _preempt(self, request: Request) -> None:
+        request.num_preemptions += 1
         self.block_manager.free(request)
         request.num_computed_tokens = 0
         request.status = RequestStatus.WAITING

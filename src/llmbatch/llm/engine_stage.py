@@ -235,6 +235,7 @@ class _Run:
             self.stats.input_tokens += output.num_prompt_tokens
             self.stats.output_tokens += len(output.token_ids)
             self.stats.cached_input_tokens += output.num_cached_tokens
+            self.stats.preemptions += output.num_preemptions
 
     def num_ready(self) -> int:
         ready = 0

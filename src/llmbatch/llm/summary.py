@@ -12,7 +12,9 @@ class RunSummary:
     """What one run of a processor did.
 
     Rates are over the run's wall time less the engine's start-up (0 when it was already
-    loaded), so they measure processing, not model loading.
+    loaded), so they measure processing, not model loading. `preemptions` counts the times a
+    request gave its KV cache up to others and was recomputed (many of them: the KV cache is
+    too small for max_num_seqs sequences of these lengths).
     """
 
     rows: int
@@ -21,6 +23,7 @@ class RunSummary:
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int
+    preemptions: int
     wall_time_s: float
     engine_startup_s: float
     rows_per_s: float
@@ -35,6 +38,7 @@ class RunSummary:
             ("error rows", f"{self.error_rows}" + (f" ({errors})" if errors else "")),
             ("input tokens", f"{self.input_tokens} ({self.cached_input_tokens} from prefix cache)"),
             ("output tokens", f"{self.output_tokens}"),
+            ("preemptions", f"{self.preemptions}"),
             (
                 "wall time",
                 f"{self.wall_time_s:.2f} s (engine start-up {self.engine_startup_s:.2f} s)",
@@ -57,6 +61,7 @@ class RunStats:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    preemptions: int = 0
     engine_startup_s: float = 0.0
 
     def summary(self) -> RunSummary:
@@ -70,6 +75,7 @@ class RunStats:
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             cached_input_tokens=self.cached_input_tokens,
+            preemptions=self.preemptions,
             wall_time_s=wall,
             engine_startup_s=self.engine_startup_s,
             rows_per_s=self.rows / busy,
