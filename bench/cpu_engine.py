@@ -18,12 +18,12 @@ import itertools
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from report import commit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -131,15 +131,6 @@ class TransformersRunner:
                 pad_token_id=self.pad_id,
             )
         return (out.shape[1] - width) * len(batch)
-
-
-def commit() -> str:
-    result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    )
-    return (
-        result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "uncommitted"
-    )
 
 
 def machine() -> str:

@@ -13,13 +13,13 @@ import argparse
 import datetime
 import gc
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from report import commit
 from workloads import Workload, build
 
 SHAPES = {
@@ -307,14 +307,11 @@ def main() -> None:
             print("profile:", profile, flush=True)
         llm.close()
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     record = {
         "date": datetime.date.today().isoformat(),
         "card": card,
         "shape": args.shape,
-        "commit": commit or "unknown",
+        "commit": commit(),
         "command": " ".join(sys.argv),
         "startup_s": startup,
         "profile": profile,

@@ -17,13 +17,13 @@ import argparse
 import datetime
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from gpu_throughput import SHAPES
+from report import commit
 from workloads import build
 
 TOKENIZER_FILES = (
@@ -149,15 +149,6 @@ def table(rows: list[dict], card: str, num_gpus: int) -> str:
             f"| {r['check']} |"
         )
     return "\n".join(lines)
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

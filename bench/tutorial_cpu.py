@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import commit
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tutorial_text.py"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -36,16 +38,6 @@ def machine() -> str:
     except OSError:
         pass
     return f"{model}, {os.cpu_count()} cores, no GPU"
-
-
-def commit() -> str:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-    except OSError:
-        return "uncommitted"
-    return result.stdout.strip() if result.returncode == 0 else "uncommitted"
 
 
 def run_timed(csv_path: str, rows: int, max_tokens: int, summary_path: str) -> float:

@@ -31,7 +31,6 @@ import gc
 import json
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
+from report import commit
 
 if TYPE_CHECKING:
     from llmbatch.engine.multimodal import MultiModalInputs
@@ -391,15 +391,6 @@ def agreement(ours: list[list[int]], theirs: list[list[int]]) -> str:
 
 
 # --- the report ---------------------------------------------------------------------------------
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def card_name(device: str) -> str:
