@@ -27,7 +27,7 @@ from llmbatch.data.checkpoint import CRASH_ENV, MANIFEST_NAME
 NUM_ROWS = 8
 # Each chain runs into one folder: every step is a run killed at one moment, then a last run
 # finishes. "point:N" kills at the Nth visit of a named point within that run; "timed:load"
-# shortly after start, while the model loads; "timed:rows" right after the run commits a shard.
+# right after the run claims the folder, while the model loads; "timed:rows" right after the run commits a shard.
 # With batch_size 2 a full run commits 4 shards and saves the manifest 6 times (once when it
 # claims the folder, once per shard, once when complete).
 CHAINS = {
@@ -149,15 +149,23 @@ def _listed_shards(out: Path) -> int:
         return 0
 
 
+def _manifest_time(out: Path) -> int:
+    try:
+        return (out / MANIFEST_NAME).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 def _kill_when(runner, job: Path, out: Path, moment: str) -> int:
     process, _ = runner(job)
     if moment == "load":
-        # about a second in, or at the first commit if the run gets that far sooner (later
-        # steps of the chain need rows left to do)
-        listed = _listed_shards(out)
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and _listed_shards(out) <= listed:
-            time.sleep(0.02)
+        # as soon as the run has claimed the folder (its first manifest write), while the model
+        # loads: well before any row is committed, which later steps of the chain need
+        claimed = _manifest_time(out)
+        deadline = time.monotonic() + 120
+        while process.is_alive() and _manifest_time(out) <= claimed:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
     else:
         listed = _listed_shards(out)
         deadline = time.monotonic() + 120
