@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_testing import data_url, picture, png_bytes
+from image_testing import data_url, http_server, picture, png_bytes
 from PIL import Image
 
 from llmbatch.engine.multimodal import MultiModalInputs
@@ -67,14 +66,8 @@ def image_server(image_folder: Path) -> Iterator[str]:
     def handler(*args: object) -> _Handler:
         return _Handler(*args, directory=str(image_folder))
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(handler) as url:
+        yield url
 
 
 def test_every_form_of_one_image_gives_the_same_rgb_pixels(image_folder: Path, image_server):

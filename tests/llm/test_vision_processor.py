@@ -10,7 +10,6 @@ import gc
 import http.server
 import io
 import os
-import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from image_testing import data_url, picture, png_bytes
+from image_testing import data_url, http_server, picture, png_bytes
 from PIL import Image
 
 import llmbatch.data as data
@@ -48,13 +47,8 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("served")
     picture(70, 50, seed=9).save(folder / "served.png")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(handler) as url:
+        yield url
 
 
 def vision_dataset(images: list[Image.Image]) -> datasets.Dataset:
