@@ -42,14 +42,14 @@ import torch
 from report import commit
 from vision_workload import (
     MIN_PIXELS,
-    PATCH,
-    SHAPES,
     WARMUP_ROWS,
     Row,
     make_rows,
     process_rows,
     write_model_folder,
 )
+
+from llmbatch.models.provisioned_vl import PATCH, SHAPES
 
 if TYPE_CHECKING:
     pass

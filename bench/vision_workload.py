@@ -4,59 +4,25 @@ with multiple-choice questions in the vision tutorial's form)."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from llmbatch.models.provisioned_vl import (
+    vl_config,
+    vl_tokenizer,
+    write_processor_files,
+)
 
 if TYPE_CHECKING:
     from llmbatch.engine.multimodal import MultiModalInputs
 
 
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
-# Qwen2-VL's prompt layout; an image part becomes its vision placeholder, which the processor
-# expands to one token per 2 x 2 patches.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% else %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 MIN_PIXELS = 56 * 56
-PATCH = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-
-# Qwen2.5-VL-3B-Instruct's config, and the tiny Qwen2.5-VL of the tests (tests/models/tiny_vl.py)
-# fmt: off
-SHAPES: dict[str, dict[str, dict[str, Any]]] = {
-    "qwen2.5-vl-3b": {
-        "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008,
-                     num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
-                     max_position_embeddings=128000, tie_word_embeddings=True),
-        "rope": dict(rope_theta=1000000.0, mrope_section=[16, 24, 24]),
-        "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
-                       window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
-    },
-    "tiny": {
-        "text": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                     tie_word_embeddings=False),
-        "rope": dict(rope_theta=10000.0, mrope_section=[2, 3, 3]),
-        "vision": dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=2,
-                       window_size=56, fullatt_block_indexes=[1]),
-    },
-}
-# fmt: on
 
 SYSTEM_PROMPT = """Look at the image and the question carefully and reason step by step.
 First describe the image, then give your reasoning, and end with one line in this format:
@@ -88,68 +54,13 @@ class Row:
 # --- the model folder ---------------------------------------------------------------------------
 
 
-def vl_tokenizer(tokenizer_dir: str):
-    """SmolLM2's tokenizer with Qwen's chat and vision tokens added, and Qwen2-VL's layout."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    missing = [t for t in (*CHAT_TOKENS, *VISION_TOKENS) if t not in tokenizer.get_vocab()]
-    tokenizer.add_special_tokens({"additional_special_tokens": missing})
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def vl_config(shape: str, tokenizer):
-    from transformers import Qwen2_5_VLConfig
-
-    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (*CHAT_TOKENS, *VISION_TOKENS)}
-    text = SHAPES[shape]["text"]
-    vocab_size = text.get("vocab_size", -(-len(tokenizer) // 64) * 64)
-    if vocab_size < len(tokenizer):
-        raise ValueError(f"{shape}'s vocabulary is smaller than the tokenizer's ({len(tokenizer)})")
-    text_config = {
-        **text,
-        "vocab_size": vocab_size,
-        "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", **SHAPES[shape]["rope"]},
-        "bos_token_id": ids["<|im_start|>"],
-        "eos_token_id": ids["<|im_end|>"],
-    }
-    vision_config = {**SHAPES[shape]["vision"], **PATCH, "tokens_per_second": 2}
-    return Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config | {"out_hidden_size": text["hidden_size"]},
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        # the Hub's configs set the tying at the top level, transformers reads the text config's
-        tie_word_embeddings=text["tie_word_embeddings"],
-        architectures=["Qwen2_5_VLForConditionalGeneration"],
-    )
-
-
 def write_model_folder(folder: Path, shape: str, tokenizer_dir: str, max_pixels: int):
     """config.json (no weights), tokenizer, image processor and chat template, as the Hub's
     Qwen2.5-VL folders hold them; returns the config."""
     tokenizer = vl_tokenizer(tokenizer_dir)
     config = vl_config(shape, tokenizer)
     config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    # Written as the Hub's folders hold it, not saved from a class: the image processor's class
-    # differs between transformers versions (with and without torchvision), the file does not.
-    image_processor = {
-        "image_processor_type": "Qwen2VLImageProcessor",
-        "size": {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels},
-        "patch_size": PATCH["patch_size"],
-        "temporal_patch_size": PATCH["temporal_patch_size"],
-        "merge_size": PATCH["spatial_merge_size"],
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=2))
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    (folder / "processor_config.json").write_text(
-        json.dumps({"processor_class": "Qwen2_5_VLProcessor"}, indent=2)
-    )
+    write_processor_files(folder, tokenizer, MIN_PIXELS, max_pixels)
     return config
 
 
