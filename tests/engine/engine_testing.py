@@ -1,18 +1,15 @@
-"""Engine-test material: chat prompts, transformers references, tiny random models."""
+"""Engine-test material: chat prompts, transformers references, tiny model configs (saved as
+random-weight folders by tests/models/tiny_models.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
-    AutoModelForCausalLM,
     MistralConfig,
     PretrainedConfig,
     PreTrainedModel,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
 )
@@ -119,29 +116,3 @@ TINY_CONFIGS: dict[str, PretrainedConfig] = {
     "qwen3": Qwen3Config(**_TINY_COMMON, num_key_value_heads=2, head_dim=32),
     "mistral": MistralConfig(**_TINY_COMMON, num_key_value_heads=1, sliding_window=8),
 }
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the tiny vocabulary: token i is the word "w{i}"."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, TINY_VOCAB)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
-
-
-def save_tiny_model(folder: Path, config: PretrainedConfig) -> PreTrainedModel:
-    """A transformers model with every weight random (biases and norm scales included, so a
-    wrongly loaded one shows), saved with a tokenizer as a model folder."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1.0 + 0.1 * torch.randn_like(param))
-            else:
-                param.normal_(0.0, 0.15)
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return model.eval()

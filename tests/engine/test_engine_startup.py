@@ -7,7 +7,8 @@ import json
 import weakref
 
 import pytest
-from engine_testing import TINY_CONFIGS, save_tiny_model
+from engine_testing import TINY_CONFIGS
+from tiny_models import save_tiny_model
 
 from llmbatch import SamplingParams
 from llmbatch.engine.llm_engine import LLMEngine, RequestRejected

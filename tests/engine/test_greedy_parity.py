@@ -11,8 +11,8 @@ from engine_testing import (
     TINY_CONFIGS,
     TINY_VOCAB,
     hf_greedy,
-    save_tiny_model,
 )
+from tiny_models import save_tiny_model
 
 from llmbatch import LLM, SamplingParams
 

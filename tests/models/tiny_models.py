@@ -60,8 +60,9 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
     }
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, VOCAB_SIZE)}
+def tiny_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer: token i is the word "w{i}" (0-2: unk, bos, eos)."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, vocab_size)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
@@ -92,7 +93,7 @@ def save_tiny_model(folder: Path, config: PretrainedConfig, **save_kwargs) -> Pr
     """Saves a random model with a tokenizer to ``folder``; returns the transformers model."""
     model = random_hf_model(config)
     model.save_pretrained(folder, **save_kwargs)
-    tiny_tokenizer().save_pretrained(folder)
+    tiny_tokenizer(config.vocab_size).save_pretrained(folder)
     return model
 
 
