@@ -211,10 +211,10 @@ class _Run:
             self.unsubmitted.extend(slot for slot in slots if slot.error is None)
 
     def submit(self, slot: _Slot) -> None:
-        # Text rows are submitted without the keyword, so engines without image support run them.
-        images = {} if slot.multi_modal is None else {"multi_modal": slot.multi_modal}
         try:
-            self.engine.add_request(slot.request_id, slot.prompt, slot.params, **images)
+            self.engine.add_request(
+                slot.request_id, slot.prompt, slot.params, multi_modal=slot.multi_modal
+            )
         except ValueError as exc:
             slot.error = format_error(self.stage.name, exc)
             return

@@ -101,9 +101,8 @@ def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
             else:
                 for request_id, prompt, params, images in payload:
                     multi_modal = multi_modal_from_record(images)
-                    extra = {} if multi_modal is None else {"multi_modal": multi_modal}
                     try:
-                        engine.add_request(request_id, prompt, params, **extra)
+                        engine.add_request(request_id, prompt, params, multi_modal=multi_modal)
                     except ValueError as exc:
                         rejected.append(RejectedRequest(request_id, exc))
         results: list[Any] = list(rejected)
