@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llmbatch.engine.llm_engine import LLMEngine, RequestRejected
+from llmbatch.engine.llm_engine import LLMEngine
 from llmbatch.engine.multimodal import MultiModalInputs, process_images
 from llmbatch.engine.outputs import RequestOutput
 from llmbatch.engine.sampling_params import SamplingParams
@@ -95,7 +95,7 @@ class LLM:
             try:
                 engine_prompt, images = self._engine_prompt(prompt)
                 engine.add_request(request_id, engine_prompt, p, multi_modal=images)
-            except (RequestRejected, ValueError) as exc:
+            except ValueError as exc:  # RequestRejected, or images the processor refuses
                 for added in request_ids[:index]:
                     engine.abort_request(added)
                 raise ValueError(f"prompt {index}: {exc}") from exc
