@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from report import commit
+from step_profile import STEP_KINDS, Card, StepTrace, format_profiles, format_summary, profile_kind
 from workloads import Workload, build
 
 SHAPES = {
@@ -154,7 +155,7 @@ def _rates(workload: Workload, seconds: float) -> dict:
     }
 
 
-def run_llmbatch(llm, workload: Workload) -> dict:
+def run_llmbatch(llm, workload: Workload, trace: StepTrace | None = None) -> dict:
     from llmbatch import SamplingParams
 
     params = [
@@ -166,10 +167,14 @@ def run_llmbatch(llm, workload: Workload) -> dict:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = llm.llm_engine.stats
+    if trace is not None:
+        trace.attach(llm.llm_engine)
     start = time.perf_counter()
     outputs = llm.generate(workload.prompts, params)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    if trace is not None:
+        trace.detach(llm.llm_engine)
     after = llm.llm_engine.stats
     assert [len(o.token_ids) for o in outputs] == workload.output_lens
     result = _rates(workload, elapsed)
@@ -180,51 +185,8 @@ def run_llmbatch(llm, workload: Workload) -> dict:
     return result
 
 
-def profile_steps(llm, workload: Workload, path: Path) -> str:
-    """Where the time of a few steady-state steps goes, by kernel family."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from llmbatch import SamplingParams
-
-    engine = llm.llm_engine
-    params = SamplingParams(max_tokens=64, ignore_eos=True, temperature=1.0, detokenize=False)
-    for i, prompt in enumerate(workload.prompts[:256]):
-        engine.add_request(f"profile-{i}", prompt, params)
-    for _ in range(8):  # past the prefills, into steady decode
-        engine.step()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            engine.step()
-        torch.cuda.synchronize()
-    while engine.has_unfinished():
-        engine.step()
-    prof.export_chrome_trace(str(path))
-    families = {"gemm": 0.0, "attention": 0.0, "sampling": 0.0, "norm/rope/act": 0.0, "other": 0.0}
-    for event in prof.key_averages():
-        device_us = getattr(event, "device_time_total", None) or getattr(
-            event, "cuda_time_total", 0
-        )
-        if event.device_type.name != "CUDA" or not device_us:
-            continue
-        name = event.key.lower()
-        if any(k in name for k in ("gemm", "cutlass", "sm90", "matmul", "nvjet")):
-            families["gemm"] += device_us
-        elif any(k in name for k in ("attn", "attention", "decode", "prefill", "kv_cache")):
-            families["attention"] += device_us
-        elif any(
-            k in name for k in ("softmax", "sort", "topk", "exponential", "argmax", "multinomial")
-        ):
-            families["sampling"] += device_us
-        elif any(k in name for k in ("rms", "rotary", "silu")):
-            families["norm/rope/act"] += device_us
-        else:
-            families["other"] += device_us
-    gpu_total = sum(families.values())
-    lines = [
-        f"{k}: {v / 5 / 1000:.2f} ms/step ({100 * v / max(gpu_total, 1):.0f}%)"
-        for k, v in families.items()
-    ]
-    return "; ".join(lines)
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def main() -> None:
@@ -242,7 +204,12 @@ def main() -> None:
         help="SmolLM2's tokenizer folder (for the seed workload's chat template); default: the "
         "provisioned model",
     )
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--trace", action="store_true", help="time every step and set it against the floor"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="kernel families of a few kinds of steps"
+    )
     parser.add_argument("--out", type=Path, default=Path("gpu_throughput.json"))
     args = parser.parse_args()
     if args.tokenizer is None:
@@ -254,7 +221,7 @@ def main() -> None:
 
     from llmbatch import LLM
 
-    card = torch.cuda.get_device_name()
+    card_name = torch.cuda.get_device_name()
     names = args.workloads.split(",")
     vocab = SHAPES[args.shape]["vocab_size"]
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if "seed" in names else None
@@ -287,38 +254,49 @@ def main() -> None:
         # Same weights as the transformers peer.
         llm.llm_engine._runner.model.load_weights(weights.items())
         del weights
+        model = llm.llm_engine._runner.model
+        card = Card.detect(
+            sum(p.numel() for p in model.parameters()),
+            4 * hf_config.num_hidden_layers * hf_config.num_key_value_heads * head_dim(hf_config),
+        )
+        reports: list[str] = []
         for name, workload in workloads.items():
+            trace = StepTrace() if args.trace else None
             rows.append(
                 {
                     "engine": "llmbatch",
                     "workload": name,
                     "startup_s": startup,
-                    **run_llmbatch(llm, workload),
+                    **run_llmbatch(llm, workload, trace),
                 }
             )
             print(rows[-1], flush=True)
-        profile = None
+            if trace is not None:
+                reports.append(format_summary(name, trace.summary(card)))
+                print(reports[-1], flush=True)
+        profiles = []
         if args.profile:
-            profile = profile_steps(
-                llm,
-                workloads.get("short") or next(iter(workloads.values())),
-                args.out.with_suffix(".trace.json"),
-            )
-            print("profile:", profile, flush=True)
+            for kind in STEP_KINDS:
+                profiles.append(profile_kind(llm, kind, vocab))
+                print(profiles[-1], flush=True)
+            reports.append(format_profiles(profiles))
         llm.close()
 
     record = {
         "date": datetime.date.today().isoformat(),
-        "card": card,
+        "card": card_name,
         "shape": args.shape,
         "commit": commit(),
         "command": " ".join(sys.argv),
         "startup_s": startup,
-        "profile": profile,
+        "profiles": profiles,
+        "reports": reports,
         "rows": rows,
     }
     args.out.write_text(json.dumps(record, indent=2))
-    print(f"\n{card}, {args.shape}, bf16, random weights; llmbatch start-up {startup:.1f} s")
+    for report in reports:
+        print("\n" + report)
+    print(f"\n{card_name}, {args.shape}, bf16, random weights; llmbatch start-up {startup:.1f} s")
     print("| workload | engine | requests | rows/s | output tok/s | total tok/s | vs generate() |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in workloads:

@@ -42,9 +42,11 @@ class Card:
         )
 
 
-def simulate(workload, kv_tokens: int, max_num_seqs: int, budget: int, block_size: int) -> dict:
+def simulate(
+    workload, kv_tokens: int, max_num_seqs: int, budget: int, block_size: int, reserve: bool
+) -> dict:
     blocks = BlockManager(kv_tokens // block_size, block_size, enable_prefix_caching=True)
-    scheduler = Scheduler(blocks, budget, max_num_seqs, enable_chunked_prefill=True)
+    scheduler = Scheduler(blocks, budget, max_num_seqs, True, reserve_output_kv=reserve)
     for i, (prompt, output_len) in enumerate(zip(workload.prompts, workload.output_lens)):
         params = SamplingParams(max_tokens=output_len, ignore_eos=True, detokenize=False)
         scheduler.add(Request(str(i), None, list(prompt), params, frozenset(), 1 << 30))
@@ -85,16 +87,35 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument(
+        "--admission",
+        nargs="+",
+        choices=["reserve", "greedy"],
+        default=["reserve", "greedy"],
+        help="reserve: the engine's reserve_output_kv; greedy: admit while blocks are free",
+    )
     args = parser.parse_args()
     workload = build(args.workload, 128_256)
-    print("| max_num_seqs | steps | preemptions | recomputed tokens | modelled s | output tok/s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for seqs in args.max_num_seqs:
-        r = simulate(workload, args.kv_tokens, seqs, args.max_num_batched_tokens, args.block_size)
-        print(
-            f"| {seqs} | {r['steps']} | {r['preemptions']} | {r['recomputed_tokens']:,} "
-            f"| {r['modelled_s']:.1f} | {r['output_tok_per_s']:,.0f} |"
-        )
+    print(
+        "| admission | max_num_seqs | steps | preemptions | recomputed tokens | modelled s "
+        "| output tok/s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for admission in args.admission:
+        for seqs in args.max_num_seqs:
+            r = simulate(
+                workload,
+                args.kv_tokens,
+                seqs,
+                args.max_num_batched_tokens,
+                args.block_size,
+                reserve=admission == "reserve",
+            )
+            print(
+                f"| {admission} | {seqs} | {r['steps']} | {r['preemptions']} "
+                f"| {r['recomputed_tokens']:,} | {r['modelled_s']:.1f} "
+                f"| {r['output_tok_per_s']:,.0f} |"
+            )
 
 
 if __name__ == "__main__":

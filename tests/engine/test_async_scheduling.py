@@ -61,7 +61,12 @@ def workload(smollm2_dir):
     [
         {},
         # few KV blocks and a small token budget: preemption and chunked prefills under async
-        dict(num_gpu_blocks_override=24, max_num_batched_tokens=48, max_num_seqs=12),
+        dict(
+            num_gpu_blocks_override=24,
+            max_num_batched_tokens=48,
+            max_num_seqs=12,
+            reserve_output_kv=False,
+        ),
     ],
     ids=["roomy", "preempting"],
 )

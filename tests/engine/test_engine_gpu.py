@@ -83,6 +83,7 @@ def test_async_scheduling_gives_the_synchronous_outputs(tiny, num_blocks):
             async_scheduling=overlap,
             gpu_memory_utilization=0.3,
             num_gpu_blocks_override=num_blocks,
+            reserve_output_kv=num_blocks is None,
             max_num_seqs=32,
         ) as llm:
             results.append([(o.token_ids, o.finish_reason) for o in llm.generate(many, params)])

@@ -23,12 +23,14 @@ SMOLLM2_SETUPS = {
     "no-prefix-caching": dict(enable_prefix_caching=False),
     # 16 decodes leave 16 tokens a step for prefills: every prompt is prefilled in chunks
     "chunked-prefill": dict(max_num_batched_tokens=32, max_num_seqs=16),
-    # 48 blocks of 16 tokens hold about a third of the batch at full length
-    "preemption": dict(num_gpu_blocks_override=48),
+    # 48 blocks of 16 tokens hold about a third of the batch at full length; admission that
+    # reserves room for the outputs would avoid preempting
+    "preemption": dict(num_gpu_blocks_override=48, reserve_output_kv=False),
     # step N+1 launched before step N's tokens are read back, here under preemption and chunking
     "async": dict(
         async_scheduling=True,
         num_gpu_blocks_override=48,
+        reserve_output_kv=False,
         max_num_batched_tokens=32,
         max_num_seqs=16,
     ),

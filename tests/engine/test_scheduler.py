@@ -1,3 +1,5 @@
+import pytest
+
 from llmbatch.engine.block_manager import BlockManager
 from llmbatch.engine.request import Request, RequestStatus
 from llmbatch.engine.sampling_params import SamplingParams
@@ -20,9 +22,13 @@ def make_request(request_id: str, prompt_len: int, max_tokens: int = 4) -> Reque
 
 
 def make_scheduler(
-    num_blocks: int = 64, budget: int = 64, max_num_seqs: int = 16, chunked: bool = True
+    num_blocks: int = 64,
+    budget: int = 64,
+    max_num_seqs: int = 16,
+    chunked: bool = True,
+    reserve: bool = True,
 ) -> Scheduler:
-    return Scheduler(BlockManager(num_blocks, BLOCK, True), budget, max_num_seqs, chunked)
+    return Scheduler(BlockManager(num_blocks, BLOCK, True), budget, max_num_seqs, chunked, reserve)
 
 
 def run_step(scheduler: Scheduler) -> ScheduledBatch:
@@ -80,7 +86,7 @@ def test_running_sequences_are_capped_by_max_num_seqs():
 
 def test_out_of_blocks_preempts_the_newest_and_everything_still_finishes():
     # 6 blocks of 4 tokens: three 7-token prompts fit, but growing to 7 + 8 tokens they do not
-    scheduler = make_scheduler(num_blocks=6)
+    scheduler = make_scheduler(num_blocks=6, reserve=False)
     requests = [make_request(str(i), 7, max_tokens=8) for i in range(3)]
     for request in requests:
         scheduler.add(request)
@@ -100,7 +106,7 @@ def test_out_of_blocks_preempts_the_newest_and_everything_still_finishes():
 
 
 def test_preempted_request_resumes_by_recomputing_its_generated_tokens():
-    scheduler = make_scheduler(num_blocks=4)
+    scheduler = make_scheduler(num_blocks=4, reserve=False)
     first, second = make_request("a", 6, max_tokens=6), make_request("b", 6, max_tokens=6)
     scheduler.add(first)
     scheduler.add(second)
@@ -128,3 +134,56 @@ def test_abort_releases_blocks_of_running_and_waiting_requests():
     assert scheduler.abort("missing") is None
     assert not scheduler.has_unfinished()
     assert scheduler.block_manager.num_free_blocks == 8
+
+
+def run_to_end(scheduler: Scheduler) -> int:
+    num_preempted = 0
+    while scheduler.has_unfinished():
+        num_preempted += run_step(scheduler).num_preempted
+    return num_preempted
+
+
+def test_admission_keeps_room_for_outputs_that_run_to_max_tokens():
+    # 6 blocks of 4 tokens; each request grows to 7 + 8 tokens = 4 blocks: one at a time fits
+    scheduler = make_scheduler(num_blocks=6)
+    requests = [make_request(str(i), 7, max_tokens=8) for i in range(3)]
+    for request in requests:
+        scheduler.add(request)
+    assert len(run_step(scheduler)) == 1
+    assert run_to_end(scheduler) == 0
+    assert all(r.output_token_ids == [NEXT_TOKEN] * 8 for r in requests)
+    assert scheduler.block_manager.num_free_blocks == 6
+
+
+def test_requests_that_may_stop_early_are_admitted_greedily_until_some_finish():
+    # EOS may end these, and no request has finished: nothing is known of their lengths
+    scheduler = make_scheduler(num_blocks=6)
+    for i in range(3):
+        request = make_request(str(i), 7, max_tokens=8)
+        request.stop_token_ids = frozenset({NEXT_TOKEN + 1})
+        scheduler.add(request)
+    assert len(run_step(scheduler)) == 3
+    assert scheduler.output_share == 0.0
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_finished_requests_teach_the_share_of_max_tokens_to_reserve(learned):
+    scheduler = make_scheduler(num_blocks=16)
+    if learned:
+        teacher = make_request("t", 4, max_tokens=2)
+        teacher.stop_token_ids = frozenset({NEXT_TOKEN})  # stops at its first token: 1 of 2
+        scheduler.add(teacher)
+        run_to_end(scheduler)
+        assert scheduler.output_share == 1 / 2
+    running = make_request("r", 4, max_tokens=40)  # runs to 44 tokens: 11 blocks
+    scheduler.add(running)
+    run_step(scheduler)
+    waiting = make_request("w", 12, max_tokens=40)
+    waiting.stop_token_ids = frozenset({NEXT_TOKEN + 1})
+    scheduler.add(waiting)
+    # 14 blocks free, 9 of them reserved for "r"; "w" holds 3 blocks of prompt and, expected to
+    # use half of its 40 tokens, grows to 8: it waits for "r" once the share is known; admitted
+    # greedily, it runs to 13 blocks and one of the two is preempted
+    assert ("w" in scheduled(run_step(scheduler))) is not learned
+    assert (run_to_end(scheduler) > 0) is not learned
+    assert waiting.num_output_tokens == running.num_output_tokens == 40

@@ -42,6 +42,10 @@ class EngineConfig:
       larger decode batches use the matmuls better, and 256 on CPU).
     - enable_chunked_prefill: split long prompts over steps. enable_prefix_caching: reuse the KV
       of shared prompt prefixes.
+    - reserve_output_kv: admit a waiting request only while the KV cache keeps room for the
+      outputs the running requests are still expected to generate (all of them for requests
+      that only stop at max_tokens; otherwise the share finished requests used), so sequences
+      are rarely preempted and recomputed. False: admit while blocks are free, preempt later.
     - gpu_memory_utilization: share of GPU memory the engine may fill (KV cache included).
       kv_cache_memory_bytes: KV cache size instead (on CPU by default min(1 GiB, 10% of RAM)).
       num_gpu_blocks_override: a fixed number of KV blocks of block_size tokens (any device).
@@ -67,6 +71,7 @@ class EngineConfig:
     max_num_seqs: int | None = None
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
+    reserve_output_kv: bool = True
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     enforce_eager: bool = False

@@ -111,7 +111,11 @@ class LLMEngine:
             num_blocks, config.block_size, config.enable_prefix_caching
         )
         self._scheduler = Scheduler(
-            self._block_manager, max_batched, config.max_num_seqs, config.enable_chunked_prefill
+            self._block_manager,
+            max_batched,
+            config.max_num_seqs,
+            config.enable_chunked_prefill,
+            config.reserve_output_kv,
         )
         self._requests: dict[str, Request] = {}
         self._stats = EngineStats()

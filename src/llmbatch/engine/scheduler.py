@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from llmbatch.engine.block_manager import BlockManager
+from llmbatch.engine.block_manager import BlockManager, cdiv
 from llmbatch.engine.request import Request, RequestStatus
 
 
@@ -29,6 +29,13 @@ class Scheduler:
     """One token-budget loop per step: running requests first (decodes and unfinished prefill
     chunks), then waiting requests' prefills in arrival order.
 
+    With `reserve_output_kv`, a waiting request is admitted only while the free blocks cover
+    the outputs the running requests and itself are still expected to generate: all of the
+    remaining tokens of a request that can only stop at its length limit (ignore_eos, no stop
+    tokens or strings), and for the others the share of their allowed tokens that finished
+    requests used (nothing before the first finish, so admission starts greedy). Recomputing a
+    preempted sequence costs a prefill; a reservation costs nothing when it is right.
+
     When a running request needs a block and none is free, the newest running request is
     preempted: its blocks are freed and it goes back to the front of the queue, to be recomputed
     later (mostly from the prefix cache).
@@ -40,13 +47,18 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_num_seqs: int,
         enable_chunked_prefill: bool,
+        reserve_output_kv: bool = True,
     ) -> None:
         self.block_manager = block_manager
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.enable_chunked_prefill = enable_chunked_prefill
+        self.reserve_output_kv = reserve_output_kv
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        # outputs of finished requests that could stop early: generated and allowed tokens
+        self._generated_tokens = 0
+        self._allowed_tokens = 0
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -71,6 +83,15 @@ class Scheduler:
         except ValueError:
             self.waiting.remove(request)
         self.block_manager.free(request)
+        if not _runs_to_limit(request):
+            self._generated_tokens += request.num_output_tokens
+            self._allowed_tokens += request.length_limit - request.num_prompt_tokens
+
+    @property
+    def output_share(self) -> float:
+        """Share of their allowed output tokens that finished requests (those that could stop
+        early) generated; 0 before any finished."""
+        return self._generated_tokens / self._allowed_tokens if self._allowed_tokens else 0.0
 
     def abort(self, request_id: str) -> Request | None:
         for queue in (self.waiting, self.running):
@@ -103,6 +124,9 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        reserved = 0
+        if self.reserve_output_kv and self.waiting and len(self.running) < self.max_num_seqs:
+            reserved = sum(self._expected_growth(r, len(r.block_ids)) for r in self.running)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             cached_blocks = self.block_manager.find_cached_prefix(request)
@@ -112,8 +136,14 @@ class Scheduler:
                 if not self.enable_chunked_prefill:
                     return
                 num_new = budget
+            if self.reserve_output_kv and self.running:
+                growth = self._expected_growth(request, len(cached_blocks))
+                if growth + reserved > self.block_manager.num_free_blocks:
+                    return
             if not self.block_manager.allocate(request, num_cached + num_new, cached_blocks):
                 return
+            if self.reserve_output_kv:
+                reserved += self._expected_growth(request, len(request.block_ids))
             self.waiting.popleft()
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_cached
@@ -124,9 +154,24 @@ class Scheduler:
             batch.num_new_tokens.append(num_new)
             budget -= num_new
 
+    def _expected_growth(self, request: Request, num_held_blocks: int) -> int:
+        """Blocks beyond `num_held_blocks` the request is expected to need before it finishes."""
+        remaining = request.length_limit - request.num_tokens
+        if not _runs_to_limit(request):
+            remaining = int(remaining * self.output_share)
+        return max(
+            cdiv(request.num_tokens + remaining, self.block_manager.block_size) - num_held_blocks, 0
+        )
+
     def _preempt(self, request: Request) -> None:
         request.num_preemptions += 1
         self.block_manager.free(request)
         request.num_computed_tokens = 0
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
+
+
+def _runs_to_limit(request: Request) -> bool:
+    """True when nothing but the length limit can end the request."""
+    params = request.params
+    return not request.stop_token_ids and not params.stop

@@ -1,0 +1,208 @@
+"""Where a GPU run's time goes: a per-step trace of a whole workload, set against the card's
+physical floor, and kernel-family profiles of the kinds of steps the workloads are made of.
+
+Used by gpu_throughput.py (`--trace`, `--profile`). The floor of a step is what the Llama-8B
+shape cannot avoid on the card: reading the weights once, or the step's matmul FLOPs if those
+take longer (at the ~800 TFLOP/s bf16 rate an H100 reaches in large products), plus reading the
+K/V of every scheduled token's context (attention cannot overlap the matmuls of its layer).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(slots=True, frozen=True)
+class Card:
+    """What bounds a step on one GPU, for a model of `weight_bytes` in bf16."""
+
+    bytes_per_s: float
+    flops_per_s: float = 8.0e14
+    weight_bytes: float = 16.06e9
+    flops_per_token: float = 15.0e9
+    kv_bytes_per_token: float = 131072
+
+    @classmethod
+    def detect(cls, num_params: int, kv_bytes_per_token: int) -> Card:
+        name = torch.cuda.get_device_name()
+        bandwidth = 4.8e12 if "H200" in name else 3.35e12
+        return cls(bandwidth, 8.0e14, 2 * num_params, 2 * num_params, kv_bytes_per_token)
+
+    def floor_seconds(self, num_tokens: int, context_tokens: int) -> float:
+        weights = max(
+            self.weight_bytes / self.bytes_per_s,
+            num_tokens * self.flops_per_token / self.flops_per_s,
+        )
+        return weights + context_tokens * self.kv_bytes_per_token / self.bytes_per_s
+
+
+# (name, the batch's tokens per step at most) — steps are grouped by how many tokens they run
+BUCKETS = [("1-16", 16), ("17-64", 64), ("65-256", 256), ("257-1024", 1024), (">1024", 1 << 62)]
+
+
+@dataclass
+class StepTrace:
+    """Wall time between step returns, with what each step ran. With async scheduling a step
+    returns once the previous one is done on the device, so the gap after step k's return
+    measures step k's device time in steady state."""
+
+    steps: list[tuple[int, int, int]] = field(default_factory=list)  # seqs, tokens, context
+    times: list[float] = field(default_factory=list)
+    start: float = 0.0
+
+    def attach(self, engine) -> None:
+        self.start = time.perf_counter()
+        scheduler = engine._scheduler
+        schedule, step = scheduler.schedule, engine.step
+
+        def traced_schedule():
+            batch = schedule()
+            context = sum(r.num_computed_tokens for r in batch.requests) + batch.num_tokens
+            self.steps.append((len(batch.requests), batch.num_tokens, context))
+            return batch
+
+        def traced_step():
+            out = step()
+            self.times.append(time.perf_counter())
+            return out
+
+        scheduler.schedule, engine.step = traced_schedule, traced_step
+
+    def detach(self, engine) -> None:
+        del engine._scheduler.schedule, engine.step
+
+    def summary(self, card: Card) -> list[dict]:
+        """Per kind of step (decodes only, or with prompt tokens) and bucket of tokens per step:
+        steps, measured seconds, floor seconds."""
+        times = [self.start, *self.times]
+        rows: dict[str, dict] = {}
+        # step k is launched by call k and timed by the gap ending at call k+1's return
+        for k, (seqs, tokens, context) in enumerate(self.steps):
+            if k + 1 >= len(times):
+                break
+            kind = "decode" if tokens == seqs else "mixed"
+            bucket = next(n for n, top in BUCKETS if tokens <= top)
+            name = f"{kind} {bucket}"
+            row = rows.setdefault(name, dict(bucket=name, steps=0, seconds=0.0, floor=0.0))
+            row["steps"] += 1
+            row["seconds"] += times[k + 1] - times[k]
+            row["floor"] += card.floor_seconds(tokens, context)
+        return sorted(rows.values(), key=lambda r: r["bucket"])
+
+
+def format_summary(name: str, rows: list[dict]) -> str:
+    total = sum(r["seconds"] for r in rows)
+    floor = sum(r["floor"] for r in rows)
+    lines = [
+        f"{name}: {total:.1f} s measured over the steps, floor {floor:.1f} s "
+        f"({100 * floor / max(total, 1e-9):.0f}% of the floor reached)",
+        "| step kind, tokens/step | steps | measured s | ms/step | floor ms/step | floor/measured |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['bucket']} | {r['steps']} | {r['seconds']:.2f} | "
+            f"{1000 * r['seconds'] / r['steps']:.2f} | {1000 * r['floor'] / r['steps']:.2f} | "
+            f"{r['floor'] / r['seconds']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+FAMILIES = {
+    "gemm": ("gemm", "cutlass", "sm90", "matmul", "nvjet", "splitk"),
+    "attention": ("attn", "attention", "decode", "prefill", "kv_cache", "_merge"),
+    "sampling": ("softmax", "sort", "topk", "exponential", "argmax", "multinomial", "gumbel"),
+    "norm/rope/act": ("rms", "rotary", "silu"),
+}
+
+
+@dataclass(slots=True, frozen=True)
+class StepKind:
+    """A steady state to profile: `num_seqs` requests of `prompt_len` tokens, profiled after
+    `warm_steps` steps (past their prefills)."""
+
+    name: str
+    num_seqs: int
+    prompt_len: int
+    warm_steps: int
+    prefill_len: int = 0  # a request of this many prompt tokens joins each profiled step
+
+
+STEP_KINDS = [
+    StepKind("decode, 4 seqs (a tail)", 4, 512, 4),
+    StepKind("decode, 64 seqs x ~300", 64, 256, 48),
+    StepKind("decode, 256 seqs x ~200", 256, 128, 72),
+    StepKind("decode, 200 seqs x ~1.5k", 200, 1400, 180),
+    StepKind("64 decodes + 256-token prompt", 64, 256, 48, prefill_len=256),
+    StepKind("256 decodes + 2k-token prompt", 256, 128, 72, prefill_len=2048),
+]
+
+
+def profile_kind(llm, kind: StepKind, vocab: int, steps: int = 6) -> dict:
+    """Device time per step by kernel family, and the wall time per step, for one step kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llmbatch import SamplingParams
+
+    engine = llm.llm_engine
+    gen = torch.Generator().manual_seed(len(kind.name))
+    length = kind.warm_steps + 2 * steps + 4
+    params = SamplingParams(max_tokens=length, ignore_eos=True, detokenize=False)
+    one = SamplingParams(max_tokens=1, ignore_eos=True, detokenize=False)
+
+    def prompt(length: int) -> list[int]:
+        return torch.randint(10, vocab - 10, (length,), generator=gen).tolist()
+
+    names = [f"profile-{kind.name}-{i}" for i in range(kind.num_seqs)]
+    for name in names:
+        engine.add_request(name, prompt(kind.prompt_len), params)
+
+    def run_steps(count: int) -> None:
+        for _ in range(count):
+            if kind.prefill_len:
+                names.append(f"profile-{kind.name}-prefill-{len(names)}")
+                engine.add_request(names[-1], prompt(kind.prefill_len), one)
+            engine.step()
+
+    for _ in range(kind.warm_steps):
+        engine.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    run_steps(steps)
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / steps
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run_steps(steps)
+        torch.cuda.synchronize()
+    for name in names:
+        engine.abort_request(name)
+    while engine.has_unfinished():
+        engine.step()
+    families = dict.fromkeys([*FAMILIES, "other"], 0.0)
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", 0) or 0
+        if event.device_type.name != "CUDA" or not device_us:
+            continue
+        key = event.key.lower()
+        family = next((f for f, words in FAMILIES.items() if any(w in key for w in words)), "other")
+        families[family] += device_us / steps / 1000
+    return {"kind": kind.name, "wall_ms": 1000 * wall, **families}
+
+
+def format_profiles(rows: list[dict]) -> str:
+    names = [*FAMILIES, "other"]
+    lines = [
+        "| step kind | wall ms/step | device ms | " + " | ".join(names) + " | host gap ms |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- |",
+    ]
+    for r in rows:
+        device = sum(r[n] for n in names)
+        lines.append(
+            f"| {r['kind']} | {r['wall_ms']:.2f} | {device:.2f} | "
+            + " | ".join(f"{r[n]:.2f}" for n in names)
+            + f" | {max(r['wall_ms'] - device, 0):.2f} |"
+        )
+    return "\n".join(lines)
