@@ -210,17 +210,28 @@ def fused_op_rows(num_tokens: int = 8192) -> list[tuple[str, ...]]:
     return rows
 
 
+# the engine's decode steps: the decode workload's bulk, sharegpt's middle, a tail (as captured)
+ENGINE_DECODES = [
+    (Scenario("decode 200 x 1.5k", "llama-8b", [1] * 200, [1536] * 200), [1, 2, 3]),
+    (Scenario("decode 64 x 300", "llama-8b", [1] * 64, [300] * 64), [1, 2, 4]),
+    (Scenario("decode 4 x 1k", "llama-8b", [1] * 4, [1024] * 4), [4, 8, 17]),
+]
+
+
 def sweep_rows() -> list[tuple[str, ...]]:
     """Times other tile shapes of the prefill and decode kernels on their main scenarios."""
     rows = []
-    backend = TritonAttentionBackend()
     default_prefill, default_decode = (
         triton_kernels_prefill._tile_shape,
         triton_kernels_decode._tile_shape,
     )
     prefill_tiles = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2)]
-    decode_tiles = [(64, 4, 2), (64, 4, 3), (32, 4, 2), (128, 4, 2)]
+    decode_tiles = [
+        (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3),
+        (32, 4, 3), (32, 2, 3),
+    ]  # fmt: skip
     try:
+        backend = TritonAttentionBackend()
         for scenario in (SCENARIOS[4], SCENARIOS[7], SCENARIOS[5]):
             step = build_step(scenario)
             work, unit = attention_work(scenario)
@@ -230,18 +241,41 @@ def sweep_rows() -> list[tuple[str, ...]]:
                 rows.append(
                     (f"{scenario.model} {scenario.name} {tile}", f"{ms:.3f}", rate(work, unit, ms))
                 )
-        for scenario in (SCENARIOS[0], SCENARIOS[3], SCENARIOS[2]):
+        for scenario, splits in ENGINE_DECODES:
             step = build_step(scenario)
             work, unit = attention_work(scenario)
             for tile in decode_tiles:
                 triton_kernels_decode._tile_shape = lambda *_, tile=tile: tile
-                ms = time_backend(backend, scenario, step)
-                rows.append(
-                    (f"{scenario.model} {scenario.name} {tile}", f"{ms:.3f}", rate(work, unit, ms))
-                )
+                for num_splits in splits:
+                    backend = TritonAttentionBackend(num_splits)
+                    ms = time_backend(backend, scenario, step)
+                    name = f"{scenario.model} {scenario.name} {tile} splits {num_splits}"
+                    rows.append((name, f"{ms:.3f}", rate(work, unit, ms)))
     finally:
         triton_kernels_prefill._tile_shape = default_prefill
         triton_kernels_decode._tile_shape = default_decode
+    return rows
+
+
+# llama-8b's matmuls of one step: (in, out, per step) for qkv, o, gate_up, down and the LM head
+LLAMA_8B_LINEARS = [(4096, 6144, 32), (4096, 4096, 32), (4096, 28672, 32), (14336, 4096, 32)]
+LLAMA_8B_HEAD = (4096, 128256, 1)
+
+
+def gemm_rows(batch_sizes: list[int]) -> list[tuple[str, ...]]:
+    """A decode step's matmuls at each batch size: ms per step and the weight bytes' read rate."""
+    rows = []
+    weights = {
+        shape: torch.randn(shape[1], shape[0], device="cuda", dtype=DTYPE) / 64
+        for shape in [*LLAMA_8B_LINEARS, LLAMA_8B_HEAD]
+    }
+    for m in batch_sizes:
+        total_ms, total_bytes = 0.0, 0
+        for shape, weight in weights.items():
+            x = torch.randn(m, shape[0], device="cuda", dtype=DTYPE)
+            total_ms += shape[2] * median_ms(lambda x=x, weight=weight: F.linear(x, weight))
+            total_bytes += shape[2] * weight.numel() * DTYPE.itemsize
+        rows.append((f"M={m}", f"{total_ms:.3f}", rate(total_bytes, "GB/s", total_ms)))
     return rows
 
 
@@ -255,12 +289,22 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="also time other tile shapes")
+    parser.add_argument(
+        "--gemm",
+        type=int,
+        nargs="*",
+        help="also time a llama-8b decode step's matmuls at these batch sizes",
+    )
+    parser.add_argument("--skip-ops", action="store_true", help="skip the fused ops and backends")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), f"torch {torch.__version__}, triton {triton.__version__}")
     header = ("bf16", "triton ms", "torch ms", "speedup", "triton rate")
-    print_table(header, fused_op_rows())
-    print_table(header, attention_rows())
+    if not args.skip_ops:
+        print_table(header, fused_op_rows())
+        print_table(header, attention_rows())
+    if args.gemm:
+        print_table(("matmuls of a step", "ms", "weights read"), gemm_rows(args.gemm))
     if args.sweep:
         print_table(("tile sweep", "triton ms", "rate"), sweep_rows())
 

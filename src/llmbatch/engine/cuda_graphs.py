@@ -14,6 +14,23 @@ from llmbatch.models import CausalLM
 logger = logging.getLogger(__name__)
 
 
+def fastest_at_least(sizes: list[int], seconds: list[float], margin: float = 0.05) -> list[int]:
+    """For each captured size, the size at least as large whose graph replays fastest (a larger
+    one only when faster by more than `margin`, so that timing noise pads nothing).
+
+    Matmul libraries pick kernels per shape, and some batch sizes get a slow one (a larger,
+    padded batch can take less time): a step runs the graph that is fastest among those that
+    fit it.
+    """
+    chosen = list(sizes)
+    best = len(sizes) - 1
+    for i in range(len(sizes) - 1, -1, -1):
+        if seconds[best] >= seconds[i] * (1 - margin):
+            best = i
+        chosen[i] = sizes[best]
+    return chosen
+
+
 def capture_sizes(max_num_seqs: int) -> list[int]:
     """Batch sizes to capture: small powers of two, then every multiple of 16 up to the max."""
     sizes = {n for n in (1, 2, 4, 8) if n <= max_num_seqs}
@@ -25,9 +42,10 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 class DecodeGraphs:
     """Replays a captured model forward for decode-only steps of up to max_num_seqs sequences.
 
-    A step of n sequences runs the graph of the smallest captured size >= n; the padding rows
-    write nothing (slot -1) and attend over one cached token. Graphs are captured with
-    max_seq_len = max_model_len, so a kernel sized from it covers every later context.
+    A step of n sequences runs, among the graphs of captured sizes >= n, the one that replayed
+    fastest at start-up; the padding rows write nothing (slot -1) and attend over one cached
+    token. Graphs are captured with max_seq_len = max_model_len, so a kernel sized from it
+    covers every later context.
     """
 
     def __init__(
@@ -63,7 +81,14 @@ class DecodeGraphs:
                 with torch.cuda.graph(graph, pool=pool):
                     self._outputs[size] = model(*inputs)
                 self._graphs[size] = graph
-        logger.info("captured CUDA graphs for decode batch sizes %s", self.sizes)
+        seconds = [self._replay_seconds(size) for size in self.sizes]
+        self._chosen = fastest_at_least(self.sizes, seconds)
+        padded = {n: c for n, c in zip(self.sizes, self._chosen) if c != n}
+        logger.info(
+            "captured CUDA graphs for decode batch sizes %s (run padded, being faster: %s)",
+            self.sizes,
+            padded,
+        )
 
     @property
     def max_batch_size(self) -> int:
@@ -77,7 +102,7 @@ class DecodeGraphs:
     ) -> torch.Tensor:
         """Hidden states ``[num_seqs, hidden]`` of a decode-only step (one token per sequence)."""
         n = meta.num_seqs
-        size = self.sizes[bisect.bisect_left(self.sizes, n)]
+        size = self._chosen[bisect.bisect_left(self.sizes, n)]
         width = meta.block_tables.shape[1]
         self._input_ids[:n].copy_(input_ids)
         self._positions[:n].copy_(positions)
@@ -89,6 +114,21 @@ class DecodeGraphs:
         self._block_tables[n:size].zero_()
         self._graphs[size].replay()
         return self._outputs[size][:n]
+
+    def _replay_seconds(self, size: int, repeats: int = 5) -> float:
+        """Median replay time of a graph (its inputs as captured: nothing written, tiny contexts,
+        so the matmuls dominate)."""
+        graph = self._graphs[size]
+        graph.replay()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        return sorted(times)[repeats // 2]
 
     def _metadata(self, size: int, max_model_len: int) -> AttentionMetadata:
         return AttentionMetadata(
