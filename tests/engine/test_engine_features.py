@@ -243,3 +243,18 @@ def test_chat_equals_generate_on_the_templated_prompt(llm):
 def test_bad_logprobs_request_is_rejected(llm):
     with pytest.raises(ValueError, match="max_logprobs"):
         llm.generate("hi", SamplingParams(logprobs=1000))
+
+
+def test_admission_keeping_kv_for_the_outputs_avoids_preempting(smollm2_dir, llm):
+    tokenizer = llm.get_tokenizer()
+    prompts = [chat_ids(tokenizer, f"Count to {n} in words.") for n in range(3, 11)]
+    # 24 blocks of 16 tokens hold the eight prompts, but only about four whole answers
+    small_cache = dict(max_model_len=256, num_gpu_blocks_override=24)
+    results = {}
+    for reserve in (False, True):
+        with LLM(smollm2_dir, **ENGINE_KWARGS, **small_cache, reserve_output_kv=reserve) as small:
+            outputs = small.generate(prompts, greedy(40, ignore_eos=True))
+            results[reserve] = [o.token_ids for o in outputs], small.llm_engine.stats
+    assert results[False][1].num_preemptions > 0
+    assert results[True][1].num_preemptions == 0
+    assert results[True][0] == results[False][0]
