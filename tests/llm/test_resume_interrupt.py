@@ -16,7 +16,7 @@ import yaml
 
 from llmbatch.data.checkpoint import MANIFEST_NAME
 
-NUM_ROWS = 8
+NUM_ROWS = 24
 
 
 def _listed_rows(out: Path) -> int:
@@ -36,7 +36,13 @@ def test_ctrl_c_keeps_committed_rows_and_a_rerun_finishes(tmp_path, smollm2_dir)
         "processor": {
             "model_source": smollm2_dir,
             "batch_size": 2,
-            "engine_kwargs": {"kv_cache_memory_bytes": 16 << 20, "max_model_len": 128},
+            # two rows at a time: the first shard commits with most rows still to run, so the
+            # interrupt (sent as soon as it is seen) always lands mid-run
+            "engine_kwargs": {
+                "kv_cache_memory_bytes": 16 << 20,
+                "max_model_len": 128,
+                "max_num_seqs": 2,
+            },
         },
         "prompt": {"user": "Say a word about {word}."},
         "sampling_params": {"temperature": 0, "max_tokens": 2},
