@@ -28,6 +28,17 @@ def make_request(params: SamplingParams, token_ids: list[int] | None = None, pro
     return request
 
 
+@pytest.fixture(autouse=True, params=["cumulative", "exponential race"])
+def draw(request, monkeypatch):
+    """Every test runs both ways of drawing: the CPU's default and the GPU's."""
+    race = request.param == "exponential race"
+    init = Sampler.__init__
+    monkeypatch.setattr(
+        Sampler, "__init__", lambda self, device, seed: init(self, device, seed, race)
+    )
+    return request.param
+
+
 def sample(logits: torch.Tensor, requests: list[Request], seed: int = 0):
     return Sampler(torch.device("cpu"), seed)(logits.clone(), requests)
 

@@ -27,14 +27,22 @@ class Sampler:
 
     Order, as in vLLM: log-probabilities of the raw logits (when asked for); EOS and stop tokens
     masked until min_tokens; repetition, frequency and presence penalties; greedy rows take the
-    argmax; other rows apply temperature, min-p, top-k and top-p and draw by an exponential race
-    (argmax of p / q with q ~ Exp(1)), q drawn from the request's own generator when it has a seed,
-    so that its output never depends on the rest of the batch.
+    argmax; other rows apply temperature, min-p, top-k and top-p and draw: on a GPU by an
+    exponential race (argmax of p / q with q ~ Exp(1) for every token), on a CPU from one uniform
+    number per row through the cumulative distribution (drawing a number per vocabulary entry is
+    most of a CPU step's sampling time). A request with a seed draws from its own generator, so
+    that its output never depends on the rest of the batch.
     """
 
-    def __init__(self, device: torch.device, seed: int) -> None:
+    def __init__(
+        self, device: torch.device, seed: int, exponential_race: bool | None = None
+    ) -> None:
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        # None: the race on GPUs, the cumulative distribution on CPUs
+        self.exponential_race = (
+            device.type != "cpu" if exponential_race is None else exponential_race
+        )
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         raw_logprobs = self._raw_logprobs(logits, requests)
@@ -133,8 +141,26 @@ class Sampler:
             logits[top_p_rows] = _apply_top_p(
                 logits[top_p_rows], [params[i].top_p for i in top_p_rows]
             )
+        if not self.exponential_race:
+            # unnormalized weights: the cumulative sum's last entry is their total
+            weights = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+            return _inverse_cdf(weights, self._uniform_draws(weights, requests))
         probs = torch.softmax(logits, dim=-1)
         return probs.div_(self._exponential_draws(probs, requests)).argmax(dim=-1)
+
+    def _uniform_draws(self, probs: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        draws = torch.empty(len(requests), dtype=torch.float64, device=probs.device)
+        unseeded = [i for i, r in enumerate(requests) if r.generator is None]
+        if unseeded:
+            draws[unseeded] = torch.rand(
+                len(unseeded), generator=self.generator, dtype=torch.float64, device=probs.device
+            )
+        for i, request in enumerate(requests):
+            if request.generator is not None:
+                draws[i] = torch.rand(
+                    1, generator=request.generator, dtype=torch.float64, device=probs.device
+                )
+        return draws
 
     def _exponential_draws(self, probs: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         draws = torch.empty_like(probs)
@@ -151,6 +177,19 @@ class Sampler:
                 draws[i].exponential_(generator=request.generator)
         # A zero draw would turn p / q into inf (or nan for a masked token).
         return draws.clamp_(min=torch.finfo(draws.dtype).tiny)
+
+
+def _inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Per row, the token whose interval of the cumulative weights holds uniform * total."""
+    cdf = weights.cumsum(dim=-1)
+    targets = (uniform[:, None] * cdf[:, -1:].double()).to(cdf.dtype)
+    tokens = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    tokens.clamp_(max=weights.shape[1] - 1)
+    # rounding at the very top can land past the last token of nonzero weight
+    impossible = weights.gather(1, tokens[:, None]).squeeze(1) == 0
+    if impossible.any():
+        tokens[impossible] = weights[impossible].argmax(dim=-1)
+    return tokens
 
 
 def _column(values: list[float], device: torch.device) -> torch.Tensor:
