@@ -13,7 +13,7 @@ import pytest
 import llmbatch.data as data
 from llmbatch import SamplingParams
 from llmbatch.llm import LLMProcessorConfig, build_llm_processor
-from llmbatch.llm.replica_plan import host_cpu_count, plan_replicas
+from llmbatch.llm.replica_plan import CPU_CORES_PER_REPLICA, host_cpu_count, plan_replicas
 from llmbatch.llm.replicas import ReplicaFailed, ReplicatedEngine
 
 MAX_TOKENS = 5
@@ -84,18 +84,27 @@ def test_a_minimum_the_host_cannot_meet_is_an_error(smollm2_dir: str):
 
 def test_an_int_is_an_upper_bound_said_once(caplog):
     cores = host_cpu_count()
+    expected = max(1, cores // CPU_CORES_PER_REPLICA)
     with caplog.at_level(logging.WARNING, logger="llmbatch"):
         plan = plan_replicas(cores + 3, {"device": "cpu"})
-    assert plan.devices == ("cpu",) * cores
-    assert plan.num_threads == 1
+    assert plan.devices == ("cpu",) * expected
+    assert plan.num_threads == cores // expected
     [record] = caplog.records
-    assert f"concurrency={cores + 3}: running {cores} engine replica(s)" in record.message
+    assert f"concurrency={cores + 3}: running {expected} engine replica(s)" in record.message
+
+
+def test_a_minimum_may_ask_for_a_replica_per_core():
+    cores = host_cpu_count()
+    plan = plan_replicas((cores, cores), {"device": "cpu"})
+    assert plan.num_replicas == cores and plan.num_threads == 1
 
 
 def test_tensor_parallel_groups_take_their_share_of_cores():
     cores = host_cpu_count()
     plan = plan_replicas(cores, {"device": "cpu", "tensor_parallel_size": 2})
-    assert plan.num_replicas == max(1, cores // 2)
+    assert plan.num_replicas == max(1, cores // (2 * CPU_CORES_PER_REPLICA))
+    plan = plan_replicas((1, cores), {"device": "cpu", "tensor_parallel_size": 2})
+    assert plan.num_replicas == max(1, cores // (2 * CPU_CORES_PER_REPLICA))
 
 
 def test_one_replica_runs_in_this_process(smollm2_dir: str, engine_kwargs):
