@@ -185,10 +185,6 @@ def run_llmbatch(llm, workload: Workload, trace: StepTrace | None = None) -> dic
     return result
 
 
-def head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-8b")
@@ -254,11 +250,7 @@ def main() -> None:
         # Same weights as the transformers peer.
         llm.llm_engine._runner.model.load_weights(weights.items())
         del weights
-        model = llm.llm_engine._runner.model
-        card = Card.detect(
-            sum(p.numel() for p in model.parameters()),
-            4 * hf_config.num_hidden_layers * hf_config.num_key_value_heads * head_dim(hf_config),
-        )
+        card = Card.detect(llm.llm_engine._runner.model)
         reports: list[str] = []
         for name, workload in workloads.items():
             trace = StepTrace() if args.trace else None

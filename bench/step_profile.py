@@ -26,10 +26,24 @@ class Card:
     kv_bytes_per_token: float = 131072
 
     @classmethod
-    def detect(cls, num_params: int, kv_bytes_per_token: int) -> Card:
+    def detect(cls, model) -> Card:
+        """This GPU's bandwidth, for the engine's (bf16) model."""
+        from llmbatch.engine.model_runner import kv_cache_bytes_per_block
+
         name = torch.cuda.get_device_name()
         bandwidth = 4.8e12 if "H200" in name else 3.35e12
-        return cls(bandwidth, 8.0e14, 2 * num_params, 2 * num_params, kv_bytes_per_token)
+        num_params = sum(p.numel() for p in model.parameters())
+        kv_bytes = kv_cache_bytes_per_block(model, 1, torch.bfloat16)
+        return cls(bandwidth, 8.0e14, 2 * num_params, 2 * num_params, kv_bytes)
+
+    def serial_seconds(self, num_tokens: int, context_tokens: int) -> float:
+        """A step with nothing overlapped: the weights, the FLOPs and the KV reads one after
+        another (scheduler_sim.py's cost model)."""
+        return (
+            self.weight_bytes / self.bytes_per_s
+            + num_tokens * self.flops_per_token / self.flops_per_s
+            + context_tokens * self.kv_bytes_per_token / self.bytes_per_s
+        )
 
     def floor_seconds(self, num_tokens: int, context_tokens: int) -> float:
         weights = max(

@@ -146,29 +146,13 @@ class ModelRunner:
         tokens (sampled by `previous`, not yet known on the host) are read from its device rows."""
         self._parity ^= 1
         inputs = self._prepare_inputs(batch, previous)
+        input_ids, positions, meta, sample_rows, sampling, image_chunks = inputs
         with cublaslt_matmuls(self.device):
-            return self._launch(*inputs)
-
-    def _launch(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        meta: AttentionMetadata,
-        sample_rows: torch.Tensor | None,
-        sampling: list[Request],
-        image_chunks: list[ImageChunk],
-    ) -> LaunchedStep:
-        graphs = self._decode_graphs
-        if image_chunks:
-            embeds = self._embed_with_images(input_ids, image_chunks)
-            hidden = self.model(input_ids, positions, self.kv_caches, meta, inputs_embeds=embeds)
-        elif graphs is not None and meta.is_decode_only and meta.num_seqs <= graphs.max_batch_size:
-            hidden = graphs.run(input_ids, positions, meta)
-        else:
-            hidden = self.model(input_ids, positions, self.kv_caches, meta)
-        if not sampling:
-            return LaunchedStep([], None, None, [], None, False)
-        logits = self.model.compute_logits(hidden if sample_rows is None else hidden[sample_rows])
+            hidden = self._forward(input_ids, positions, meta, image_chunks)
+            if not sampling:
+                return LaunchedStep([], None, None, [], None, False)
+            rows = hidden if sample_rows is None else hidden[sample_rows]
+            logits = self.model.compute_logits(rows)
         sampled = self.sampler(logits, sampling)
         needs_history = any(r.params.needs_penalties for r in sampling)
         if self.device.type != "cuda":
@@ -180,6 +164,21 @@ class ModelRunner:
         done = torch.cuda.Event()
         done.record()
         return LaunchedStep(sampling, sampled.sampled, host, sampled.logprobs, done, needs_history)
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        image_chunks: list[ImageChunk],
+    ) -> torch.Tensor:
+        graphs = self._decode_graphs
+        if image_chunks:
+            embeds = self._embed_with_images(input_ids, image_chunks)
+            return self.model(input_ids, positions, self.kv_caches, meta, inputs_embeds=embeds)
+        if graphs is not None and meta.is_decode_only and meta.num_seqs <= graphs.max_batch_size:
+            return graphs.run(input_ids, positions, meta)
+        return self.model(input_ids, positions, self.kv_caches, meta)
 
     def resolve(self, step: LaunchedStep) -> StepResult:
         """Waits for a launched step and returns its sampled tokens."""

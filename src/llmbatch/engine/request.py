@@ -84,6 +84,11 @@ class Request:
         return self.num_pending > 0 and self.num_tokens >= self.length_limit
 
     @property
+    def stops_only_at_length_limit(self) -> bool:
+        """True when nothing but the length limit can end it (no EOS, stop tokens or strings)."""
+        return not self.stop_token_ids and not self.params.stop
+
+    @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -148,33 +149,28 @@ class Sampler:
         probs = torch.softmax(logits, dim=-1)
         return probs.div_(self._exponential_draws(probs, requests)).argmax(dim=-1)
 
-    def _uniform_draws(self, probs: torch.Tensor, requests: list[Request]) -> torch.Tensor:
-        draws = torch.empty(len(requests), dtype=torch.float64, device=probs.device)
-        unseeded = [i for i, r in enumerate(requests) if r.generator is None]
-        if unseeded:
-            draws[unseeded] = torch.rand(
-                len(unseeded), generator=self.generator, dtype=torch.float64, device=probs.device
-            )
-        for i, request in enumerate(requests):
-            if request.generator is not None:
-                draws[i] = torch.rand(
-                    1, generator=request.generator, dtype=torch.float64, device=probs.device
-                )
-        return draws
-
-    def _exponential_draws(self, probs: torch.Tensor, requests: list[Request]) -> torch.Tensor:
-        draws = torch.empty_like(probs)
+    def _per_row_draws(
+        self, requests: list[Request], draws: torch.Tensor, fill: Callable[..., torch.Tensor]
+    ) -> torch.Tensor:
+        """Fills row i of `draws` in place with `fill` (an in-place random method of Tensor) from
+        request i's own generator when it has a seed, from the sampler's otherwise."""
         unseeded = [i for i, r in enumerate(requests) if r.generator is None]
         if len(unseeded) == len(requests):
-            draws.exponential_(generator=self.generator)
+            fill(draws, generator=self.generator)
         elif unseeded:
-            shape = (len(unseeded), probs.shape[1])
-            draws[unseeded] = torch.empty(shape, device=probs.device).exponential_(
-                generator=self.generator
-            )
+            part = draws.new_empty((len(unseeded), *draws.shape[1:]))
+            draws[unseeded] = fill(part, generator=self.generator)
         for i, request in enumerate(requests):
             if request.generator is not None:
-                draws[i].exponential_(generator=request.generator)
+                fill(draws[i], generator=request.generator)
+        return draws
+
+    def _uniform_draws(self, weights: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        draws = torch.empty(len(requests), dtype=torch.float64, device=weights.device)
+        return self._per_row_draws(requests, draws, torch.Tensor.uniform_)
+
+    def _exponential_draws(self, probs: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        draws = self._per_row_draws(requests, torch.empty_like(probs), torch.Tensor.exponential_)
         # A zero draw would turn p / q into inf (or nan for a masked token).
         return draws.clamp_(min=torch.finfo(draws.dtype).tiny)
 

@@ -83,7 +83,7 @@ class Scheduler:
         except ValueError:
             self.waiting.remove(request)
         self.block_manager.free(request)
-        if not _runs_to_limit(request):
+        if not request.stops_only_at_length_limit:
             self._generated_tokens += request.num_output_tokens
             self._allowed_tokens += request.length_limit - request.num_prompt_tokens
 
@@ -157,7 +157,7 @@ class Scheduler:
     def _expected_growth(self, request: Request, num_held_blocks: int) -> int:
         """Blocks beyond `num_held_blocks` the request is expected to need before it finishes."""
         remaining = request.length_limit - request.num_tokens
-        if not _runs_to_limit(request):
+        if not request.stops_only_at_length_limit:
             remaining = int(remaining * self.output_share)
         return max(
             cdiv(request.num_tokens + remaining, self.block_manager.block_size) - num_held_blocks, 0
@@ -169,9 +169,3 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
-
-
-def _runs_to_limit(request: Request) -> bool:
-    """True when nothing but the length limit can end the request."""
-    params = request.params
-    return not request.stop_token_ids and not params.stop
