@@ -195,6 +195,14 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument(
+        "--cuda-graph-max-tokens",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="one llmbatch run per value, in the order given (repeat values to alternate them); "
+        "default: the engine's",
+    )
+    parser.add_argument(
         "--tokenizer",
         default=None,
         help="SmolLM2's tokenizer folder (for the seed workload's chat template); default: the "
@@ -235,44 +243,45 @@ def main() -> None:
     gc.collect()
     torch.cuda.empty_cache()
 
-    with tempfile.TemporaryDirectory() as folder:
-        hf_config.save_pretrained(folder)
-        start = time.perf_counter()
-        llm = LLM(
-            folder,
-            load_format="dummy",
-            dtype="bfloat16",
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-        )
-        startup = time.perf_counter() - start
-        # Same weights as the transformers peer.
-        llm.llm_engine._runner.model.load_weights(weights.items())
-        del weights
-        card = Card.detect(llm.llm_engine._runner.model)
-        reports: list[str] = []
-        for name, workload in workloads.items():
-            trace = StepTrace() if args.trace else None
-            rows.append(
-                {
-                    "engine": "llmbatch",
-                    "workload": name,
-                    "startup_s": startup,
-                    **run_llmbatch(llm, workload, trace),
-                }
+    reports: list[str] = []
+    profiles: list[str] = []
+    for cap in args.cuda_graph_max_tokens:
+        engine = "llmbatch" if cap is None else f"llmbatch (graphs <= {cap} tokens)"
+        graph_kwargs = {} if cap is None else {"cuda_graph_max_tokens": cap}
+        with tempfile.TemporaryDirectory() as folder:
+            hf_config.save_pretrained(folder)
+            start = time.perf_counter()
+            llm = LLM(
+                folder,
+                load_format="dummy",
+                dtype="bfloat16",
+                max_num_seqs=args.max_num_seqs,
+                max_num_batched_tokens=args.max_num_batched_tokens,
+                gpu_memory_utilization=args.gpu_memory_utilization,
+                **graph_kwargs,
             )
-            print(rows[-1], flush=True)
-            if trace is not None:
-                reports.append(format_summary(name, trace.summary(card)))
-                print(reports[-1], flush=True)
-        profiles = []
-        if args.profile:
-            for kind in STEP_KINDS:
-                profiles.append(profile_kind(llm, kind, vocab))
-                print(profiles[-1], flush=True)
-            reports.append(format_profiles(profiles))
-        llm.close()
+            startup = time.perf_counter() - start
+            # Same weights as the transformers peer.
+            llm.llm_engine._runner.model.load_weights(weights.items())
+            card = Card.detect(llm.llm_engine._runner.model)
+            for name, workload in workloads.items():
+                trace = StepTrace() if args.trace else None
+                result = run_llmbatch(llm, workload, trace)
+                rows.append({"engine": engine, "workload": name, "startup_s": startup, **result})
+                print(rows[-1], flush=True)
+                if trace is not None:
+                    reports.append(format_summary(name, trace.summary(card)))
+                    print(reports[-1], flush=True)
+            if args.profile:
+                for kind in STEP_KINDS:
+                    profiles.append(profile_kind(llm, kind, vocab))
+                    print(profiles[-1], flush=True)
+                reports.append(format_profiles(profiles))
+            llm.close()
+            del llm
+            gc.collect()
+            torch.cuda.empty_cache()
+    del weights
 
     record = {
         "date": datetime.date.today().isoformat(),

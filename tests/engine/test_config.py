@@ -60,6 +60,7 @@ def test_model_is_required():
         (dict(load_format="pt"), "load_format='pt' is not supported; accepted: auto, dummy"),
         (dict(max_num_seqs=64, max_num_batched_tokens=32), "must be at least max_num_seqs"),
         (dict(num_gpu_blocks_override=0), "num_gpu_blocks_override must be at least 1"),
+        (dict(cuda_graph_max_tokens=-1), "cuda_graph_max_tokens must be 0"),
         (dict(device="tpu"), "device='tpu' is not supported"),
     ],
 )

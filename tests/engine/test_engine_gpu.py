@@ -36,10 +36,9 @@ def test_triton_backend_with_cuda_graphs_matches_transformers(tiny):
     assert [o.token_ids for o in outputs] == expected
 
 
-def test_cuda_graphs_give_the_eager_tokens_for_every_batch_size(tiny):
-    folder, _, prompts = tiny
-    many = [p[: 5 + i % 60] for i, p in enumerate(prompts * 9)][:50]
-    results = []
+def run_eager_then_graphed(folder, prompts, params, **engine_kwargs) -> tuple[list, list, dict]:
+    """Token ids with CUDA graphs off, then on; and what the graphed engine replayed."""
+    results, seen = [], {}
     for eager in (True, False):
         with LLM(
             folder,
@@ -47,15 +46,45 @@ def test_cuda_graphs_give_the_eager_tokens_for_every_batch_size(tiny):
             dtype="float32",
             enforce_eager=eager,
             gpu_memory_utilization=0.3,
-            max_num_seqs=48,
+            **engine_kwargs,
         ) as llm:
-            # outputs of several lengths, so the decode batch shrinks through many sizes
-            params = [
-                SamplingParams(temperature=0.0, max_tokens=4 + i, ignore_eos=True)
-                for i in range(len(many))
-            ]
-            results.append([o.token_ids for o in llm.generate(many, params)])
-    assert results[0] == results[1]
+            results.append([o.token_ids for o in llm.generate(prompts, params)])
+            runner, stats = llm.llm_engine._runner, llm.llm_engine.stats
+            seen["cached_tokens"] = stats.num_cached_tokens
+            if not eager:
+                seen["decode_replays"] = runner._decode_graphs.replays
+                seen["prompt_replays"] = runner._prompt_graphs.replays
+                seen["largest_prompt_graph"] = runner._prompt_graphs.sizes[-1]
+    return results[0], results[1], seen
+
+
+def test_cuda_graphs_give_the_eager_tokens_for_every_batch_size(tiny):
+    folder, _, prompts = tiny
+    many = [p[: 5 + i % 60] for i, p in enumerate(prompts * 9)][:50]
+    # outputs of several lengths, so the decode batch shrinks through many sizes
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=4 + i, ignore_eos=True) for i in range(len(many))
+    ]
+    eager, graphed, seen = run_eager_then_graphed(folder, many, params, max_num_seqs=48)
+    assert graphed == eager
+    assert seen["decode_replays"] > 20
+
+
+def test_steps_with_prompt_tokens_replay_graphs_and_give_the_eager_tokens(tiny):
+    folder, _, prompts = tiny
+    # Shared prefixes (prefix-cache hits) and prompts chunked over steps that also decode.
+    many = [p[: 5 + (7 * i) % 60] for i, p in enumerate(prompts * 8)]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=3 + i % 17, ignore_eos=True)
+        for i in range(len(many))
+    ]
+    eager, graphed, seen = run_eager_then_graphed(
+        folder, many, params, max_num_seqs=16, max_num_batched_tokens=96
+    )
+    assert graphed == eager
+    assert seen["largest_prompt_graph"] == 96
+    assert seen["prompt_replays"] > 10 and seen["decode_replays"] > 0
+    assert seen["cached_tokens"] > 0
 
 
 @pytest.mark.parametrize("num_blocks", [None, 40], ids=["roomy", "preempting"])

@@ -33,6 +33,7 @@ class AttentionCase:
     sliding_window: int | None = None
     decode_splits: int | None = None
     padding_tokens: int = 0
+    padding_seqs: int = 0  # sequences with no query tokens, after the real ones (captured steps)
     seed: int = 0
 
 
@@ -98,20 +99,22 @@ def build_batch(
     expected_cache.view_as(flat_cache)[0, slot_mapping[written]] = k[written]
     expected_cache.view_as(flat_cache)[1, slot_mapping[written]] = v[written]
     q = torch.randn(num_tokens, num_heads, dim, generator=gen).to(case.dtype)
-    query_lens = torch.tensor(case.query_lens)
+    query_lens = torch.tensor(case.query_lens + [0] * case.padding_seqs)
+    seq_lens = case.seq_lens + [0] * case.padding_seqs
+    block_tables = torch.cat([block_tables, block_tables.new_zeros(case.padding_seqs, table_width)])
     meta = AttentionMetadata(
-        num_seqs=len(case.seq_lens),
+        num_seqs=len(seq_lens),
         num_tokens=num_tokens,
         query_start_loc=torch.cat([torch.zeros(1), query_lens.cumsum(0)])
         .to(torch.int32)
         .to(device),
-        seq_lens=torch.tensor(case.seq_lens, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
         block_tables=block_tables.to(device),
         slot_mapping=slot_mapping.to(torch.int64).to(device),
         max_query_len=max(case.query_lens),
         max_seq_len=max(case.seq_lens),
-        query_lens_cpu=list(case.query_lens),
-        seq_lens_cpu=list(case.seq_lens),
+        query_lens_cpu=query_lens.tolist(),
+        seq_lens_cpu=seq_lens,
     )
     return PagedBatch(
         q=q.to(device),
@@ -225,6 +228,15 @@ INTERPRETED_CASES = [
         padding_tokens=1,
     ),
     AttentionCase("decode_mha_fp16", [1, 1, 1], [3, 31, 64], heads=(4, 4), dtype=torch.float16),
+    # As a captured prompt step pads it: tokens of no sequence, sequences of no token.
+    AttentionCase(
+        "mixed_padded_as_captured",
+        [9, 1, 1],
+        [30, 17, 40],
+        heads=(8, 2),
+        padding_tokens=7,
+        padding_seqs=3,
+    ),
 ]
 CASE_DTYPES = {case.name: case.dtype for case in INTERPRETED_CASES}
 
@@ -338,6 +350,16 @@ GPU_CASES = [
     ),
     AttentionCase(
         "decode_fp32_split7", [1, 1, 1], [3000, 100, 1], heads=(8, 2), head_dim=128, decode_splits=7
+    ),
+    AttentionCase(
+        "llama8b_mixed_padded_as_captured",
+        [200, 1, 1, 37],
+        [200, 513, 64, 100],
+        heads=(32, 8),
+        head_dim=128,
+        dtype=torch.bfloat16,
+        padding_tokens=18,
+        padding_seqs=252,
     ),
 ]
 

@@ -52,8 +52,6 @@ def _serve(spec: WorkerSpec, conn: Connection) -> None:
         torch.set_num_threads(spec.num_threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        # as the driver's steps do (model_runner.cublaslt_matmuls); this process runs only them
-        torch.backends.cuda.preferred_blas_library("cublaslt")
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo",
         init_method=spec.init_method,

@@ -49,8 +49,9 @@ class EngineConfig:
     - gpu_memory_utilization: share of GPU memory the engine may fill (KV cache included).
       kv_cache_memory_bytes: KV cache size instead (on CPU by default min(1 GiB, 10% of RAM)).
       num_gpu_blocks_override: a fixed number of KV blocks of block_size tokens (any device).
-    - enforce_eager: never use CUDA graphs (otherwise decode steps replay captured graphs when
-      the attention backend allows it: "triton").
+    - enforce_eager: never use CUDA graphs (otherwise decode steps, and steps with prompt tokens
+      of up to cuda_graph_max_tokens tokens, replay captured graphs when the attention backend
+      allows it: "triton"). cuda_graph_max_tokens: 0 captures decode steps only.
     - async_scheduling: schedule and launch step N+1 while the device still runs step N (its
       sampled tokens stay on the device and feed step N+1 directly; finishes are seen one step
       late). None: on for CUDA, off on CPU, where nothing runs in the background.
@@ -75,6 +76,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     enforce_eager: bool = False
+    cuda_graph_max_tokens: int = 1024
     async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
@@ -187,6 +189,11 @@ def _check_values(c: EngineConfig) -> None:
     _require(
         c.max_num_seqs is None or c.max_num_seqs >= 1,
         f"max_num_seqs must be at least 1, got {c.max_num_seqs}",
+    )
+    _require(
+        c.cuda_graph_max_tokens >= 0,
+        f"cuda_graph_max_tokens must be 0 (decode graphs only) or more, got "
+        f"{c.cuda_graph_max_tokens}",
     )
     _require(
         c.num_gpu_blocks_override is None or c.num_gpu_blocks_override >= 1,

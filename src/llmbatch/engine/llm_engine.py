@@ -102,10 +102,10 @@ class LLMEngine:
             max_num_batched_tokens=max_batched,
         )
         self.max_model_len = max_model_len
-        # The triton backend never syncs with the host, so its decode steps can be captured.
+        # The triton backend never syncs with the host, so its steps can be captured.
         eager = config.enforce_eager or self._workers is not None
         if device.startswith("cuda") and backend == "triton" and not eager:
-            self._runner.capture_decode_graphs(max_model_len)
+            self._runner.capture_cuda_graphs(max_model_len, max_batched)
         self.num_kv_blocks = num_blocks
         self._block_manager = BlockManager(
             num_blocks, config.block_size, config.enable_prefix_caching

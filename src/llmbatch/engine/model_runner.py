@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +12,7 @@ import torch
 
 from llmbatch.engine.block_manager import cdiv
 from llmbatch.engine.config import EngineConfig, default_cpu_kv_cache_bytes
-from llmbatch.engine.cuda_graphs import DecodeGraphs
+from llmbatch.engine.cuda_graphs import StepGraphs, capture_sizes, prompt_capture_sizes
 from llmbatch.engine.multimodal import ImageChunk, mrope_step_positions
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampler import Sampler
@@ -24,22 +22,6 @@ from llmbatch.models import CausalLM
 
 logger = logging.getLogger(__name__)
 _NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32}
-
-
-@contextlib.contextmanager
-def cublaslt_matmuls(device: torch.device) -> Iterator[None]:
-    """Runs the block with torch's matmuls on cuBLASLt when on CUDA: on an H100 it makes the
-    engine's large prefill steps faster (the `short` workload +16%) and its decode steps no
-    slower (bench/RESULTS.md)."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cuda.preferred_blas_library()
-    torch.backends.cuda.preferred_blas_library("cublaslt")
-    try:
-        yield
-    finally:
-        torch.backends.cuda.preferred_blas_library(previous)
 
 
 @dataclass(slots=True)
@@ -83,7 +65,8 @@ class ModelRunner:
         self.sampler = Sampler(self.device, config.seed)
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
-        self._decode_graphs: DecodeGraphs | None = None
+        self._decode_graphs: StepGraphs | None = None
+        self._prompt_graphs: StepGraphs | None = None
         # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
         # copies of step N may still be reading theirs.
         self._host_buffers: list[list[torch.Tensor | None]] = [[None, None, None], [None] * 3]
@@ -129,12 +112,19 @@ class ModelRunner:
         )
         return num_blocks
 
-    def capture_decode_graphs(self, max_model_len: int) -> None:
-        """Captures CUDA graphs for decode-only steps (the attention backend must allow it)."""
-        with cublaslt_matmuls(self.device):
-            self._decode_graphs = DecodeGraphs(
-                self.model, self.kv_caches, self.config.max_num_seqs, max_model_len, self.block_size
-            )
+    def capture_cuda_graphs(self, max_model_len: int, max_num_batched_tokens: int) -> None:
+        """Captures CUDA graphs for decode-only steps and, up to `cuda_graph_max_tokens` tokens,
+        for steps with prompt tokens (the attention backend must allow capture)."""
+        max_num_seqs = self.config.max_num_seqs
+        shape = (self.kv_caches, max_num_seqs, max_model_len, self.block_size)
+        pool = torch.cuda.graph_pool_handle()
+        prompt_tokens = min(self.config.cuda_graph_max_tokens, max_num_batched_tokens)
+        # prompt graphs first: the largest activations, whose pool the others reuse
+        if not self.model.uses_mrope and prompt_capture_sizes(prompt_tokens):
+            sizes = prompt_capture_sizes(prompt_tokens)
+            self._prompt_graphs = StepGraphs(self.model, sizes, *shape, False, pool)
+        sizes = capture_sizes(max_num_seqs)
+        self._decode_graphs = StepGraphs(self.model, sizes, *shape, True, pool)
 
     def execute(self, batch: ScheduledBatch) -> StepResult:
         """Runs one step to completion."""
@@ -147,12 +137,11 @@ class ModelRunner:
         self._parity ^= 1
         inputs = self._prepare_inputs(batch, previous)
         input_ids, positions, meta, sample_rows, sampling, image_chunks = inputs
-        with cublaslt_matmuls(self.device):
-            hidden = self._forward(input_ids, positions, meta, image_chunks)
-            if not sampling:
-                return LaunchedStep([], None, None, [], None, False)
-            rows = hidden if sample_rows is None else hidden[sample_rows]
-            logits = self.model.compute_logits(rows)
+        hidden = self._forward(input_ids, positions, meta, image_chunks)
+        if not sampling:
+            return LaunchedStep([], None, None, [], None, False)
+        rows = hidden if sample_rows is None else hidden[sample_rows]
+        logits = self.model.compute_logits(rows)
         sampled = self.sampler(logits, sampling)
         needs_history = any(r.params.needs_penalties for r in sampling)
         if self.device.type != "cuda":
@@ -172,12 +161,12 @@ class ModelRunner:
         meta: AttentionMetadata,
         image_chunks: list[ImageChunk],
     ) -> torch.Tensor:
-        graphs = self._decode_graphs
         if image_chunks:
             embeds = self._embed_with_images(input_ids, image_chunks)
             return self.model(input_ids, positions, self.kv_caches, meta, inputs_embeds=embeds)
-        if graphs is not None and meta.is_decode_only and meta.num_seqs <= graphs.max_batch_size:
-            return graphs.run(input_ids, positions, meta)
+        for graphs in (self._decode_graphs, self._prompt_graphs):
+            if graphs is not None and graphs.covers(meta):
+                return graphs.run(input_ids, positions, meta)
         return self.model(input_ids, positions, self.kv_caches, meta)
 
     def resolve(self, step: LaunchedStep) -> StepResult:
@@ -211,7 +200,7 @@ class ModelRunner:
         return embeds
 
     def close(self) -> None:
-        self._decode_graphs = None
+        self._decode_graphs = self._prompt_graphs = None
         self.kv_caches = []
         self.model = None  # type: ignore[assignment]
         gc.collect()
@@ -388,7 +377,7 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         baseline = torch.cuda.memory_allocated(self.device)
-        with torch.inference_mode(), cublaslt_matmuls(self.device):
+        with torch.inference_mode():
             hidden = self.model(input_ids, positions, scratch_cache, meta)
             rows = min(self.config.max_num_seqs, num_tokens)
             logits = self.model.compute_logits(hidden[:rows])

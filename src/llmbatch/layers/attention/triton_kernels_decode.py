@@ -24,9 +24,12 @@ MIN_KEYS_PER_SPLIT = 256
 MAX_SPLITS = 32
 # Programs per multiprocessor that keep enough KV loads in flight to saturate HBM (seen on H200).
 PROGRAMS_PER_SM = 4
+# Integers that change from step to step: specializing on them (== 1, divisible by 16) would
+# compile new variants in the middle of a job.
+PER_STEP_ARGS = ["num_splits", "stride_block_table"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_STEP_ARGS)
 def _decode_attention_kernel(
     out_ptr,
     partial_out_ptr,
@@ -124,7 +127,7 @@ def _decode_attention_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _merge_splits_kernel(
     out_ptr,
     partial_out_ptr,

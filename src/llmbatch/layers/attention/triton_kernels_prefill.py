@@ -18,6 +18,10 @@ import triton.language as tl
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.layers.attention.triton_kernels_cache import load_paged_tile
 
+# Integers that change from step to step: specializing on them (== 1, divisible by 16) would
+# compile new variants in the middle of a job.
+PER_STEP_ARGS = ["num_seqs", "stride_block_table"]
+
 
 @triton.jit
 def _find_sequence(query_start_loc_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
@@ -71,7 +75,7 @@ def _attend_key_tile(
     return acc, new_max, row_sum
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_STEP_ARGS)
 def _prefill_attention_kernel(
     out_ptr,
     q_ptr,
