@@ -125,7 +125,7 @@ class TensorParallelWorkers:
             raise
         self.tp = TensorParallel(0, size, dist.group.WORLD)
         if not on_cpu and not config.enforce_eager:
-            logger.info("tensor_parallel_size=%d: decode steps run eagerly (no CUDA graphs)", size)
+            logger.info("tensor_parallel_size=%d: steps run eagerly (no CUDA graphs)", size)
 
     def wait_for(self, reply: str, doing: str) -> None:
         """Waits for every worker's ``reply``; a worker that fails or dies first is an error."""

@@ -2,8 +2,8 @@
 
 Decode-only steps are captured per number of sequences (one token each). Steps that carry prompt
 tokens are captured per number of tokens, for up to ``min(tokens, max_num_seqs)`` sequences: an
-eager forward of a large model launches a few hundred kernels, ~20 ms of host time, which a small
-mixed step (a few decodes plus a prompt chunk) cannot hide behind its ~10 ms of device work.
+eager forward launches a few hundred kernels, and for a small model that host time is longer than
+the step's device work (bench/RESULTS.md: the Qwen2.5-0.5B shape's `sharegpt` +26-40%).
 """
 
 from __future__ import annotations
