@@ -118,13 +118,14 @@ class ModelRunner:
         max_num_seqs = self.config.max_num_seqs
         shape = (self.kv_caches, max_num_seqs, max_model_len, self.block_size)
         pool = torch.cuda.graph_pool_handle()
-        prompt_tokens = min(self.config.cuda_graph_max_tokens, max_num_batched_tokens)
+        prompt_sizes = prompt_capture_sizes(
+            min(self.config.cuda_graph_max_tokens, max_num_batched_tokens)
+        )
         # prompt graphs first: the largest activations, whose pool the others reuse
-        if not self.model.uses_mrope and prompt_capture_sizes(prompt_tokens):
-            sizes = prompt_capture_sizes(prompt_tokens)
-            self._prompt_graphs = StepGraphs(self.model, sizes, *shape, False, pool)
-        sizes = capture_sizes(max_num_seqs)
-        self._decode_graphs = StepGraphs(self.model, sizes, *shape, True, pool)
+        if prompt_sizes and not self.model.uses_mrope:
+            self._prompt_graphs = StepGraphs(self.model, prompt_sizes, *shape, False, pool)
+        decode_sizes = capture_sizes(max_num_seqs)
+        self._decode_graphs = StepGraphs(self.model, decode_sizes, *shape, True, pool)
 
     def execute(self, batch: ScheduledBatch) -> StepResult:
         """Runs one step to completion."""
@@ -140,8 +141,7 @@ class ModelRunner:
         hidden = self._forward(input_ids, positions, meta, image_chunks)
         if not sampling:
             return LaunchedStep([], None, None, [], None, False)
-        rows = hidden if sample_rows is None else hidden[sample_rows]
-        logits = self.model.compute_logits(rows)
+        logits = self.model.compute_logits(hidden if sample_rows is None else hidden[sample_rows])
         sampled = self.sampler(logits, sampling)
         needs_history = any(r.params.needs_penalties for r in sampling)
         if self.device.type != "cuda":
