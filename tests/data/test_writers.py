@@ -138,3 +138,19 @@ def test_write_to_fsspec_url(tmp_path):
     data.range(10, override_num_blocks=2).write_json(f"memory://{folder}")
     assert len(fsspec.filesystem("memory").ls(folder)) == 2
     assert data.read_json(f"memory://{folder}").count() == 10
+
+
+def test_an_interrupt_after_the_rename_surfaces_as_itself(tmp_path):
+    from llmbatch.data.files import OutputFolder
+
+    folder = OutputFolder.create(tmp_path / "out")
+
+    def interrupted(temporary: str) -> None:
+        # as if Ctrl-C landed once the file was renamed: the temporary is gone
+        Path(temporary).unlink()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with folder.atomic_file("part.json", before_rename=interrupted) as stream:
+            stream.write(b"{}")
+    assert files_in(tmp_path / "out") == []

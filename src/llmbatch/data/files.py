@@ -14,7 +14,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -255,5 +255,8 @@ class OutputFolder:
             self.filesystem.move(temporary, final)
         except BaseException:
             stream.close()
-            self.filesystem.delete_file(temporary)
+            # An interrupt can land once the rename is done: the temporary is gone, and a
+            # failed clean-up must not replace the error that is on its way out.
+            with suppress(OSError):
+                self.filesystem.delete_file(temporary)
             raise
