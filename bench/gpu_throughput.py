@@ -185,6 +185,23 @@ def run_llmbatch(llm, workload: Workload, trace: StepTrace | None = None) -> dic
     return result
 
 
+def parse_variant(variant: str) -> dict[str, object]:
+    """ "kv_cache_dtype=fp8,cuda_graph_max_tokens=0" -> engine kwargs (numbers parsed as such)."""
+    kwargs: dict[str, object] = {}
+    for item in filter(None, variant.split(",")):
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variants: {item!r} is not name=value")
+        try:
+            kwargs[name.strip()] = int(text)
+        except ValueError:
+            try:
+                kwargs[name.strip()] = float(text)
+            except ValueError:
+                kwargs[name.strip()] = text.strip()
+    return kwargs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-8b")
@@ -195,12 +212,12 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument(
-        "--cuda-graph-max-tokens",
-        type=int,
+        "--variants",
         nargs="+",
-        default=[None],
-        help="one llmbatch run per value, in the order given (repeat values to alternate them); "
-        "default: the engine's",
+        default=[""],
+        help="one llmbatch engine per variant, in the order given (repeat them to alternate): "
+        "engine arguments as name=value[,name=value], e.g. kv_cache_dtype=fp8 or "
+        "cuda_graph_max_tokens=0; an empty string is the engine's defaults",
     )
     parser.add_argument(
         "--tokenizer",
@@ -245,9 +262,9 @@ def main() -> None:
 
     reports: list[str] = []
     profiles: list[str] = []
-    for cap in args.cuda_graph_max_tokens:
-        engine = "llmbatch" if cap is None else f"llmbatch (graphs <= {cap} tokens)"
-        graph_kwargs = {} if cap is None else {"cuda_graph_max_tokens": cap}
+    for variant in args.variants:
+        engine = f"llmbatch ({variant})" if variant else "llmbatch"
+        variant_kwargs = parse_variant(variant)
         with tempfile.TemporaryDirectory() as folder:
             hf_config.save_pretrained(folder)
             start = time.perf_counter()
@@ -258,12 +275,13 @@ def main() -> None:
                 max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens,
                 gpu_memory_utilization=args.gpu_memory_utilization,
-                **graph_kwargs,
+                **variant_kwargs,
             )
             startup = time.perf_counter() - start
             # Same weights as the transformers peer.
             llm.llm_engine._runner.model.load_weights(weights.items())
-            card = Card.detect(llm.llm_engine._runner.model)
+            runner = llm.llm_engine._runner
+            card = Card.detect(runner.model, runner.kv_cache_dtype)
             for name, workload in workloads.items():
                 trace = StepTrace() if args.trace else None
                 result = run_llmbatch(llm, workload, trace)

@@ -61,6 +61,10 @@ def test_model_is_required():
         (dict(max_num_seqs=64, max_num_batched_tokens=32), "must be at least max_num_seqs"),
         (dict(num_gpu_blocks_override=0), "num_gpu_blocks_override must be at least 1"),
         (dict(cuda_graph_max_tokens=-1), "cuda_graph_max_tokens must be 0"),
+        (
+            dict(kv_cache_dtype="int8"),
+            "kv_cache_dtype=.int8. is not supported; accepted: .auto., .fp8.",
+        ),
         (dict(device="tpu"), "device='tpu' is not supported"),
     ],
 )

@@ -87,6 +87,20 @@ def test_steps_with_prompt_tokens_replay_graphs_and_give_the_eager_tokens(tiny):
     assert seen["cached_tokens"] > 0
 
 
+def test_fp8_kv_cache_gives_the_same_tokens_graphed_and_eager(tiny):
+    folder, _, prompts = tiny
+    many = [p[: 5 + (7 * i) % 60] for i, p in enumerate(prompts * 8)]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=3 + i % 17, ignore_eos=True)
+        for i in range(len(many))
+    ]
+    eager, graphed, seen = run_eager_then_graphed(
+        folder, many, params, max_num_seqs=16, max_num_batched_tokens=96, kv_cache_dtype="fp8"
+    )
+    assert graphed == eager
+    assert seen["prompt_replays"] > 10 and seen["decode_replays"] > 0
+
+
 @pytest.mark.parametrize("num_blocks", [None, 40], ids=["roomy", "preempting"])
 def test_async_scheduling_gives_the_synchronous_outputs(tiny, num_blocks):
     folder, _, prompts = tiny

@@ -34,6 +34,10 @@ class AttentionCase:
     decode_splits: int | None = None
     padding_tokens: int = 0
     padding_seqs: int = 0  # sequences with no query tokens, after the real ones (captured steps)
+    cache_dtype: torch.dtype | None = None  # None: the case's dtype
+    # The step's own K/V already sit in the cache and nothing is written: the read path alone
+    # (Triton's interpreter rounds to fp8 wrongly, so fp8 writes are checked on the GPU).
+    cache_prewritten: bool = False
     seed: int = 0
 
 
@@ -60,17 +64,24 @@ def build_batch(
     table_width: int | None = None,
 ) -> PagedBatch:
     """A flat batch whose earlier tokens sit in randomly scattered cache blocks."""
+    from llmbatch.layers.attention.torch_backend import to_cache_dtype
+
     gen = torch.Generator().manual_seed(case.seed)
+    cache_dtype = case.cache_dtype or case.dtype
+
+    def as_cached(x: torch.Tensor) -> torch.Tensor:
+        return to_cache_dtype(x, cache_dtype)
+
     (num_heads, kv_heads), page, dim = case.heads, case.block_size, case.head_dim
     blocks_per_seq = [cdiv(s, page) for s in case.seq_lens]
     num_blocks = num_blocks or sum(blocks_per_seq) + 3
     table_width = table_width or max(blocks_per_seq)
     block_order = torch.randperm(num_blocks, generator=gen)
     # Unused blocks hold noise too, so reading a wrong block cannot go unnoticed.
-    kv_cache = torch.randn(2, num_blocks, page, kv_heads, dim, generator=gen).to(case.dtype)
+    kv_cache = torch.randn(2, num_blocks, page, kv_heads, dim, generator=gen).to(cache_dtype)
     flat_cache = kv_cache.view(2, num_blocks * page, kv_heads, dim)
     block_tables = torch.zeros(len(case.seq_lens), table_width, dtype=torch.int32)
-    keys, values, new_slots = [], [], []
+    keys, values, new_slots, fresh_keys, fresh_values = [], [], [], [], []
     used = 0
     for seq, (query_len, seq_len) in enumerate(zip(case.query_lens, case.seq_lens)):
         blocks = block_order[used : used + blocks_per_seq[seq]]
@@ -79,25 +90,27 @@ def build_batch(
         slots = blocks.repeat_interleave(page)[:seq_len] * page + torch.arange(seq_len) % page
         seq_keys = torch.randn(seq_len, kv_heads, dim, generator=gen).to(case.dtype)
         seq_values = torch.randn(seq_len, kv_heads, dim, generator=gen).to(case.dtype)
-        context = seq_len - query_len
-        flat_cache[0, slots[:context]] = seq_keys[:context]
-        flat_cache[1, slots[:context]] = seq_values[:context]
-        keys.append(seq_keys)
-        values.append(seq_values)
-        new_slots.append(slots[context:])
+        context = seq_len if case.cache_prewritten else seq_len - query_len
+        flat_cache[0, slots[:context]] = as_cached(seq_keys[:context])
+        flat_cache[1, slots[:context]] = as_cached(seq_values[:context])
+        # the reference attends to what the cache holds
+        keys.append(as_cached(seq_keys).to(case.dtype))
+        values.append(as_cached(seq_values).to(case.dtype))
+        fresh_keys.append(seq_keys[seq_len - query_len :])
+        fresh_values.append(seq_values[seq_len - query_len :])
+        if case.cache_prewritten:
+            new_slots.append(torch.full((query_len,), -1))
+        else:
+            new_slots.append(slots[context:])
     num_tokens = sum(case.query_lens) + case.padding_tokens
     pad = torch.randn(2, case.padding_tokens, kv_heads, dim, generator=gen).to(case.dtype)
-    k = torch.cat(
-        [key[s - q :] for key, q, s in zip(keys, case.query_lens, case.seq_lens)] + [pad[0]]
-    )
-    v = torch.cat(
-        [val[s - q :] for val, q, s in zip(values, case.query_lens, case.seq_lens)] + [pad[1]]
-    )
+    k = torch.cat(fresh_keys + [pad[0]])
+    v = torch.cat(fresh_values + [pad[1]])
     slot_mapping = torch.cat(new_slots + [torch.full((case.padding_tokens,), -1)])
     expected_cache = kv_cache.clone()
     written = slot_mapping >= 0
-    expected_cache.view_as(flat_cache)[0, slot_mapping[written]] = k[written]
-    expected_cache.view_as(flat_cache)[1, slot_mapping[written]] = v[written]
+    expected_cache.view_as(flat_cache)[0, slot_mapping[written]] = as_cached(k[written])
+    expected_cache.view_as(flat_cache)[1, slot_mapping[written]] = as_cached(v[written])
     q = torch.randn(num_tokens, num_heads, dim, generator=gen).to(case.dtype)
     query_lens = torch.tensor(case.query_lens + [0] * case.padding_seqs)
     seq_lens = case.seq_lens + [0] * case.padding_seqs
@@ -237,6 +250,25 @@ INTERPRETED_CASES = [
         padding_tokens=7,
         padding_seqs=3,
     ),
+    # An fp8 cache read into float32 queries: prefill over a cached prefix, a fresh prompt, a decode.
+    AttentionCase(
+        "mixed_fp8_e4m3_cache",
+        [9, 20, 1],
+        [30, 20, 17],
+        heads=(4, 2),
+        cache_dtype=torch.float8_e4m3fn,
+        cache_prewritten=True,
+    ),
+    AttentionCase(
+        "decode_fp8_e5m2_cache_split2",
+        [1, 1, 1],
+        [17, 40, 70],
+        heads=(8, 2),
+        head_dim=128,
+        decode_splits=2,
+        cache_dtype=torch.float8_e5m2,
+        cache_prewritten=True,
+    ),
 ]
 CASE_DTYPES = {case.name: case.dtype for case in INTERPRETED_CASES}
 
@@ -283,6 +315,7 @@ def test_backend_is_named_triton() -> None:
         (lambda b: (setattr(b, "k", b.k[..., :32]), setattr(b, "v", b.v[..., :32])), "match q"),
         (lambda b: setattr(b, "kv_cache", b.kv_cache[:, :, :, :1]), "kv_cache must be"),
         (lambda b: setattr(b, "q", b.q.half()), "share one dtype"),
+        (lambda b: setattr(b, "kv_cache", b.kv_cache.half()), "kv_cache must be in q's dtype"),
         (lambda b: setattr(b.meta, "slot_mapping", b.meta.slot_mapping[:-1]), "slot_mapping"),
     ],
 )
@@ -360,6 +393,25 @@ GPU_CASES = [
         dtype=torch.bfloat16,
         padding_tokens=18,
         padding_seqs=252,
+    ),
+    # fp8 caches, written by the kernel (rounded as torch rounds) and read back into bf16.
+    AttentionCase(
+        "llama8b_mixed_fp8_e4m3",
+        [300, 64, 1, 1, 1],
+        [812, 64, 2049, 16, 777],
+        heads=(32, 8),
+        head_dim=128,
+        dtype=torch.bfloat16,
+        cache_dtype=torch.float8_e4m3fn,
+    ),
+    AttentionCase(
+        "decode_fp8_e5m2_many_seqs",
+        [1] * 64,
+        [40 + 37 * i for i in range(64)],
+        heads=(32, 8),
+        head_dim=128,
+        dtype=torch.bfloat16,
+        cache_dtype=torch.float8_e5m2,
     ),
 ]
 

@@ -20,6 +20,13 @@ DTYPE_NAMES = {
     "bfloat16": "bfloat16",
 }
 TORCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# "auto" keeps the model's dtype; the fp8 formats halve the cache (no scaling: values saturate at
+# the format's largest finite number, 448 for e4m3 and 57344 for e5m2).
+KV_CACHE_DTYPES = {
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
 LOAD_FORMATS = ("auto", "dummy")
 CPU_KV_CACHE_CAP_BYTES = 1 << 30
 CPU_KV_CACHE_RAM_SHARE = 0.1
@@ -46,6 +53,10 @@ class EngineConfig:
       outputs the running requests are still expected to generate (all of them for requests
       that only stop at max_tokens; otherwise the share finished requests used), so sequences
       are rarely preempted and recomputed. False: admit while blocks are free, preempt later.
+    - kv_cache_dtype: "auto" (the model's dtype), "fp8" or "fp8_e4m3" (float8 e4m3), "fp8_e5m2":
+      an fp8 cache holds twice the tokens and halves the bytes decode steps read, at some
+      accuracy (no scales: values saturate at 448 in e4m3). e4m3 needs a GPU of compute
+      capability 8.9 or newer (Ada, Hopper); the CPU accepts both.
     - gpu_memory_utilization: share of GPU memory the engine may fill (KV cache included).
       kv_cache_memory_bytes: KV cache size instead (on CPU by default min(1 GiB, 10% of RAM)).
       num_gpu_blocks_override: a fixed number of KV blocks of block_size tokens (any device).
@@ -75,6 +86,7 @@ class EngineConfig:
     reserve_output_kv: bool = True
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
+    kv_cache_dtype: str = "auto"
     enforce_eager: bool = False
     cuda_graph_max_tokens: int = 1024
     async_scheduling: bool | None = None
@@ -117,6 +129,23 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the KV cache is stored in: the model's for "auto"."""
+    return model_dtype if kv_cache_dtype == "auto" else KV_CACHE_DTYPES[kv_cache_dtype]
+
+
+def check_kv_cache_dtype_on(device: str, kv_cache_dtype: str) -> None:
+    """A ValueError when this device cannot store the cache in ``kv_cache_dtype``."""
+    if KV_CACHE_DTYPES.get(kv_cache_dtype) != torch.float8_e4m3fn or device == "cpu":
+        return
+    capability = torch.cuda.get_device_capability(torch.device(device))
+    _require(
+        capability >= (8, 9),
+        f"kv_cache_dtype={kv_cache_dtype!r} (fp8 e4m3) needs a GPU of compute capability 8.9 or "
+        f"newer; this one has {capability[0]}.{capability[1]}: use 'fp8_e5m2' or 'auto'",
+    )
 
 
 def default_max_num_seqs(device: str, max_num_batched_tokens: int | None) -> int:
@@ -183,6 +212,11 @@ def _check_values(c: EngineConfig) -> None:
             f"dtype={c.dtype} is not supported; accepted: torch.float32, torch.float16, "
             "torch.bfloat16",
         )
+    _require(
+        c.kv_cache_dtype == "auto" or c.kv_cache_dtype in KV_CACHE_DTYPES,
+        f"kv_cache_dtype={c.kv_cache_dtype!r} is not supported; accepted: 'auto', "
+        + ", ".join(repr(name) for name in KV_CACHE_DTYPES),
+    )
     for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes"):
         value = getattr(c, name)
         _require(value is None or value >= 1, f"{name} must be a positive integer, got {value}")

@@ -16,6 +16,7 @@ from llmbatch.engine.block_manager import BlockManager
 from llmbatch.engine.config import (
     DTYPE_NAMES,
     EngineConfig,
+    check_kv_cache_dtype_on,
     default_max_num_seqs,
     resolve_device,
 )
@@ -54,6 +55,7 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         device = resolve_device(config.device)
+        check_kv_cache_dtype_on(device, config.kv_cache_dtype)
         if config.max_num_seqs is None:
             config = dataclasses.replace(
                 config,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from llmbatch.engine.block_manager import cdiv
-from llmbatch.engine.config import EngineConfig, default_cpu_kv_cache_bytes
+from llmbatch.engine.config import EngineConfig, default_cpu_kv_cache_bytes, kv_cache_torch_dtype
 from llmbatch.engine.cuda_graphs import StepGraphs, capture_sizes, prompt_capture_sizes
 from llmbatch.engine.multimodal import ImageChunk, mrope_step_positions
 from llmbatch.engine.request import Request
@@ -61,6 +61,7 @@ class ModelRunner:
         self.config = config
         self.device = config.torch_device
         self.dtype = dtype
+        self.kv_cache_dtype = kv_cache_torch_dtype(config.kv_cache_dtype, dtype)
         self.block_size = config.block_size
         self.sampler = Sampler(self.device, config.seed)
         self.kv_caches: list[torch.Tensor] = []
@@ -74,7 +75,7 @@ class ModelRunner:
 
     def allocate_kv_cache(self, max_num_batched_tokens: int, max_model_len: int) -> int:
         """Sizes and allocates the KV cache; returns its number of blocks."""
-        bytes_per_block = kv_cache_bytes_per_block(self.model, self.block_size, self.dtype)
+        bytes_per_block = kv_cache_bytes_per_block(self.model, self.block_size, self.kv_cache_dtype)
         if self.config.num_gpu_blocks_override is not None:
             num_blocks = self.config.num_gpu_blocks_override
         else:
@@ -99,15 +100,16 @@ class ModelRunner:
         storage = torch.zeros(
             (self.model.num_layers, 2, num_blocks, self.block_size)
             + (self.model.num_kv_heads, self.model.head_dim),
-            dtype=self.dtype,
+            dtype=self.kv_cache_dtype,
             device=self.device,
         )
         self.kv_caches = list(storage.unbind(0))
         self.num_blocks = num_blocks
         logger.info(
-            "KV cache: %d blocks of %d tokens (%.2f GiB)",
+            "KV cache: %d blocks of %d tokens in %s (%.2f GiB)",
             num_blocks,
             self.block_size,
+            str(self.kv_cache_dtype).removeprefix("torch."),
             num_blocks * bytes_per_block / 2**30,
         )
         return num_blocks
@@ -346,7 +348,7 @@ class ModelRunner:
         scratch_cache = [
             torch.zeros(
                 (2, 1, self.block_size, self.model.num_kv_heads, self.model.head_dim),
-                dtype=self.dtype,
+                dtype=self.kv_cache_dtype,
                 device=self.device,
             )
             for _ in range(self.model.num_layers)

@@ -21,14 +21,26 @@ def write_kv_cache(
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
     blocks, offsets = slots // block_size, slots % block_size
-    kv_cache[0, blocks, offsets] = k[keep]
-    kv_cache[1, blocks, offsets] = v[keep]
+    kv_cache[0, blocks, offsets] = to_cache_dtype(k[keep], kv_cache.dtype)
+    kv_cache[1, blocks, offsets] = to_cache_dtype(v[keep], kv_cache.dtype)
+
+
+def to_cache_dtype(x: torch.Tensor, cache_dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as the cache stores it: fp8 rounds to nearest and saturates (as the GPU's conversion
+    does) rather than overflowing to inf or NaN."""
+    if x.dtype == cache_dtype:
+        return x
+    if cache_dtype.is_floating_point and cache_dtype.itemsize == 1:
+        largest = torch.finfo(cache_dtype).max
+        x = x.clamp(-largest, largest)
+    return x.to(cache_dtype)
 
 
 def gather_context(
-    cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int
+    cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The first ``num_tokens`` cached rows of each sequence: ``[num_seqs, num_tokens, kv_heads, dim]``.
+    """The first ``num_tokens`` cached rows of each sequence, ``[num_seqs, num_tokens, kv_heads,
+    dim]``, in ``dtype``.
 
     ``cache`` is one half of a layer cache (keys or values), ``[num_blocks, block_size, kv_heads, dim]``.
     """
@@ -37,7 +49,7 @@ def gather_context(
     blocks = block_tables[:, :num_blocks].reshape(-1)
     # index_select on the block dimension is several times faster than advanced indexing.
     rows = cache.index_select(0, blocks).view(block_tables.shape[0], -1, *cache.shape[2:])
-    return rows[:, :num_tokens]
+    return rows[:, :num_tokens].to(dtype)
 
 
 def _attend(
@@ -74,8 +86,8 @@ def decode_attention(
 
     q ``[num_seqs, H, D]``; block_tables/seq_lens select the rows of those sequences.
     """
-    keys = gather_context(kv_cache[0], block_tables, max_seq_len)
-    values = gather_context(kv_cache[1], block_tables, max_seq_len)
+    keys = gather_context(kv_cache[0], block_tables, max_seq_len, q.dtype)
+    values = gather_context(kv_cache[1], block_tables, max_seq_len, q.dtype)
     key_positions = torch.arange(max_seq_len, device=q.device)
     seq_lens = seq_lens[:, None]
     visible = key_positions < seq_lens
@@ -112,10 +124,12 @@ def prefill_attention(
     query_len = q.shape[0]
     context_len = seq_len - query_len
     if context_len == 0:
-        keys, values = k[None], v[None]
+        # what the cache now holds for these tokens (rounded, when it stores fp8)
+        keys = to_cache_dtype(k[None], kv_cache.dtype).to(q.dtype)
+        values = to_cache_dtype(v[None], kv_cache.dtype).to(q.dtype)
     else:
-        keys = gather_context(kv_cache[0], block_table[None], seq_len)
-        values = gather_context(kv_cache[1], block_table[None], seq_len)
+        keys = gather_context(kv_cache[0], block_table[None], seq_len, q.dtype)
+        values = gather_context(kv_cache[1], block_table[None], seq_len, q.dtype)
     if context_len == 0 and (sliding_window is None or sliding_window >= seq_len):
         return _attend(q[None], keys, values, None, scale, is_causal=True)[0]
     query_positions = torch.arange(context_len, seq_len, device=q.device)[:, None]

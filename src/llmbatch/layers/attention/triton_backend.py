@@ -10,6 +10,7 @@ from llmbatch.layers.attention.triton_kernels_decode import decode_attention
 from llmbatch.layers.attention.triton_kernels_prefill import prefill_attention
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_CACHE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 class TritonAttentionBackend:
@@ -69,10 +70,15 @@ def _check_inputs(
             "kv_cache must be [2, num_blocks, block_size, num_kv_heads, head_dim] = "
             f"[2, *, *, {num_kv_heads}, {head_dim}]; got {tuple(kv_cache.shape)}"
         )
-    if q.dtype not in SUPPORTED_DTYPES or not q.dtype == k.dtype == v.dtype == kv_cache.dtype:
+    if q.dtype not in SUPPORTED_DTYPES or not q.dtype == k.dtype == v.dtype:
         raise ValueError(
-            "q, k, v and kv_cache must share one dtype among float16, bfloat16, float32; got "
-            f"{q.dtype}, {k.dtype}, {v.dtype}, {kv_cache.dtype}"
+            "q, k and v must share one dtype among float16, bfloat16, float32; got "
+            f"{q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if kv_cache.dtype != q.dtype and kv_cache.dtype not in FP8_CACHE_DTYPES:
+        raise ValueError(
+            f"kv_cache must be in q's dtype ({q.dtype}) or an fp8 dtype "
+            f"(torch.float8_e4m3fn, torch.float8_e5m2); got {kv_cache.dtype}"
         )
     for name, tensor in (("q", q), ("k", k), ("v", v), ("kv_cache", kv_cache)):
         if tensor.stride(-1) != 1:

@@ -41,11 +41,11 @@ def _write_kv_cache_kernel(
         + dims
     )
     key = tl.load(key_ptr + token * stride_key_token + heads * stride_key_head + dims, mask=mask)
-    tl.store(key_cache_ptr + cache_offsets, key, mask=mask)
+    tl.store(key_cache_ptr + cache_offsets, key.to(key_cache_ptr.dtype.element_ty), mask=mask)
     value = tl.load(
         value_ptr + token * stride_value_token + heads * stride_value_head + dims, mask=mask
     )
-    tl.store(value_cache_ptr + cache_offsets, value, mask=mask)
+    tl.store(value_cache_ptr + cache_offsets, value.to(value_cache_ptr.dtype.element_ty), mask=mask)
 
 
 def write_kv_cache(
@@ -53,7 +53,8 @@ def write_kv_cache(
 ) -> None:
     """Store ``key``/``value`` ``[num_tokens, num_kv_heads, head_dim]`` at their cache slots.
 
-    Tokens whose slot is negative are padding and are not written.
+    Tokens whose slot is negative are padding and are not written. An fp8 cache gets the values
+    rounded to nearest, saturating at the format's largest finite number.
     """
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:

@@ -1,6 +1,7 @@
 """Paged attention for decode-only steps (one query token per sequence), with split-K.
 
-One program owns one sequence, one KV head and one split of its keys. The query heads sharing the
+One program owns one sequence, one KV head and one split of its keys; the cache may be stored in
+the model's dtype or in fp8 (converted to the query's dtype as it is loaded). The query heads sharing the
 KV head are the rows of a ``[BLOCK_H, head_dim]`` tile (padded to 16 rows) so that ``q @ k.T`` and
 ``p @ v`` run on tensor cores. When the batch is too small to fill the GPU, each sequence's keys
 are cut into splits that run in parallel (flash-decoding) and a second kernel merges their
@@ -63,8 +64,10 @@ def _decode_attention_kernel(
     WRITE_PARTIALS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    # KV heads vary fastest across programs so that a sequence's heads run side by side and
+    # read each cache block's rows together.
+    kv_head = tl.program_id(0)
+    seq = tl.program_id(1)
     split = tl.program_id(2)
     token = tl.load(query_start_loc_ptr + seq)
     if tl.load(query_start_loc_ptr + seq + 1) == token:
@@ -99,11 +102,11 @@ def _decode_attention_kernel(
         k = load_paged_tile(
             key_cache_ptr, block_table_row, keys, key_valid, kv_head, dims, dim_valid,
             stride_cache_block, stride_cache_slot, stride_cache_head, PAGE_SIZE,
-        )  # fmt: skip
+        ).to(q.dtype)  # fmt: skip
         v = load_paged_tile(
             value_cache_ptr, block_table_row, keys, key_valid, kv_head, dims, dim_valid,
             stride_cache_block, stride_cache_slot, stride_cache_head, PAGE_SIZE,
-        )  # fmt: skip
+        ).to(q.dtype)  # fmt: skip
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         scores = tl.where(key_valid[None, :], scores, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, 1))
@@ -229,7 +232,7 @@ def decode_attention(
     partial_max = torch.empty(partial_shape, dtype=torch.float32, device=q.device)
     partial_sum = torch.empty(partial_shape, dtype=torch.float32, device=q.device)
     key_cache, value_cache = kv_cache[0], kv_cache[1]
-    _decode_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
+    _decode_attention_kernel[(num_kv_heads, num_seqs, num_splits)](
         out,
         partial_out,
         partial_max,

@@ -54,11 +54,11 @@ def _attend_key_tile(
     k = load_paged_tile(
         key_cache_ptr, block_table_row, keys, key_valid, kv_head, dims, dim_valid,
         stride_cache_block, stride_cache_slot, stride_cache_head, PAGE_SIZE,
-    )  # fmt: skip
+    ).to(q.dtype)  # fmt: skip
     v = load_paged_tile(
         value_cache_ptr, block_table_row, keys, key_valid, kv_head, dims, dim_valid,
         stride_cache_block, stride_cache_slot, stride_cache_head, PAGE_SIZE,
-    )  # fmt: skip
+    ).to(q.dtype)  # fmt: skip
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
     if MASKED:
         allowed = key_valid[None, :] & (keys[None, :] <= positions[:, None])
