@@ -27,6 +27,9 @@ from llmbatch.layers.attention.triton_backend import TritonAttentionBackend
 from llmbatch.layers.triton import apply_rotary, rms_norm, silu_and_mul
 
 DTYPE = torch.bfloat16
+# the KV cache's dtype (--kv-cache-dtype): bf16 unless an fp8 format is asked for
+CACHE_DTYPE = {"auto": DTYPE, "fp8": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+cache_dtype = DTYPE
 BLOCK_SIZE = 16
 HEADS = {"llama-8b": (32, 8, 128), "qwen-0.5b": (14, 2, 64)}
 
@@ -66,7 +69,7 @@ def build_step(scenario: Scenario) -> tuple:
     blocks_per_seq = [-(-s // BLOCK_SIZE) for s in scenario.seq_lens]
     num_blocks = sum(blocks_per_seq)
     kv_cache = torch.randn(2, num_blocks, BLOCK_SIZE, num_kv_heads, head_dim, device="cuda")
-    kv_cache = kv_cache.to(DTYPE)
+    kv_cache = kv_cache.to(cache_dtype)
     order = torch.randperm(num_blocks, device="cuda").to(torch.int32)
     block_tables = torch.zeros(len(blocks_per_seq), max(blocks_per_seq), dtype=torch.int32)
     block_tables = block_tables.cuda()
@@ -101,7 +104,7 @@ def attention_work(scenario: Scenario) -> tuple[float, str]:
     """The floor-defining amount: causal FLOPs for steps with prefills, KV bytes for decode."""
     num_heads, num_kv_heads, head_dim = HEADS[scenario.model]
     if scenario.decode_only:
-        return sum(scenario.seq_lens) * num_kv_heads * head_dim * 2 * DTYPE.itemsize, "GB/s"
+        return sum(scenario.seq_lens) * num_kv_heads * head_dim * 2 * cache_dtype.itemsize, "GB/s"
     flops = sum(
         4 * num_heads * head_dim * (q * (s - q) + q * (q + 1) / 2)
         for q, s in zip(scenario.query_lens, scenario.seq_lens)
@@ -213,12 +216,14 @@ def fused_op_rows(num_tokens: int = 8192) -> list[tuple[str, ...]]:
 # the engine's decode steps: the decode workload's bulk, sharegpt's middle, a tail (as captured)
 ENGINE_DECODES = [
     (Scenario("decode 200 x 1.5k", "llama-8b", [1] * 200, [1536] * 200), [1, 2, 3]),
+    # the decode workload's bulk with an fp8 cache (twice the sequences fit)
+    (Scenario("decode 480 x 1.5k", "llama-8b", [1] * 480, [1536] * 480), [1]),
     (Scenario("decode 64 x 300", "llama-8b", [1] * 64, [300] * 64), [1, 2, 4]),
     (Scenario("decode 4 x 1k", "llama-8b", [1] * 4, [1024] * 4), [4, 8, 17]),
 ]
 
 
-def sweep_rows() -> list[tuple[str, ...]]:
+def sweep_rows(prefill: bool = True) -> list[tuple[str, ...]]:
     """Times other tile shapes of the prefill and decode kernels on their main scenarios."""
     rows = []
     default_prefill, default_decode = (
@@ -228,11 +233,11 @@ def sweep_rows() -> list[tuple[str, ...]]:
     prefill_tiles = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2)]
     decode_tiles = [
         (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3),
-        (32, 4, 3), (32, 2, 3),
+        (32, 4, 3), (32, 2, 3), (128, 4, 4), (256, 8, 2),
     ]  # fmt: skip
     try:
         backend = TritonAttentionBackend()
-        for scenario in (SCENARIOS[4], SCENARIOS[7], SCENARIOS[5]):
+        for scenario in (SCENARIOS[4], SCENARIOS[7], SCENARIOS[5]) if prefill else ():
             step = build_step(scenario)
             work, unit = attention_work(scenario)
             for tile in prefill_tiles:
@@ -296,7 +301,15 @@ def main() -> None:
         help="also time a llama-8b decode step's matmuls at these batch sizes",
     )
     parser.add_argument("--skip-ops", action="store_true", help="skip the fused ops and backends")
+    parser.add_argument(
+        "--kv-cache-dtype", choices=sorted(CACHE_DTYPE), default="auto", help="the KV cache's dtype"
+    )
+    parser.add_argument(
+        "--skip-prefill-sweep", action="store_true", help="sweep the decode kernel's tiles only"
+    )
     args = parser.parse_args()
+    global cache_dtype
+    cache_dtype = CACHE_DTYPE[args.kv_cache_dtype]
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), f"torch {torch.__version__}, triton {triton.__version__}")
     header = ("bf16", "triton ms", "torch ms", "speedup", "triton rate")
@@ -306,7 +319,7 @@ def main() -> None:
     if args.gemm:
         print_table(("matmuls of a step", "ms", "weights read"), gemm_rows(args.gemm))
     if args.sweep:
-        print_table(("tile sweep", "triton ms", "rate"), sweep_rows())
+        print_table(("tile sweep", "triton ms", "rate"), sweep_rows(not args.skip_prefill_sweep))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def _decode_attention_kernel(
     USE_WINDOW: tl.constexpr,
     WRITE_PARTIALS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    FP16_DOTS: tl.constexpr,
 ):
     # KV heads vary fastest across programs so that a sequence's heads run side by side and
     # read each cache block's rows together.
@@ -91,6 +92,10 @@ def _decode_attention_kernel(
         mask=io_mask,
         other=0.0,
     )
+    if FP16_DOTS:
+        # fp8 converts to fp16 natively but to bf16 only through more instructions, which
+        # would bound the kernel; a bf16 query is clamped into fp16's range
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     row_max = tl.full([BLOCK_H], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_H], tl.float32)
@@ -174,12 +179,16 @@ def _merge_splits_kernel(
     )
 
 
-def _tile_shape(device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages) on this device."""
+def _tile_shape(device: torch.device, cache_dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages) on this device, for a cache of ``cache_dtype``."""
     if device.type != "cuda":
         # The interpreter: small tiles keep it quick and still cross tile boundaries in tests.
         return 16, 1, 1
-    return 64, 4, 2
+    if cache_dtype.itemsize == 1:
+        # fp8 rows are bound by converting them, not by HBM: more, smaller programs (H100,
+        # 480 x 1.5k tokens: 0.62 ms against 0.73 for the bf16 tile)
+        return 32, 2, 3
+    return 64, 4, 3
 
 
 @functools.cache
@@ -224,7 +233,7 @@ def decode_attention(
         return out
     if num_splits is None:
         num_splits = choose_decode_splits(num_seqs, num_kv_heads, meta.max_seq_len, q.device)
-    block_n, num_warps, num_stages = _tile_shape(q.device)
+    block_n, num_warps, num_stages = _tile_shape(q.device, kv_cache.dtype)
     block_d = max(16, triton.next_power_of_2(head_dim))
     write_partials = num_splits > 1
     partial_shape = (num_seqs, num_heads, num_splits) if write_partials else (0, 0, 0)
@@ -264,6 +273,7 @@ def decode_attention(
         USE_WINDOW=sliding_window is not None,
         WRITE_PARTIALS=write_partials,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        FP16_DOTS=q.dtype == torch.bfloat16 and kv_cache.dtype.itemsize == 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )
