@@ -12,12 +12,15 @@ GB/s of activations moved for the fused ops. ``--sweep`` also times alternative 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 import triton.testing
 
 from llmbatch.layers.attention import triton_kernels_decode, triton_kernels_prefill
@@ -60,6 +63,13 @@ SCENARIOS = [
         [4096] * 2 + [700] * 64,
     ),
     Scenario("prefill 4 x 2k", "qwen-0.5b", [2048] * 4, [2048] * 4),
+    # sharegpt's mixed steps: a prompt or two among many decodes
+    Scenario(
+        "mixed 512 prompt + 256 decodes x 500", "llama-8b", [512] + [1] * 256, [512] + [500] * 256
+    ),
+    Scenario(
+        "mixed 256 prompt + 32 decodes x 1k", "llama-8b", [256] + [1] * 32, [256] + [1000] * 32
+    ),
 ]
 
 
@@ -284,6 +294,37 @@ def gemm_rows(batch_sizes: list[int]) -> list[tuple[str, ...]]:
     return rows
 
 
+@triton.jit
+def _stream_read_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    program = tl.program_id(0)
+    acc = tl.zeros([BLOCK], tl.float32)
+    base = program.to(tl.int64) * BLOCK * ITERS
+    for i in range(ITERS):
+        offsets = base + i * BLOCK + tl.arange(0, BLOCK)
+        acc += tl.load(x_ptr + offsets, mask=offsets < n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + program, tl.sum(acc))
+
+
+def read_ceiling_rows(num_bytes: int = 1_258_291_200) -> list[tuple[str, ...]]:
+    """What reading one layer's KV cache of a decode step (200 x 1.5k tokens) takes at best:
+    a contiguous streaming read of as many bytes, against which the decode kernel is judged."""
+    x = torch.randn(num_bytes // DTYPE.itemsize, device="cuda", dtype=DTYPE)
+    rows = []
+    for block, iters, warps in [(4096, 16, 4), (2048, 32, 4)]:
+        grid = (triton.cdiv(x.numel(), block * iters),)
+        out = torch.empty(grid, device="cuda")
+        launch = functools.partial(
+            _stream_read_kernel[grid], x, out, x.numel(), BLOCK=block, ITERS=iters, num_warps=warps
+        )
+        ms = median_ms(launch)
+        rows.append(
+            (f"triton stream read {block}x{iters}", f"{ms:.3f}", rate(num_bytes, "GB/s", ms))
+        )
+    ms = median_ms(lambda: x.sum())
+    rows.append(("torch sum", f"{ms:.3f}", rate(num_bytes, "GB/s", ms)))
+    return rows
+
+
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -319,6 +360,7 @@ def main() -> None:
     if args.gemm:
         print_table(("matmuls of a step", "ms", "weights read"), gemm_rows(args.gemm))
     if args.sweep:
+        print_table(("HBM read ceiling", "ms", "rate"), read_ceiling_rows())
         print_table(("tile sweep", "triton ms", "rate"), sweep_rows(not args.skip_prefill_sweep))
 
 
