@@ -70,6 +70,9 @@ SCENARIOS = [
     Scenario(
         "mixed 256 prompt + 32 decodes x 1k", "llama-8b", [256] + [1] * 32, [256] + [1000] * 32
     ),
+    Scenario(
+        "mixed 64 prompt + 448 decodes x 300", "llama-8b", [64] + [1] * 448, [64] + [300] * 448
+    ),
 ]
 
 
