@@ -104,6 +104,7 @@ def _prefill_attention_kernel(
     BLOCK_D: tl.constexpr,
     USE_WINDOW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    FP16_DOTS: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -129,6 +130,9 @@ def _prefill_attention_kernel(
         mask=io_mask,
         other=0.0,
     )
+    if FP16_DOTS:
+        # as in the decode kernel: fp8 keys and values convert to fp16 natively
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -223,6 +227,7 @@ def prefill_attention(
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         USE_WINDOW=sliding_window is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        FP16_DOTS=q.dtype == torch.bfloat16 and kv_cache.dtype.itemsize == 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )
