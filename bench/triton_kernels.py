@@ -247,6 +247,7 @@ def sweep_rows(prefill: bool = True) -> list[tuple[str, ...]]:
     decode_tiles = [
         (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3),
         (32, 4, 3), (32, 2, 3), (128, 4, 4), (256, 8, 2),
+        (32, 2, 4), (64, 2, 3), (32, 1, 3), (16, 1, 4),
     ]  # fmt: skip
     try:
         backend = TritonAttentionBackend()
