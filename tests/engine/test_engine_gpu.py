@@ -70,7 +70,8 @@ def test_cuda_graphs_give_the_eager_tokens_for_every_batch_size(tiny):
     assert seen["decode_replays"] > 20
 
 
-def test_steps_with_prompt_tokens_replay_graphs_and_give_the_eager_tokens(tiny):
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_steps_with_prompt_tokens_replay_graphs_and_give_the_eager_tokens(tiny, kv_cache_dtype):
     folder, _, prompts = tiny
     # Shared prefixes (prefix-cache hits) and prompts chunked over steps that also decode.
     many = [p[: 5 + (7 * i) % 60] for i, p in enumerate(prompts * 8)]
@@ -79,26 +80,17 @@ def test_steps_with_prompt_tokens_replay_graphs_and_give_the_eager_tokens(tiny):
         for i in range(len(many))
     ]
     eager, graphed, seen = run_eager_then_graphed(
-        folder, many, params, max_num_seqs=16, max_num_batched_tokens=96
+        folder,
+        many,
+        params,
+        max_num_seqs=16,
+        max_num_batched_tokens=96,
+        kv_cache_dtype=kv_cache_dtype,
     )
     assert graphed == eager
     assert seen["largest_prompt_graph"] == 96
     assert seen["prompt_replays"] > 10 and seen["decode_replays"] > 0
     assert seen["cached_tokens"] > 0
-
-
-def test_fp8_kv_cache_gives_the_same_tokens_graphed_and_eager(tiny):
-    folder, _, prompts = tiny
-    many = [p[: 5 + (7 * i) % 60] for i, p in enumerate(prompts * 8)]
-    params = [
-        SamplingParams(temperature=0.0, max_tokens=3 + i % 17, ignore_eos=True)
-        for i in range(len(many))
-    ]
-    eager, graphed, seen = run_eager_then_graphed(
-        folder, many, params, max_num_seqs=16, max_num_batched_tokens=96, kv_cache_dtype="fp8"
-    )
-    assert graphed == eager
-    assert seen["prompt_replays"] > 10 and seen["decode_replays"] > 0
 
 
 @pytest.mark.parametrize("num_blocks", [None, 40], ids=["roomy", "preempting"])
