@@ -20,7 +20,15 @@ from pathlib import Path
 
 import torch
 from report import commit
-from step_profile import STEP_KINDS, Card, StepTrace, format_profiles, format_summary, profile_kind
+from step_profile import (
+    STEP_KINDS,
+    Card,
+    StepTrace,
+    format_launch_profile,
+    format_profiles,
+    format_summary,
+    profile_kind,
+)
 from workloads import Workload, build
 
 SHAPES = {
@@ -167,6 +175,7 @@ def run_llmbatch(llm, workload: Workload, trace: StepTrace | None = None) -> dic
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = llm.llm_engine.stats
+    memory_before = torch.cuda.memory_stats()
     if trace is not None:
         trace.attach(llm.llm_engine)
     start = time.perf_counter()
@@ -182,6 +191,11 @@ def run_llmbatch(llm, workload: Workload, trace: StepTrace | None = None) -> dic
     result["steps"] = after.num_steps - before.num_steps
     result["preemptions"] = after.num_preemptions - before.num_preemptions
     result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    # cudaMalloc/cudaFree during the run (each free, and each retry after a failed
+    # allocation, synchronizes the device)
+    memory_after = torch.cuda.memory_stats()
+    for key in ("num_alloc_retries", "num_device_alloc", "num_device_free"):
+        result[key] = memory_after.get(key, 0) - memory_before.get(key, 0)
     return result
 
 
@@ -231,6 +245,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="kernel families of a few kinds of steps"
     )
+    parser.add_argument(
+        "--profile-launches-over",
+        type=int,
+        default=None,
+        help="with --trace: cProfile the host's launch of every step of more tokens than this",
+    )
     parser.add_argument("--out", type=Path, default=Path("gpu_throughput.json"))
     args = parser.parse_args()
     if args.tokenizer is None:
@@ -243,7 +263,7 @@ def main() -> None:
     from llmbatch import LLM
 
     card_name = torch.cuda.get_device_name()
-    names = args.workloads.split(",")
+    names = [name for name in args.workloads.split(",") if name]
     vocab = SHAPES[args.shape]["vocab_size"]
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if "seed" in names else None
     workloads = {name: build(name, vocab, tokenizer) for name in names}
@@ -283,13 +303,19 @@ def main() -> None:
             runner = llm.llm_engine._runner
             card = Card.detect(runner.model, runner.kv_cache_dtype)
             for name, workload in workloads.items():
-                trace = StepTrace() if args.trace else None
+                trace = (
+                    StepTrace(profile_launches_over=args.profile_launches_over)
+                    if args.trace
+                    else None
+                )
                 result = run_llmbatch(llm, workload, trace)
                 rows.append({"engine": engine, "workload": name, "startup_s": startup, **result})
                 print(rows[-1], flush=True)
                 if trace is not None:
                     reports.append(format_summary(name, trace.summary(card)))
                     print(reports[-1], flush=True)
+                    if args.profile_launches_over is not None:
+                        print(format_launch_profile(trace), flush=True)
             if args.profile:
                 for kind in STEP_KINDS:
                     profiles.append(profile_kind(llm, kind, vocab))

@@ -9,6 +9,9 @@ K/V of every scheduled token's context (attention cannot overlap the matmuls of 
 
 from __future__ import annotations
 
+import cProfile
+import io
+import pstats
 import time
 from dataclasses import dataclass, field
 
@@ -61,16 +64,38 @@ BUCKETS = [("1-16", 16), ("17-64", 64), ("65-256", 256), ("257-1024", 1024), (">
 class StepTrace:
     """Wall time between step returns, with what each step ran. With async scheduling a step
     returns once the previous one is done on the device, so the gap after step k's return
-    measures step k's device time in steady state."""
+    (the call that launches step k+1 and waits for step k) measures step k in steady state.
+
+    The host's share of each call is split: queuing the next step (schedule + launch), waiting
+    for this one on the device, and the rest (reading its tokens back, finishing requests). A
+    call that waits little is bound by the host; a launch that waits on the device (a sync
+    hidden in it) shows as a long queuing time."""
 
     steps: list[tuple[int, int, int]] = field(default_factory=list)  # seqs, tokens, context
     times: list[float] = field(default_factory=list)
+    # per call of step(): host seconds scheduling + launching, waiting, and in total
+    queue_s: list[float] = field(default_factory=list)
+    wait_s: list[float] = field(default_factory=list)
+    call_s: list[float] = field(default_factory=list)
     start: float = 0.0
+    # cProfile the launches of steps with more tokens than this (None: no profile)
+    profile_launches_over: int | None = None
+    launch_profile: cProfile.Profile = field(default_factory=cProfile.Profile)
 
     def attach(self, engine) -> None:
         self.start = time.perf_counter()
-        scheduler = engine._scheduler
+        scheduler, runner = engine._scheduler, engine._runner
         schedule, step = scheduler.schedule, engine.step
+        launch, resolve = runner.launch, runner.resolve
+
+        def timed(function, into: list[float]):
+            def wrapper(*args):
+                begin = time.perf_counter()
+                result = function(*args)
+                into[-1] += time.perf_counter() - begin
+                return result
+
+            return wrapper
 
         def traced_schedule():
             batch = schedule()
@@ -79,32 +104,63 @@ class StepTrace:
             return batch
 
         def traced_step():
+            for column in (self.queue_s, self.wait_s):
+                column.append(0.0)
+            begin = time.perf_counter()
             out = step()
             self.times.append(time.perf_counter())
+            self.call_s.append(self.times[-1] - begin)
             return out
 
-        scheduler.schedule, engine.step = traced_schedule, traced_step
+        def traced_launch(batch, previous):
+            over = self.profile_launches_over
+            if over is None or batch.num_tokens <= over:
+                return launch(batch, previous)
+            self.launch_profile.enable()
+            try:
+                return launch(batch, previous)
+            finally:
+                self.launch_profile.disable()
+
+        scheduler.schedule = timed(traced_schedule, self.queue_s)
+        runner.launch = timed(traced_launch, self.queue_s)
+        runner.resolve = timed(resolve, self.wait_s)
+        engine.step = traced_step
 
     def detach(self, engine) -> None:
         del engine._scheduler.schedule, engine.step
+        del engine._runner.launch, engine._runner.resolve
 
     def summary(self, card: Card) -> list[dict]:
         """Per kind of step (decodes only, or with prompt tokens) and bucket of tokens per step:
-        steps, measured seconds, floor seconds."""
+        steps, measured seconds, floor seconds, and the host's split of the measured time."""
         times = [self.start, *self.times]
         rows: dict[str, dict] = {}
+        columns = ("seconds", "floor", "own_queue", "next_queue", "wait", "rest")
         # step k is launched by call k and timed by the gap ending at call k+1's return
         for k, (seqs, tokens, context) in enumerate(self.steps):
-            if k + 1 >= len(times):
+            if k + 1 >= len(self.call_s):
                 break
             kind = "decode" if tokens == seqs else "mixed"
             bucket = next(n for n, top in BUCKETS if tokens <= top)
             name = f"{kind} {bucket}"
-            row = rows.setdefault(name, dict(bucket=name, steps=0, seconds=0.0, floor=0.0))
+            row = rows.setdefault(name, dict(bucket=name, steps=0, **dict.fromkeys(columns, 0.0)))
+            after = k + 1
             row["steps"] += 1
-            row["seconds"] += times[k + 1] - times[k]
+            row["seconds"] += times[after + 1] - times[after]
             row["floor"] += card.floor_seconds(tokens, context)
+            row["own_queue"] += self.queue_s[k]
+            row["next_queue"] += self.queue_s[after]
+            row["wait"] += self.wait_s[after]
+            row["rest"] += self.call_s[after] - self.queue_s[after] - self.wait_s[after]
         return sorted(rows.values(), key=lambda r: r["bucket"])
+
+
+def format_launch_profile(trace: StepTrace, lines: int = 30) -> str:
+    """The cProfile of the profiled launches, by cumulative time."""
+    out = io.StringIO()
+    pstats.Stats(trace.launch_profile, stream=out).sort_stats("cumulative").print_stats(lines)
+    return out.getvalue()
 
 
 def format_summary(name: str, rows: list[dict]) -> str:
@@ -113,14 +169,17 @@ def format_summary(name: str, rows: list[dict]) -> str:
     lines = [
         f"{name}: {total:.1f} s measured over the steps, floor {floor:.1f} s "
         f"({100 * floor / max(total, 1e-9):.0f}% of the floor reached)",
-        "| step kind, tokens/step | steps | measured s | ms/step | floor ms/step | floor/measured |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| step kind, tokens/step | steps | measured s | ms/step | floor ms/step | floor/measured "
+        "| ms queuing it | then: ms queuing the next | waiting for it | rest of the call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        n = r["steps"]
+        ms = {key: 1000 * r[key] / n for key in ("own_queue", "next_queue", "wait", "rest")}
         lines.append(
-            f"| {r['bucket']} | {r['steps']} | {r['seconds']:.2f} | "
-            f"{1000 * r['seconds'] / r['steps']:.2f} | {1000 * r['floor'] / r['steps']:.2f} | "
-            f"{r['floor'] / r['seconds']:.2f} |"
+            f"| {r['bucket']} | {n} | {r['seconds']:.2f} | {1000 * r['seconds'] / n:.2f} | "
+            f"{1000 * r['floor'] / n:.2f} | {r['floor'] / r['seconds']:.2f} | "
+            f"{ms['own_queue']:.2f} | {ms['next_queue']:.2f} | {ms['wait']:.2f} | {ms['rest']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -150,7 +209,10 @@ STEP_KINDS = [
     StepKind("decode, 64 seqs x ~300", 64, 256, 48),
     StepKind("decode, 256 seqs x ~200", 256, 128, 72),
     StepKind("decode, 200 seqs x ~1.5k", 200, 1400, 180),
+    StepKind("decode, 512 seqs x ~300", 512, 256, 48),
     StepKind("64 decodes + 256-token prompt", 64, 256, 48, prefill_len=256),
+    # below max_num_seqs (512), so that each step's new prompt is admitted
+    StepKind("480 decodes + 256-token prompt", 480, 256, 48, prefill_len=256),
     StepKind("256 decodes + 2k-token prompt", 256, 128, 72, prefill_len=2048),
 ]
 
@@ -195,6 +257,8 @@ def profile_kind(llm, kind: StepKind, vocab: int, steps: int = 6) -> dict:
         engine.abort_request(name)
     while engine.has_unfinished():
         engine.step()
+    print(f"{kind.name}: top kernels (device time over {steps} steps)")
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=14), flush=True)
     families = dict.fromkeys([*FAMILIES, "other"], 0.0)
     for event in prof.key_averages():
         device_us = getattr(event, "device_time_total", 0) or 0

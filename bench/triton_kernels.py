@@ -27,7 +27,7 @@ from llmbatch.layers.attention import triton_kernels_decode, triton_kernels_pref
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.layers.attention.torch_backend import TorchAttentionBackend
 from llmbatch.layers.attention.triton_backend import TritonAttentionBackend
-from llmbatch.layers.triton import apply_rotary, rms_norm, silu_and_mul
+from llmbatch.layers.triton import apply_rotary, gumbel_argmax, rms_norm, silu_and_mul
 
 DTYPE = torch.bfloat16
 # the KV cache's dtype (--kv-cache-dtype): bf16 unless an fp8 format is asked for
@@ -226,6 +226,35 @@ def fused_op_rows(num_tokens: int = 8192) -> list[tuple[str, ...]]:
     return rows
 
 
+def _torch_race(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    probs = torch.softmax(logits / temperature, dim=-1)
+    noise = torch.empty_like(probs).exponential_().clamp_(min=1e-38)
+    return probs.div_(noise).argmax(dim=-1)
+
+
+def sampling_rows(vocab_size: int = 128_256) -> list[tuple[str, ...]]:
+    """Temperature sampling of one token per row from float32 logits: the fused Gumbel-max
+    kernel against the same draw in torch ops (scale, softmax, exponential race, argmax)."""
+    rows = []
+    for num_rows in (4, 64, 200, 512):
+        logits = torch.randn(num_rows, vocab_size, device="cuda")
+        inv_temperature = torch.full((num_rows,), 1 / 0.8, device="cuda")
+        keys = torch.randint(0, 2**62, (num_rows,), device="cuda")
+
+        triton_ms = median_ms(functools.partial(gumbel_argmax, logits, inv_temperature, keys))
+        torch_ms = median_ms(functools.partial(_torch_race, logits, 0.8))
+        rows.append(
+            (
+                f"sample {num_rows} x {vocab_size // 1000}k",
+                f"{triton_ms:.3f}",
+                f"{torch_ms:.3f}",
+                f"{torch_ms / triton_ms:.1f}x",
+                rate(logits.numel() * 4, "GB/s", triton_ms),
+            )
+        )
+    return rows
+
+
 # the engine's decode steps: the decode workload's bulk, sharegpt's middle, a tail (as captured)
 ENGINE_DECODES = [
     (Scenario("decode 200 x 1.5k", "llama-8b", [1] * 200, [1536] * 200), [1, 2, 3]),
@@ -347,6 +376,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-ops", action="store_true", help="skip the fused ops and backends")
     parser.add_argument(
+        "--sampling", action="store_true", help="also time sampling (fused against torch ops)"
+    )
+    parser.add_argument(
         "--kv-cache-dtype", choices=sorted(CACHE_DTYPE), default="auto", help="the KV cache's dtype"
     )
     parser.add_argument(
@@ -361,6 +393,8 @@ def main() -> None:
     if not args.skip_ops:
         print_table(header, fused_op_rows())
         print_table(header, attention_rows())
+    if args.sampling:
+        print_table(("float32 logits", *header[1:]), sampling_rows())
     if args.gemm:
         print_table(("matmuls of a step", "ms", "weights read"), gemm_rows(args.gemm))
     if args.sweep:

@@ -28,10 +28,11 @@ def make_request(params: SamplingParams, token_ids: list[int] | None = None, pro
     return request
 
 
-@pytest.fixture(autouse=True, params=["cumulative", "exponential race"])
+@pytest.fixture(autouse=True, params=["cumulative", "gumbel race"])
 def draw(request, monkeypatch):
-    """Every test runs both ways of drawing: the CPU's default and the GPU's."""
-    race = request.param == "exponential race"
+    """Every test runs both ways of drawing: the CPU's default and the GPU's (here its PyTorch
+    twin: the kernel is checked against it in tests/layers/test_triton_ops.py)."""
+    race = request.param == "gumbel race"
     init = Sampler.__init__
     monkeypatch.setattr(
         Sampler, "__init__", lambda self, device, seed: init(self, device, seed, race)
@@ -111,9 +112,8 @@ def test_penalties_follow_their_definitions(logits):
 
 
 def test_seeded_row_does_not_depend_on_the_rest_of_the_batch(logits):
-    params = SamplingParams(temperature=1.0, seed=1234)
-
-    def draws(batch_rows: int, position: int) -> list[int]:
+    def draws(batch_rows: int, position: int, seed: int = 1234) -> list[int]:
+        params = SamplingParams(temperature=1.0, seed=seed, max_tokens=100, ignore_eos=True)
         target = make_request(params)
         sampler = Sampler(torch.device("cpu"), seed=batch_rows)
         tokens = []
@@ -122,14 +122,14 @@ def test_seeded_row_does_not_depend_on_the_rest_of_the_batch(logits):
             requests = others[:position] + [target] + others[position:]
             batch = logits[0].expand(len(requests), VOCAB).clone()
             tokens.append(sampler(batch, requests).token_ids[position])
+            target.append_token(tokens[-1])  # the next draw samples the next position
         return tokens
 
     alone = draws(0, 0)
+    assert len(set(alone)) > 1
     assert draws(7, 3) == alone
     assert draws(50, 50) == alone
-    other_seed = make_request(SamplingParams(temperature=1.0, seed=99))
-    sampler = Sampler(torch.device("cpu"), seed=0)
-    assert [sampler(logits[:1].clone(), [other_seed]).token_ids[0] for _ in range(20)] != alone
+    assert draws(0, 0, seed=99) != alone
 
 
 def empirical(logits_row: torch.Tensor, params: SamplingParams, draws: int = 4000) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Fused Triton ops (RMSNorm + residual, SiLU-and-mul, rotary) against float32 references.
+"""Fused Triton ops (RMSNorm + residual, SiLU-and-mul, rotary, Gumbel-max sampling) against
+references.
 
 On the CPU they run under Triton's interpreter in a child process, as in test_triton_attention.py;
 bfloat16 is checked on the GPU only.
@@ -121,6 +122,49 @@ def check_rotary(
     }
 
 
+def check_gumbel_argmax(device: str, rows: int, vocab_size: int, dtype: torch.dtype) -> dict:
+    """The kernel's draws against its PyTorch twin: each draw must be a maximizer of the twin's
+    noisy scores (up to float rounding of the logarithms), never a masked token, and nearly
+    always the twin's own draw."""
+    from llmbatch.layers.gumbel import gumbel_scores
+    from llmbatch.layers.triton import gumbel_argmax
+
+    gen = torch.Generator().manual_seed(6)
+    logits = (3 * torch.randn(rows, vocab_size, generator=gen)).to(dtype)
+    logits[:, :: max(vocab_size // 7, 1)] = float("-inf")  # masked tokens (stop tokens, top-k)
+    inv_temperature = torch.rand(rows, generator=gen) + 0.5
+    keys = torch.randint(-(2**63), 2**63 - 1, (rows,), generator=gen, dtype=torch.int64)
+    logits, inv_temperature, keys = logits.to(device), inv_temperature.to(device), keys.to(device)
+    tokens = gumbel_argmax(logits, inv_temperature, keys)
+    scores = gumbel_scores(logits, inv_temperature, keys)
+    gap = (scores.max(dim=1).values - scores.gather(1, tokens[:, None]).squeeze(1)).max().item()
+    same = (tokens == scores.argmax(dim=1)).float().mean().item()
+    masked = torch.isinf(logits.gather(1, tokens[:, None])).any().item()
+    return {
+        "score_gap": gap / 1e-4,
+        "different_tokens": (1 - same) / 0.05,
+        "masked_token_drawn": float("inf") if masked else 0.0,
+    }
+
+
+def check_gumbel_distribution(device: str, vocab_size: int, draws: int = 40_000) -> dict:
+    """Frequencies of the kernel's draws (one key per row) against softmax(logits / T): four
+    likely tokens and a long tail that holds the rest of the mass."""
+    from llmbatch.layers.triton import gumbel_argmax
+
+    probs = torch.full((vocab_size,), 0.05 / (vocab_size - 4), dtype=torch.float64)
+    probs[:4] = torch.tensor([0.4, 0.3, 0.2, 0.05], dtype=torch.float64)
+    temperature = 0.7
+    # every row reads the same logits (a stride-0 batch: 40k rows without 20 GB of copies)
+    logits = (probs.log() * temperature).float().to(device).expand(draws, -1)
+    inv_temperature = torch.full((draws,), 1 / temperature, device=device)
+    keys = torch.arange(draws, dtype=torch.int64, device=device) * 0x9E3779B97F4A7C1
+    tokens = gumbel_argmax(logits, inv_temperature, keys).cpu()
+    freq = torch.bincount(tokens.clamp(max=4), minlength=5).double() / draws
+    expected = torch.cat([probs[:4], probs[4:].sum()[None]])
+    return {"frequency_error": (freq - expected).abs().max().item() / 0.012}
+
+
 INTERPRETED_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
     "rms_norm_fp32": lambda d: check_rms_norm(d, (2, 3, 96), torch.float32, with_residual=False),
     "rms_norm_residual_fp32": lambda d: check_rms_norm(d, (5, 64), torch.float32, True),
@@ -129,6 +173,8 @@ INTERPRETED_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
     "silu_and_mul_fp16": lambda d: check_silu_and_mul(d, (2, 3, 2 * 40), torch.float16),
     "rotary_gqa_fp32": lambda d: check_rotary(d, 6, (6, 2), 64, 64, torch.float32),
     "rotary_partial_fp16": lambda d: check_rotary(d, 5, (4, 4), 64, 32, torch.float16),
+    "gumbel_argmax_split_vocab": lambda d: check_gumbel_argmax(d, 3, 3000, torch.float32),
+    "gumbel_argmax_many_rows": lambda d: check_gumbel_argmax(d, 40, 1100, torch.float32),
 }
 
 
@@ -160,7 +206,7 @@ def test_interpreted_ops_match_reference(interpreted_results: dict, name: str) -
 
 
 def test_bad_shapes_are_rejected_with_a_clear_error() -> None:
-    from llmbatch.layers.triton import apply_rotary, rms_norm, silu_and_mul
+    from llmbatch.layers.triton import apply_rotary, gumbel_argmax, rms_norm, silu_and_mul
 
     x = torch.randn(4, 64)
     with pytest.raises(ValueError, match="weight must have shape"):
@@ -177,6 +223,11 @@ def test_bad_shapes_are_rejected_with_a_clear_error() -> None:
         apply_rotary(q, k, cos, sin, torch.arange(4).float())
     with pytest.raises(ValueError, match="q must be"):
         apply_rotary(q, k[:3], cos, sin, torch.arange(4))
+    logits = torch.randn(3, 10)
+    with pytest.raises(ValueError, match="one entry per row"):
+        gumbel_argmax(logits, torch.ones(2), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="keys must be int64"):
+        gumbel_argmax(logits, torch.ones(3), torch.zeros(3, dtype=torch.int32))
 
 
 GPU_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
@@ -185,6 +236,9 @@ GPU_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
     "silu_and_mul_llama8b": lambda d: check_silu_and_mul(d, (512, 2 * 14336), torch.bfloat16),
     "rotary_llama8b": lambda d: check_rotary(d, 1000, (32, 8), 128, 128, torch.bfloat16),
     "rotary_qwen_14_2": lambda d: check_rotary(d, 777, (14, 2), 64, 64, torch.bfloat16),
+    "gumbel_argmax_llama_vocab": lambda d: check_gumbel_argmax(d, 512, 128256, torch.float32),
+    "gumbel_argmax_few_rows_bf16": lambda d: check_gumbel_argmax(d, 4, 151936, torch.bfloat16),
+    "gumbel_distribution_llama_vocab": lambda d: check_gumbel_distribution(d, 128256),
 }
 
 

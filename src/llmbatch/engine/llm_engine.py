@@ -351,7 +351,9 @@ class LLMEngine:
             raise RequestRejected(str(exc)) from None
 
     def _request_generator(self, params: SamplingParams) -> torch.Generator | None:
-        if params.seed is None or params.is_greedy:
+        """A seeded request's own generator, where the sampler draws from generators (the
+        Gumbel race keys its noise by seed and position instead)."""
+        if params.seed is None or params.is_greedy or self._runner.sampler.gumbel_race:
             return None
         return torch.Generator(device=self._runner.device).manual_seed(params.seed)
 

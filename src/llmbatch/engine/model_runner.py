@@ -63,14 +63,14 @@ class ModelRunner:
         self.dtype = dtype
         self.kv_cache_dtype = kv_cache_torch_dtype(config.kv_cache_dtype, dtype)
         self.block_size = config.block_size
-        self.sampler = Sampler(self.device, config.seed)
+        self.sampler = Sampler(self.device, config.seed, to_device=self._sampler_to_device)
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         self._decode_graphs: StepGraphs | None = None
         self._prompt_graphs: StepGraphs | None = None
         # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
         # copies of step N may still be reading theirs.
-        self._host_buffers: list[list[torch.Tensor | None]] = [[None, None, None], [None] * 3]
+        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 5, [None] * 5]
         self._parity = 0
 
     def allocate_kv_cache(self, max_num_batched_tokens: int, max_model_len: int) -> int:
@@ -328,6 +328,13 @@ class ModelRunner:
         buffer = self._pinned(slot, size, dtype)
         np.concatenate(parts, out=buffer.numpy(), casting="unsafe")
         return buffer.to(self.device, non_blocking=True)
+
+    def _sampler_to_device(self, values: np.ndarray) -> torch.Tensor:
+        """The sampler's per-row inputs (int64 noise keys, float32 temperatures), copied
+        without a host sync."""
+        if values.dtype == np.int64:
+            return self._to_device([values], torch.int64, 3)
+        return self._to_device([values], torch.float32, 4)
 
     def _pinned(self, slot: int, size: int, dtype: torch.dtype) -> torch.Tensor:
         """`size` elements of this step's pinned host buffer `slot`."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from llmbatch.engine.request import Request
+from llmbatch.layers.gumbel import gumbel_argmax, splitmix64
 
 
 @dataclass(slots=True)
@@ -28,22 +30,31 @@ class Sampler:
 
     Order, as in vLLM: log-probabilities of the raw logits (when asked for); EOS and stop tokens
     masked until min_tokens; repetition, frequency and presence penalties; greedy rows take the
-    argmax; other rows apply temperature, min-p, top-k and top-p and draw: on a GPU by an
-    exponential race (argmax of p / q with q ~ Exp(1) for every token), on a CPU from one uniform
-    number per row through the cumulative distribution (drawing a number per vocabulary entry is
-    most of a CPU step's sampling time). A request with a seed draws from its own generator, so
-    that its output never depends on the rest of the batch.
+    argmax; other rows apply temperature, min-p, top-k and top-p and draw: on a GPU by a Gumbel
+    race (argmax of logit / temperature + Gumbel noise, one fused pass: layers/gumbel.py), on a
+    CPU from one uniform number per row through the cumulative distribution (drawing a number
+    per vocabulary entry is most of a CPU step's sampling time). A request with a seed draws
+    from its own noise: its generator (cumulative), or keys made from its seed and the position
+    it samples (race); either way its output never depends on the rest of the batch.
     """
 
     def __init__(
-        self, device: torch.device, seed: int, exponential_race: bool | None = None
+        self,
+        device: torch.device,
+        seed: int,
+        gumbel_race: bool | None = None,
+        to_device: Callable[[np.ndarray], torch.Tensor] | None = None,
     ) -> None:
         self.device = device
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        # how per-row inputs reach the device: the model runner stages them in pinned memory,
+        # as a blocking copy would wait for the steps queued before it
+        self._to_device = to_device or (lambda values: torch.from_numpy(values).to(device))
         # None: the race on GPUs, the cumulative distribution on CPUs
-        self.exponential_race = (
-            device.type != "cpu" if exponential_race is None else exponential_race
-        )
+        self.gumbel_race = device.type != "cpu" if gumbel_race is None else gumbel_race
+        if self.gumbel_race:
+            self._keys = np.random.default_rng(seed)
+        else:
+            self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         raw_logprobs = self._raw_logprobs(logits, requests)
@@ -122,57 +133,62 @@ class Sampler:
     def _sample_random(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         """Draws from rows that may be modified in place."""
         params = [r.params for r in requests]
-        temperatures = {p.temperature for p in params}
-        if len(temperatures) == 1:
-            logits.div_(temperatures.pop())
-        else:
-            logits.div_(_column([p.temperature for p in params], logits.device))
+        vocab_size = logits.shape[1]
         min_p_rows = [i for i, p in enumerate(params) if p.min_p > 0]
+        top_k_rows = [i for i, p in enumerate(params) if 0 < p.top_k < vocab_size]
+        top_p_rows = [i for i, p in enumerate(params) if p.top_p < 1]
+        inv_temperature = [1.0 / p.temperature for p in params]
+        if not self.gumbel_race or min_p_rows or top_k_rows or top_p_rows:
+            # the filters act on the tempered distribution
+            temperatures = {p.temperature for p in params}
+            if len(temperatures) == 1:
+                logits.div_(temperatures.pop())
+            else:
+                logits.div_(_column([p.temperature for p in params], logits.device))
+            inv_temperature = [1.0] * len(params)
         if min_p_rows:
             logits[min_p_rows] = _apply_min_p(
                 logits[min_p_rows], [params[i].min_p for i in min_p_rows]
             )
-        top_k_rows = [i for i, p in enumerate(params) if 0 < p.top_k < logits.shape[1]]
         if top_k_rows:
             logits[top_k_rows] = _apply_top_k(
                 logits[top_k_rows], [params[i].top_k for i in top_k_rows]
             )
-        top_p_rows = [i for i, p in enumerate(params) if p.top_p < 1]
         if top_p_rows:
             logits[top_p_rows] = _apply_top_p(
                 logits[top_p_rows], [params[i].top_p for i in top_p_rows]
             )
-        if not self.exponential_race:
-            # unnormalized weights: the cumulative sum's last entry is their total
-            weights = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-            return _inverse_cdf(weights, self._uniform_draws(weights, requests))
-        probs = torch.softmax(logits, dim=-1)
-        return probs.div_(self._exponential_draws(probs, requests)).argmax(dim=-1)
+        if self.gumbel_race:
+            temperatures = self._to_device(np.array(inv_temperature, dtype=np.float32))
+            keys = self._to_device(self._race_keys(requests))
+            return gumbel_argmax(logits, temperatures, keys)
+        # unnormalized weights: the cumulative sum's last entry is their total
+        weights = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+        return _inverse_cdf(weights, self._uniform_draws(weights, requests))
 
-    def _per_row_draws(
-        self, requests: list[Request], draws: torch.Tensor, fill: Callable[..., torch.Tensor]
-    ) -> torch.Tensor:
-        """Fills row i of `draws` in place with `fill` (an in-place random method of Tensor) from
-        request i's own generator when it has a seed, from the sampler's otherwise."""
-        unseeded = [i for i, r in enumerate(requests) if r.generator is None]
-        if len(unseeded) == len(requests):
-            fill(draws, generator=self.generator)
-        elif unseeded:
-            part = draws.new_empty((len(unseeded), *draws.shape[1:]))
-            draws[unseeded] = fill(part, generator=self.generator)
-        for i, request in enumerate(requests):
-            if request.generator is not None:
-                fill(draws[i], generator=request.generator)
-        return draws
+    def _race_keys(self, requests: list[Request]) -> np.ndarray:
+        """int64 noise keys per row: the sampler's own stream, or for a seeded request a mix of
+        its seed and the position of the token it samples."""
+        keys = self._keys.integers(0, 2**63, size=len(requests), dtype=np.int64)
+        seeded = [i for i, r in enumerate(requests) if r.params.seed is not None]
+        if seeded:
+            seeds = np.array([requests[i].params.seed for i in seeded], dtype=np.uint64)
+            positions = np.array([requests[i].num_tokens for i in seeded], dtype=np.uint64)
+            keys[seeded] = splitmix64(splitmix64(seeds) ^ positions).view(np.int64)
+        return keys
 
     def _uniform_draws(self, weights: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        """One uniform number per row, from the request's own generator when it has a seed."""
         draws = torch.empty(len(requests), dtype=torch.float64, device=weights.device)
-        return self._per_row_draws(requests, draws, torch.Tensor.uniform_)
-
-    def _exponential_draws(self, probs: torch.Tensor, requests: list[Request]) -> torch.Tensor:
-        draws = self._per_row_draws(requests, torch.empty_like(probs), torch.Tensor.exponential_)
-        # A zero draw would turn p / q into inf (or nan for a masked token).
-        return draws.clamp_(min=torch.finfo(draws.dtype).tiny)
+        unseeded = [i for i, r in enumerate(requests) if r.generator is None]
+        if len(unseeded) == len(requests):
+            return draws.uniform_(generator=self.generator)
+        if unseeded:
+            draws[unseeded] = draws.new_empty(len(unseeded)).uniform_(generator=self.generator)
+        for i, request in enumerate(requests):
+            if request.generator is not None:
+                draws[i].uniform_(generator=request.generator)
+        return draws
 
 
 def _inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
