@@ -69,7 +69,10 @@ class StepTrace:
     The host's share of each call is split: queuing the next step (schedule + launch), waiting
     for this one on the device, and the rest (reading its tokens back, finishing requests). A
     call that waits little is bound by the host; a launch that waits on the device (a sync
-    hidden in it) shows as a long queuing time."""
+    hidden in it) shows as a long queuing time. On CUDA each step's span on the device is
+    timed too, by events recorded in stream order before and after its launch: from the end of
+    the previous step's work to the end of its own (idle time while its kernels are still being
+    launched included)."""
 
     steps: list[tuple[int, int, int]] = field(default_factory=list)  # seqs, tokens, context
     times: list[float] = field(default_factory=list)
@@ -81,6 +84,8 @@ class StepTrace:
     # cProfile the launches of steps with more tokens than this (None: no profile)
     profile_launches_over: int | None = None
     launch_profile: cProfile.Profile = field(default_factory=cProfile.Profile)
+    # step index -> (start, end) CUDA events around its launch
+    events: dict[int, tuple] = field(default_factory=dict)
 
     def attach(self, engine) -> None:
         self.start = time.perf_counter()
@@ -112,7 +117,7 @@ class StepTrace:
             self.call_s.append(self.times[-1] - begin)
             return out
 
-        def traced_launch(batch, previous):
+        def profiled_launch(batch, previous):
             over = self.profile_launches_over
             if over is None or batch.num_tokens <= over:
                 return launch(batch, previous)
@@ -121,6 +126,16 @@ class StepTrace:
                 return launch(batch, previous)
             finally:
                 self.launch_profile.disable()
+
+        def traced_launch(batch, previous):
+            if runner.device.type != "cuda":
+                return profiled_launch(batch, previous)
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            launched = profiled_launch(batch, previous)
+            end.record()
+            self.events[len(self.steps) - 1] = (start, end)
+            return launched
 
         scheduler.schedule = timed(traced_schedule, self.queue_s)
         runner.launch = timed(traced_launch, self.queue_s)
@@ -136,7 +151,7 @@ class StepTrace:
         steps, measured seconds, floor seconds, and the host's split of the measured time."""
         times = [self.start, *self.times]
         rows: dict[str, dict] = {}
-        columns = ("seconds", "floor", "own_queue", "next_queue", "wait", "rest")
+        columns = ("seconds", "floor", "device", "own_queue", "next_queue", "wait", "rest")
         # step k is launched by call k and timed by the gap ending at call k+1's return
         for k, (seqs, tokens, context) in enumerate(self.steps):
             if k + 1 >= len(self.call_s):
@@ -149,6 +164,9 @@ class StepTrace:
             row["steps"] += 1
             row["seconds"] += times[after + 1] - times[after]
             row["floor"] += card.floor_seconds(tokens, context)
+            if k in self.events:
+                start, end = self.events[k]
+                row["device"] += start.elapsed_time(end) / 1000
             row["own_queue"] += self.queue_s[k]
             row["next_queue"] += self.queue_s[after]
             row["wait"] += self.wait_s[after]
@@ -170,16 +188,21 @@ def format_summary(name: str, rows: list[dict]) -> str:
         f"{name}: {total:.1f} s measured over the steps, floor {floor:.1f} s "
         f"({100 * floor / max(total, 1e-9):.0f}% of the floor reached)",
         "| step kind, tokens/step | steps | measured s | ms/step | floor ms/step | floor/measured "
-        "| ms queuing it | then: ms queuing the next | waiting for it | rest of the call |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| device span ms | ms queuing it | then: ms queuing the next | waiting for it "
+        "| rest of the call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    keys = ("device", "own_queue", "next_queue", "wait", "rest")
     for r in rows:
         n = r["steps"]
-        ms = {key: 1000 * r[key] / n for key in ("own_queue", "next_queue", "wait", "rest")}
+        ms = {key: 1000 * r[key] / n for key in keys}
         lines.append(
             f"| {r['bucket']} | {n} | {r['seconds']:.2f} | {1000 * r['seconds'] / n:.2f} | "
             f"{1000 * r['floor'] / n:.2f} | {r['floor'] / r['seconds']:.2f} | "
-            f"{ms['own_queue']:.2f} | {ms['next_queue']:.2f} | {ms['wait']:.2f} | {ms['rest']:.2f} |"
+            + " | ".join(
+                "-" if key == "device" and not r["device"] else f"{ms[key]:.2f}" for key in keys
+            )
+            + " |"
         )
     return "\n".join(lines)
 
