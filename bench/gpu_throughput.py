@@ -272,7 +272,7 @@ def main() -> None:
     hf_model, hf_config = make_hf_model(args.shape)
     peers = [p for p in args.peers.split(",") if p]
     for name, workload in workloads.items():
-        long_outputs = name in ("sharegpt", "decode")
+        long_outputs = name.startswith("sharegpt") or name == "decode"
         subset = workload.head(min(args.peer_requests, 32) if long_outputs else args.peer_requests)
         rows.extend(run_peers(hf_model, name, subset, peers))
     weights = {k: v.to("cpu") for k, v in hf_model.state_dict().items()}

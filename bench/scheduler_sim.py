@@ -81,7 +81,9 @@ def simulate(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="decode", choices=["decode", "short", "sharegpt"])
+    parser.add_argument(
+        "--workload", default="decode", choices=["decode", "short", "sharegpt", "sharegpt-filtered"]
+    )
     parser.add_argument("--kv-tokens", type=int, default=430_000)
     parser.add_argument("--max-num-seqs", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)

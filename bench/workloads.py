@@ -56,17 +56,31 @@ def seed_workload(tokenizer, num_rows: int = 10_000, max_tokens: int = 32) -> Wo
     return Workload("seed", prompts, [max_tokens] * len(prompts))
 
 
-def sharegpt_like(vocab: int, num_requests: int = 1000, seed: int = 0) -> Workload:
-    """Lognormal input and output lengths with the means of the ShareGPT set (~215 in, ~198 out)."""
+def sharegpt_like(
+    vocab: int, num_requests: int = 1000, seed: int = 0, vllm_filter: bool = False
+) -> Workload:
+    """Lognormal input and output lengths with the means of the ShareGPT set (~215 in, ~198 out).
+
+    ``vllm_filter`` keeps only pairs that vLLM's throughput benchmark keeps from the real set
+    (prompt <= 1,024 tokens, prompt + output <= 2,048), drawing until there are enough."""
     rng = np.random.default_rng(seed)
     sigma = 1.0
-    in_lens = np.clip(rng.lognormal(np.log(215) - sigma**2 / 2, sigma, num_requests), 4, 2048)
-    out_lens = np.clip(rng.lognormal(np.log(198) - sigma**2 / 2, sigma, num_requests), 4, 2048)
-    return Workload(
-        "sharegpt",
-        _random_prompts(rng, in_lens.astype(int), vocab),
-        out_lens.astype(int).tolist(),
-    )
+
+    def draw(n: int, mean: float) -> np.ndarray:
+        return np.clip(rng.lognormal(np.log(mean) - sigma**2 / 2, sigma, n), 4, 2048).astype(int)
+
+    if not vllm_filter:
+        in_lens, out_lens = draw(num_requests, 215), draw(num_requests, 198)
+        name = "sharegpt"
+    else:
+        kept: list[tuple[int, int]] = []
+        while len(kept) < num_requests:
+            pairs = zip(draw(num_requests, 215), draw(num_requests, 198))
+            kept += [(i, o) for i, o in pairs if i <= 1024 and i + o <= 2048]
+        in_lens = np.array([i for i, _ in kept[:num_requests]])
+        out_lens = np.array([o for _, o in kept[:num_requests]])
+        name = "sharegpt-filtered"
+    return Workload(name, _random_prompts(rng, in_lens, vocab), out_lens.tolist())
 
 
 def fixed(name: str, vocab: int, num_requests: int, input_len: int, output_len: int) -> Workload:
@@ -80,8 +94,12 @@ def build(name: str, vocab: int, tokenizer=None) -> Workload:
         return seed_workload(tokenizer)
     if name == "sharegpt":
         return sharegpt_like(vocab)
+    if name == "sharegpt-filtered":
+        return sharegpt_like(vocab, vllm_filter=True)
     if name == "decode":
         return fixed("decode", vocab, 1000, 1000, 1000)
     if name == "short":
         return fixed("short", vocab, 4096, 128, 128)
-    raise ValueError(f"unknown workload {name!r}; choose seed, sharegpt, decode or short")
+    raise ValueError(
+        f"unknown workload {name!r}; choose seed, sharegpt, sharegpt-filtered, decode or short"
+    )
