@@ -65,6 +65,15 @@ class BlockManager:
 
         Returns False, changing nothing, when too few blocks are free.
         """
+        if not cached_blocks:
+            # a decode step's usual case, checked first: its blocks already hold the tokens
+            # and no block fills up (the scheduler calls this for every running request)
+            size = self.block_size
+            if num_tokens <= len(request.block_ids) * size and (
+                not self.enable_prefix_caching
+                or min(num_tokens, len(request.token_ids)) // size <= request.num_registered_blocks
+            ):
+                return True
         cached_blocks = cached_blocks or []
         num_held = len(request.block_ids) + len(cached_blocks)
         num_required = cdiv(num_tokens, self.block_size) - num_held
