@@ -331,7 +331,8 @@ class ModelRunner:
 
     def _sampler_to_device(self, values: np.ndarray) -> torch.Tensor:
         """The sampler's per-row inputs (int64 noise keys, float32 temperatures), copied
-        without a host sync."""
+        without a host sync. One array of each dtype per step: a second would overwrite the
+        pinned buffer before the first copy has run."""
         if values.dtype == np.int64:
             return self._to_device([values], torch.int64, 3)
         return self._to_device([values], torch.float32, 4)

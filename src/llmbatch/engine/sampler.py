@@ -137,15 +137,14 @@ class Sampler:
         min_p_rows = [i for i, p in enumerate(params) if p.min_p > 0]
         top_k_rows = [i for i, p in enumerate(params) if 0 < p.top_k < vocab_size]
         top_p_rows = [i for i, p in enumerate(params) if p.top_p < 1]
-        inv_temperature = [1.0 / p.temperature for p in params]
-        if not self.gumbel_race or min_p_rows or top_k_rows or top_p_rows:
-            # the filters act on the tempered distribution
+        # the race tempers as it draws, unless filters need the tempered distribution first
+        tempered = not self.gumbel_race or bool(min_p_rows or top_k_rows or top_p_rows)
+        if tempered:
             temperatures = {p.temperature for p in params}
             if len(temperatures) == 1:
                 logits.div_(temperatures.pop())
             else:
                 logits.div_(_column([p.temperature for p in params], logits.device))
-            inv_temperature = [1.0] * len(params)
         if min_p_rows:
             logits[min_p_rows] = _apply_min_p(
                 logits[min_p_rows], [params[i].min_p for i in min_p_rows]
@@ -159,6 +158,7 @@ class Sampler:
                 logits[top_p_rows], [params[i].top_p for i in top_p_rows]
             )
         if self.gumbel_race:
+            inv_temperature = [1.0 if tempered else 1.0 / p.temperature for p in params]
             temperatures = self._to_device(np.array(inv_temperature, dtype=np.float32))
             keys = self._to_device(self._race_keys(requests))
             return gumbel_argmax(logits, temperatures, keys)
