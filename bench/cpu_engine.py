@@ -154,7 +154,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from llmbatch.models.provisioned import smollm2_dir
+    from llmbatch._fixtures.smollm2 import smollm2_dir
 
     model_dir = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("gpu_throughput.json"))
     args = parser.parse_args()
     if args.tokenizer is None:
-        from llmbatch.models.provisioned import smollm2_dir
+        from llmbatch._fixtures.smollm2 import smollm2_dir
 
         args.tokenizer = smollm2_dir()
 
@@ -301,7 +301,7 @@ def main() -> None:
             # Same weights as the transformers peer.
             llm.llm_engine._runner.model.load_weights(weights.items())
             runner = llm.llm_engine._runner
-            card = Card.detect(runner.model, runner.kv_cache_dtype)
+            card = Card.detect(runner.model, llm.llm_engine.config.kv_cache_dtype)
             for name, workload in workloads.items():
                 trace = (
                     StepTrace(profile_launches_over=args.profile_launches_over)

@@ -47,7 +47,7 @@ def make_model_folder(folder: Path, shape: str, tokenizer_dir: str) -> None:
 
 def data_parallel_row(folder: str, num_rows: int, replicas: int, args) -> dict:
     import llmbatch.data as data
-    from llmbatch.data import generate_customers
+    from llmbatch._fixtures.customers import generate_customers
     from llmbatch.llm import LLMProcessorConfig, build_llm_processor
 
     dates = []
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("scale_gpu.json"))
     args = parser.parse_args()
     if args.tokenizer is None:
-        from llmbatch.models.provisioned import smollm2_dir
+        from llmbatch._fixtures.smollm2 import smollm2_dir
 
         args.tokenizer = smollm2_dir()
     card = torch.cuda.get_device_name()

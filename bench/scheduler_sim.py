@@ -23,6 +23,7 @@ from step_profile import Card
 from workloads import build
 
 from llmbatch.engine.block_manager import BlockManager
+from llmbatch.engine.config import SchedulerConfig
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.scheduler import Scheduler
@@ -43,7 +44,8 @@ def simulate(
     cost: str = "serial",
 ) -> dict:
     blocks = BlockManager(kv_tokens // block_size, block_size, enable_prefix_caching=True)
-    scheduler = Scheduler(blocks, budget, max_num_seqs, True, reserve_output_kv=reserve)
+    config = SchedulerConfig(budget, max_num_seqs, reserve_output_kv=reserve)
+    scheduler = Scheduler(config, blocks)
     for i, (prompt, output_len) in enumerate(zip(workload.prompts, workload.output_lens)):
         params = SamplingParams(max_tokens=output_len, ignore_eos=True, detokenize=False)
         scheduler.add(Request(str(i), None, list(prompt), params, frozenset(), 1 << 30))

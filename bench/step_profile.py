@@ -31,12 +31,12 @@ class Card:
     @classmethod
     def detect(cls, model, kv_cache_dtype: torch.dtype = torch.bfloat16) -> Card:
         """This GPU's bandwidth, for the engine's (bf16) model and its KV cache's dtype."""
-        from llmbatch.engine.model_runner import kv_cache_bytes_per_block
+        from llmbatch.engine.kv_cache import bytes_per_block
 
         name = torch.cuda.get_device_name()
         bandwidth = 4.8e12 if "H200" in name else 3.35e12
         num_params = sum(p.numel() for p in model.parameters())
-        kv_bytes = kv_cache_bytes_per_block(model, 1, kv_cache_dtype)
+        kv_bytes = bytes_per_block(model, 1, kv_cache_dtype)
         return cls(bandwidth, 8.0e14, 2 * num_params, 2 * num_params, kv_bytes)
 
     def serial_seconds(self, num_tokens: int, context_tokens: int) -> float:

@@ -61,14 +61,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
 
-    import llmbatch.data as data
-    from llmbatch.models.provisioned import smollm2_dir
+    from llmbatch._fixtures import customers
+    from llmbatch._fixtures.smollm2 import smollm2_dir
 
     smollm2_dir()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         csv_path = os.path.join(folder, "customers.csv")
-        data.write_customers_csv(csv_path, num_rows=1000, seed=0)
+        customers.write_customers_csv(csv_path, num_rows=1000, seed=0)
         summary_path = os.path.join(folder, "summary.json")
         seconds = run_timed(csv_path, args.rows, args.max_tokens, summary_path)
         summary = json.loads(Path(summary_path).read_text())

@@ -49,7 +49,7 @@ from vision_workload import (
     write_model_folder,
 )
 
-from llmbatch.models.provisioned_vl import PATCH, SHAPES
+from llmbatch._fixtures.qwen2_5_vl import PATCH, SHAPES
 
 if TYPE_CHECKING:
     pass
@@ -292,7 +292,7 @@ def parse_args() -> argparse.Namespace:
     if args.dtype is None:
         args.dtype = "float32" if args.device == "cpu" else "bfloat16"
     if args.tokenizer is None:
-        from llmbatch.models.provisioned import smollm2_dir
+        from llmbatch._fixtures.smollm2 import smollm2_dir
 
         args.tokenizer = smollm2_dir()
     return args

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from llmbatch.models.provisioned_vl import (
+from llmbatch._fixtures.qwen2_5_vl import (
     vl_config,
     vl_tokenizer,
     write_processor_files,

@@ -35,7 +35,7 @@ def _random_prompts(rng: np.random.Generator, lens: np.ndarray, vocab: int) -> l
 
 def seed_workload(tokenizer, num_rows: int = 10_000, max_tokens: int = 32) -> Workload:
     """The seed tutorial's chat messages for rows of the generated customers table."""
-    from llmbatch.data import generate_customers
+    from llmbatch._fixtures.customers import generate_customers
 
     dates: list[str] = []
     for table in generate_customers(num_rows, seed=0):

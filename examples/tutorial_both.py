@@ -20,8 +20,6 @@ import torch
 import tutorial_text
 import tutorial_vision
 
-import llmbatch.data as data
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,7 +36,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.text_model is None:
-        from llmbatch.models.provisioned import smollm2_gguf_path
+        from llmbatch._fixtures.smollm2 import smollm2_gguf_path
 
         args.text_model = smollm2_gguf_path()
     shared = dict(rows=args.rows, max_tokens=args.max_tokens, output=None, summary_json=None)
@@ -46,7 +44,9 @@ def main() -> None:
         csv = args.csv
         if csv is None:
             csv = os.path.join(folder, "customers.csv")
-            data.write_customers_csv(csv, num_rows=max(args.rows, 1000), seed=0)
+            from llmbatch._fixtures.customers import write_customers_csv
+
+            write_customers_csv(csv, num_rows=max(args.rows, 1000), seed=0)
         print("== text part ==")
         tutorial_text.run_tutorial(
             argparse.Namespace(model=args.text_model, csv=csv, ignore_eos=False, **shared)

@@ -44,13 +44,15 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.model is None:
-        from llmbatch.models.provisioned import smollm2_gguf_path
+        from llmbatch._fixtures.smollm2 import smollm2_gguf_path
 
         args.model = smollm2_gguf_path()
     with tempfile.TemporaryDirectory() as folder:
         if args.csv is None:
             args.csv = os.path.join(folder, "customers.csv")
-            data.write_customers_csv(args.csv, num_rows=max(args.rows, 1000), seed=0)
+            from llmbatch._fixtures.customers import write_customers_csv
+
+            write_customers_csv(args.csv, num_rows=max(args.rows, 1000), seed=0)
         run_tutorial(args)
 
 

@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
     """SmolLM2-135M-Instruct as a safetensors folder (converted once from the packaged GGUF)."""
-    from llmbatch.models.provisioned import smollm2_dir
+    from llmbatch._fixtures.smollm2 import smollm2_dir
 
     return smollm2_dir()
 
@@ -41,8 +41,37 @@ def engine_kwargs() -> dict:
 
 
 @pytest.fixture(scope="session")
+def reference_llm(smollm2_dir: str, engine_kwargs: dict):
+    """The engine run directly (llmbatch.LLM), to hold the processor's rows against."""
+    from llmbatch import LLM
+
+    with LLM(smollm2_dir, **engine_kwargs) as llm:
+        yield llm
+
+
+@pytest.fixture(scope="session")
 def tiny_vl_dir(tmp_path_factory) -> str:
-    """A tiny random-weight Qwen2.5-VL model folder with its processor (see tests/models/tiny_vl.py)."""
-    from models.tiny_vl import make_tiny_qwen2_5_vl
+    """A tiny random-weight Qwen2.5-VL model folder with its processor (see tests/support/tiny_vl.py)."""
+    from tiny_vl import make_tiny_qwen2_5_vl
 
     return str(make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_vl")))
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """Pictures to load (see tests/support/image_testing.py)."""
+    from image_testing import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def image_server(image_folder):
+    """A real HTTP server on 127.0.0.1, in its own thread, serving `image_folder`."""
+    from image_testing import ImageHandler, http_server
+
+    def handler(*args: object) -> ImageHandler:
+        return ImageHandler(*args, directory=str(image_folder))
+
+    with http_server(handler) as url:
+        yield url

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from llmbatch.engine.llm import LLM
     from llmbatch.engine.sampling_params import SamplingParams
+    from llmbatch.runtime.llm import LLM
 
 # Imported on first use: `import llmbatch` stays fast, without torch or transformers.
 _LAZY_EXPORTS = {
-    "LLM": "llmbatch.engine.llm",
+    "LLM": "llmbatch.runtime.llm",
     "SamplingParams": "llmbatch.engine.sampling_params",
 }
 

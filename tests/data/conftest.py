@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from llmbatch import data
+from llmbatch._fixtures import customers
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -29,11 +29,11 @@ def http_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
 
 @pytest.fixture(scope="session")
 def customers_table() -> pa.Table:
-    return pa.concat_tables(data.generate_customers(3000, seed=7))
+    return pa.concat_tables(customers.generate_customers(3000, seed=7))
 
 
 @pytest.fixture(scope="session")
 def customers_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("customers") / "customers-3000.csv"
-    data.write_customers_csv(path, 3000, seed=7)
+    customers.write_customers_csv(path, 3000, seed=7)
     return path

@@ -9,7 +9,7 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 
-from llmbatch import data
+from llmbatch._fixtures import customers
 
 NUM_ROWS = 2_000_000
 LIMIT = 1_900_000
@@ -43,7 +43,7 @@ PIPELINE = textwrap.dedent(
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads peak memory from /proc")
 def test_two_million_row_csv_streams_in_bounded_memory(tmp_path):
     csv_path = tmp_path / "customers-2000000.csv"
-    data.write_customers_csv(csv_path, NUM_ROWS)
+    customers.write_customers_csv(csv_path, NUM_ROWS)
     assert csv_path.stat().st_size > MAX_GROWTH_BYTES
 
     out = tmp_path / "out"

@@ -5,10 +5,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llmbatch import data
+from llmbatch._fixtures import customers
 
 
 def test_schema_matches_the_public_customers_files():
-    table = next(data.generate_customers(10))
+    table = next(customers.generate_customers(10))
     assert table.column_names == [
         "Index",
         "Customer Id",
@@ -23,22 +24,22 @@ def test_schema_matches_the_public_customers_files():
         "Subscription Date",
         "Website",
     ]
-    assert table.schema == data.CUSTOMERS_SCHEMA
+    assert table.schema == customers.CUSTOMERS_SCHEMA
     assert table["Index"].to_pylist() == list(range(1, 11))
 
 
 def test_same_seed_gives_same_rows_whatever_the_batch_size():
-    whole = pa.concat_tables(data.generate_customers(40_000, seed=3, batch_size=40_000))
-    pieces = list(data.generate_customers(40_000, seed=3, batch_size=7_000))
+    whole = pa.concat_tables(customers.generate_customers(40_000, seed=3, batch_size=40_000))
+    pieces = list(customers.generate_customers(40_000, seed=3, batch_size=7_000))
     assert [len(piece) for piece in pieces] == [7_000] * 5 + [5_000]
     assert pa.concat_tables(pieces).equals(whole)
-    assert pa.concat_tables(data.generate_customers(100, seed=3)).equals(whole.slice(0, 100))
-    other_seed = pa.concat_tables(data.generate_customers(100, seed=4))
+    assert pa.concat_tables(customers.generate_customers(100, seed=3)).equals(whole.slice(0, 100))
+    other_seed = pa.concat_tables(customers.generate_customers(100, seed=4))
     assert not other_seed.equals(whole.slice(0, 100))
 
 
 def test_values_are_distinct_and_well_formed():
-    table = pa.concat_tables(data.generate_customers(20_000, seed=1))
+    table = pa.concat_tables(customers.generate_customers(20_000, seed=1))
     ids = table["Customer Id"]
     assert pc.count_distinct(ids).as_py() == 20_000
     assert all(re.fullmatch(r"[0-9a-fA-F]{15}", value) for value in ids.to_pylist()[:1000])
@@ -53,7 +54,7 @@ def test_values_are_distinct_and_well_formed():
 
 def test_csv_file_reads_back_with_its_column_names(tmp_path):
     path = tmp_path / "customers-500.csv"
-    data.write_customers_csv(path, 500, seed=2)
+    customers.write_customers_csv(path, 500, seed=2)
     ds = data.read_csv(path)
-    assert ds.take_all() == pa.concat_tables(data.generate_customers(500, seed=2)).to_pylist()
+    assert ds.take_all() == pa.concat_tables(customers.generate_customers(500, seed=2)).to_pylist()
     assert [p.name for p in tmp_path.iterdir()] == ["customers-500.csv"]

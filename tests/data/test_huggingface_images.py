@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import llmbatch.data as data
-from llmbatch.llm.images import load_image
+from llmbatch.data.images import load_image
 
 NUM_IMAGES = 5
 

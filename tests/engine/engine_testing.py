@@ -1,5 +1,5 @@
 """Engine-test material: chat prompts, transformers references, tiny model configs (saved as
-random-weight folders by tests/models/tiny_models.py)."""
+random-weight folders by tests/support/tiny_models.py)."""
 
 from __future__ import annotations
 

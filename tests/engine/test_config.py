@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmbatch.engine.config import EngineConfig
+from llmbatch.engine.args import EngineArgs
 
 
 def test_defaults_follow_vllm():
-    config = EngineConfig.from_kwargs(model="some/model")
+    config = EngineArgs.from_kwargs(model="some/model")
     assert config.enable_chunked_prefill and config.enable_prefix_caching
     assert config.gpu_memory_utilization == 0.9 and config.block_size == 16
     assert config.tensor_parallel_size == config.pipeline_parallel_size == 1
@@ -17,7 +17,7 @@ def test_defaults_follow_vllm():
 
 
 def test_tutorial_engine_kwargs_are_accepted():
-    config = EngineConfig.from_kwargs(
+    config = EngineArgs.from_kwargs(
         model="m",
         tensor_parallel_size=1,
         pipeline_parallel_size=1,
@@ -34,12 +34,12 @@ def test_unknown_argument_lists_the_accepted_ones():
     with pytest.raises(
         ValueError, match=r"unknown engine argument\(s\) \['swap_space'\].*max_num_seqs"
     ):
-        EngineConfig.from_kwargs(model="m", swap_space=4)
+        EngineArgs.from_kwargs(model="m", swap_space=4)
 
 
 def test_model_is_required():
     with pytest.raises(ValueError, match="'model' is required"):
-        EngineConfig.from_kwargs(max_num_seqs=4)
+        EngineArgs.from_kwargs(max_num_seqs=4)
 
 
 @pytest.mark.parametrize(
@@ -56,8 +56,9 @@ def test_model_is_required():
         (dict(tensor_parallel_size=0), "tensor_parallel_size must be at least 1"),
         (dict(pipeline_parallel_size=4), "pipeline_parallel_size=4 is not supported yet"),
         (dict(dtype="int8"), "dtype='int8' is not supported; accepted: auto, float32"),
+        (dict(attention_backend="flash"), "attention_backend='flash' is not supported; accepted"),
         (dict(dtype=torch.int8), "dtype=torch.int8 is not supported"),
-        (dict(load_format="pt"), "load_format='pt' is not supported; accepted: auto, dummy"),
+        (dict(load_format="npz"), "load_format='npz' is not supported; accepted: 'auto', "),
         (dict(max_num_seqs=64, max_num_batched_tokens=32), "must be at least max_num_seqs"),
         (dict(num_gpu_blocks_override=0), "num_gpu_blocks_override must be at least 1"),
         (dict(cuda_graph_max_tokens=-1), "cuda_graph_max_tokens must be 0"),
@@ -70,10 +71,10 @@ def test_model_is_required():
 )
 def test_bad_values_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        EngineConfig.from_kwargs(model="m", **kwargs)
+        EngineArgs.from_kwargs(model="m", **kwargs)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_a_gpu_is_an_error():
     with pytest.raises(ValueError, match="no CUDA GPU is available"):
-        EngineConfig.from_kwargs(model="m", device="cuda")
+        EngineArgs.from_kwargs(model="m", device="cuda")

@@ -7,7 +7,7 @@ import torch
 from engine_testing import ENGINE_KWARGS, LONG_SYSTEM_PROMPT
 
 from llmbatch import LLM, SamplingParams
-from llmbatch.engine.llm_engine import RequestRejected
+from llmbatch.engine.outputs import RequestRejected
 
 MAX_MODEL_LEN = 512
 

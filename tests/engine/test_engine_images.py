@@ -10,8 +10,9 @@ from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration as HFQwen2_5_VL
 
 from llmbatch import LLM, SamplingParams
-from llmbatch.engine.llm_engine import LLMEngine, RequestRejected
+from llmbatch.engine.llm_engine import LLMEngine
 from llmbatch.engine.multimodal import process_images
+from llmbatch.engine.outputs import RequestRejected
 from llmbatch.models.processor import load_processor
 
 NEW_TOKENS = 8

@@ -11,7 +11,8 @@ from engine_testing import TINY_CONFIGS
 from tiny_models import save_tiny_model
 
 from llmbatch import SamplingParams
-from llmbatch.engine.llm_engine import LLMEngine, RequestRejected
+from llmbatch.engine.llm_engine import LLMEngine
+from llmbatch.engine.outputs import RequestRejected
 
 MODEL_MAX_LEN = TINY_CONFIGS["qwen2"].max_position_embeddings
 

@@ -1,6 +1,7 @@
 import pytest
 
 from llmbatch.engine.block_manager import BlockManager
+from llmbatch.engine.config import SchedulerConfig
 from llmbatch.engine.request import Request, RequestStatus
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.scheduler import ScheduledBatch, Scheduler
@@ -28,7 +29,8 @@ def make_scheduler(
     chunked: bool = True,
     reserve: bool = True,
 ) -> Scheduler:
-    return Scheduler(BlockManager(num_blocks, BLOCK, True), budget, max_num_seqs, chunked, reserve)
+    config = SchedulerConfig(budget, max_num_seqs, chunked, reserve)
+    return Scheduler(config, BlockManager(num_blocks, BLOCK, True))
 
 
 def run_step(scheduler: Scheduler) -> ScheduledBatch:

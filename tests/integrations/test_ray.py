@@ -8,6 +8,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import llmbatch.data  # noqa: E402
+from llmbatch._fixtures import customers  # noqa: E402
 from llmbatch.llm import build_llm_processor, vLLMEngineProcessorConfig  # noqa: E402
 
 NUM_ROWS = 6
@@ -24,7 +25,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def customers_csv(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("customers") / "customers.csv"
-    llmbatch.data.write_customers_csv(str(path), num_rows=20, seed=3)
+    customers.write_customers_csv(str(path), num_rows=20, seed=3)
     return str(path)
 
 

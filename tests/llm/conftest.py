@@ -31,17 +31,8 @@ def tutorial_messages() -> Callable[[dict[str, Any]], list[dict[str, str]]]:
 
 
 @pytest.fixture(scope="session")
-def reference_llm(smollm2_dir: str, engine_kwargs: dict[str, Any]):
-    """The engine run directly (llmbatch.LLM), to hold the processor's rows against."""
-    from llmbatch import LLM
-
-    with LLM(smollm2_dir, **engine_kwargs) as llm:
-        yield llm
-
-
-@pytest.fixture(scope="session")
 def customers_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llmbatch.data import write_customers_csv
+    from llmbatch._fixtures.customers import write_customers_csv
 
     path = tmp_path_factory.mktemp("customers") / "customers.csv"
     write_customers_csv(str(path), num_rows=50, seed=7)

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import llmbatch.data as data
+from llmbatch.cli.job import JobError, JobSpec, read_input, run_job
 from llmbatch.llm import LLMProcessorConfig, build_llm_processor
-from llmbatch.llm.job import JobError, JobSpec, read_input, run_job
 
 ENGINE = {"kv_cache_memory_bytes": 16 << 20, "max_model_len": 96, "max_num_seqs": 4}
 

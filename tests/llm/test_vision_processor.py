@@ -21,9 +21,9 @@ from image_testing import data_url, http_server, picture, png_bytes
 from PIL import Image
 
 import llmbatch.data as data
+from llmbatch.engine.multimodal import MultiModalInputs
 from llmbatch.llm import LLMProcessorConfig, build_llm_processor, vLLMEngineProcessorConfig
 from llmbatch.llm.columns import IMAGES, MULTI_MODAL, rows_to_table
-from llmbatch.llm.image_columns import multi_modal_from_record
 from llmbatch.llm.tokenizer_stages import ChatTemplateStage, TokenizeStage
 from llmbatch.llm.user_stages import PreprocessStage
 from llmbatch.models.processor import load_processor
@@ -255,7 +255,7 @@ def test_the_stages_give_the_models_processor_output(tiny_vl_dir: str, image_ser
         expected = processor(text=[prompt], images=images or None, return_tensors="pt")
         assert row["prompt"] == prompt
         assert row["prompt_token_ids"] == expected["input_ids"][0].tolist()
-        mm = multi_modal_from_record(row[MULTI_MODAL])
+        mm = MultiModalInputs.from_record(row[MULTI_MODAL])
         if not images:
             assert mm is None
             continue

@@ -12,11 +12,11 @@ from safetensors.torch import load_file, save_file
 from tiny_models import save_tiny_model, tiny_configs
 from transformers import GenerationConfig, GPT2Config, LlamaConfig
 
+from llmbatch._fixtures.smollm2 import smollm2_gguf_path
 from llmbatch.models import SUPPORTED_ARCHITECTURES, load_model
 from llmbatch.models import gguf as gguf_module
 from llmbatch.models.gguf import converted_folder_path, converted_gguf_folder
 from llmbatch.models.loader import resolve_dtype
-from llmbatch.models.provisioned import smollm2_gguf_path
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_eos_ids_join_generation_config_and_tokenizer(qwen2_folder, tmp_path):
 
 
 def test_bad_dtype_lists_the_accepted_ones(qwen2_folder):
-    accepted = "use 'auto', 'float32', 'bfloat16', 'float16' or the matching torch.dtype"
+    accepted = "accepted: auto, float32, float, float16, half, bfloat16 or one of torch.float32"
     with pytest.raises(ValueError, match=accepted):
         load_model(str(qwen2_folder), dtype="float8")
     with pytest.raises(ValueError, match=accepted):

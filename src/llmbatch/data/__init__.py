@@ -9,7 +9,6 @@ Code written for ``ray.data`` ports by changing the import::
 """
 
 from llmbatch.data.blocks import SchemaConflictError
-from llmbatch.data.customers import CUSTOMERS_SCHEMA, generate_customers, write_customers_csv
 from llmbatch.data.dataset import Dataset, MaterializedDataset
 from llmbatch.data.readers import read_csv, read_json, read_parquet
 from llmbatch.data.sources import (
@@ -22,7 +21,6 @@ from llmbatch.data.sources import (
 )
 
 __all__ = [
-    "CUSTOMERS_SCHEMA",
     "Dataset",
     "MaterializedDataset",
     "SchemaConflictError",
@@ -31,10 +29,8 @@ __all__ = [
     "from_items",
     "from_numpy",
     "from_pandas",
-    "generate_customers",
     "range",
     "read_csv",
     "read_json",
     "read_parquet",
-    "write_customers_csv",
 ]

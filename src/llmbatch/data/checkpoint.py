@@ -16,14 +16,12 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow.fs as pafs
 
+from llmbatch.data.blocks import Stream
 from llmbatch.data.files import OutputFolder
-
-if TYPE_CHECKING:
-    from llmbatch.data.dataset import Dataset
 
 MANIFEST_NAME = "_llmbatch_manifest.json"
 MANIFEST_VERSION = 1
@@ -49,31 +47,24 @@ class OutputConflictError(FileExistsError):
     """The output folder holds the results of another job."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ResumableJob:
-    """What a resumable write needs from the processing that feeds it.
+    """What a resumable write needs from the processing that feeds it, as functions over
+    streams of blocks.
 
-    ``run`` applies the processing to any dataset whose rows are a subset of ``source``'s, in
-    order, and yields one output row per input row; ``identity`` names everything besides the
-    source that decides the output (model, settings, code); ``prepare`` loads what the run needs
+    ``source()`` streams the job's input from its first row; ``process(stream)`` applies the
+    processing to a stream holding any subset of those rows, in order, and yields one output
+    row per input row. ``source_fingerprint`` names the input (file names, sizes and times, or
+    in-memory content, and the stages before the processing); ``identity`` everything else that
+    decides the output (model, settings, code); ``prepare`` loads what the processing needs
     (the model), so that a missing or broken model fails before any row is read.
     """
 
-    source: Dataset
-    run: Callable[[Dataset], Dataset]
+    source: Callable[[], Stream]
+    process: Callable[[Stream], Stream]
+    source_fingerprint: Callable[[], str]
     identity: Callable[[], str]
     prepare: Callable[[], None] = lambda: None
-
-
-def resumable(dataset: Dataset, job: ResumableJob) -> Dataset:
-    """Marks ``dataset`` (the output of ``job.run(job.source)``) as resumable when written."""
-    dataset._resumable = job
-    return dataset
-
-
-def resumable_job(dataset: Dataset) -> ResumableJob | None:
-    """The job behind ``dataset`` when writing it can resume, else None."""
-    return dataset._resumable
 
 
 @dataclass(slots=True)

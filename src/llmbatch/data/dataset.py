@@ -13,6 +13,7 @@ from llmbatch.data import operators
 from llmbatch.data.batch_format import BatchFormat, check_batch_format
 from llmbatch.data.blocks import Stream, balanced_sizes, conform, rebatch, split_into
 from llmbatch.data.blocks import unify_schemas as unify
+from llmbatch.data.checkpoint import ResumableJob
 from llmbatch.data.identity import digest, tables_identity, value_identity
 from llmbatch.data.outputs import DatasetOutputs, check_count
 from llmbatch.data.plan import PlanInfo, StageStats, describe_stats
@@ -48,7 +49,7 @@ class Dataset(DatasetOutputs):
         self._parent = parent
         self._stats = StageStats(name)
         self._identity = identity or (lambda: name)
-        self._resumable: Any = None
+        self._resumable: ResumableJob | None = None
 
     def fingerprint(self) -> str:
         """A hash of the plan and its source that a later process computes alike: file names,
@@ -384,6 +385,25 @@ class MaterializedDataset(Dataset):
             f"MaterializedDataset(num_blocks={info.num_blocks}, num_rows={info.num_rows}, "
             f"schema={_format_schema(info.schema)})"
         )
+
+
+def resumable(
+    output: Dataset,
+    source: Dataset,
+    process: Callable[[Stream], Stream],
+    identity: Callable[[], str],
+    prepare: Callable[[], None],
+) -> Dataset:
+    """Marks ``output`` (``process`` applied to ``source``'s stream) as resumable when written:
+    a rerun into the same folder streams only the rows of ``source`` not yet committed through
+    ``process`` (see `llmbatch.data.checkpoint.ResumableJob`)."""
+    output._resumable = ResumableJob(source._blocks, process, source.fingerprint, identity, prepare)
+    return output
+
+
+def resumable_job(dataset: Dataset) -> ResumableJob | None:
+    """The job behind ``dataset`` when writing it can resume, else None."""
+    return dataset._resumable
 
 
 def _format_schema(schema: pa.Schema | None) -> str:

@@ -10,27 +10,25 @@ import pyarrow as pa
 
 from llmbatch.data.batch_format import BatchFormat, check_batch_format, to_batch
 from llmbatch.data.blocks import Stream, concat, rebatch
-from llmbatch.data.checkpoint import resumable_job
+from llmbatch.data.checkpoint import ResumableJob
 from llmbatch.data.files import PathLike
 from llmbatch.data.operators import ROWS_PER_CALL
 from llmbatch.data.plan import PlanInfo
 from llmbatch.data.resume import clear_for_plain_write, write_resumable
 from llmbatch.data.writers import write_blocks
 
-if TYPE_CHECKING:
-    from llmbatch.data.dataset import Dataset
-
 
 class DatasetOutputs:
     """The consuming half of ``Dataset``: every method here runs the plan."""
 
     _info: PlanInfo
+    _resumable: ResumableJob | None
 
     if TYPE_CHECKING:
 
         def _blocks(self) -> Stream: ...
 
-        def limit(self, limit: int) -> Dataset: ...
+        def limit(self, limit: int) -> DatasetOutputs: ...
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         """Rows as dicts, in order."""
@@ -206,7 +204,7 @@ class DatasetOutputs:
         ``overwrite`` replaces another job's output. Other datasets are written in one pass,
         one file per block, next to the files already in the folder (``overwrite`` deletes
         those first)."""
-        job = resumable_job(self)  # type: ignore[arg-type]
+        job = self._resumable
         if job is not None:
             write_resumable(
                 job,

@@ -74,7 +74,7 @@ def write_resumable(
         )
     folder = OutputFolder.create(path, filesystem)
     folder.check_writable()
-    fingerprint = digest(job.source.fingerprint(), job.identity(), file_format, repr(options))
+    fingerprint = digest(job.source_fingerprint(), job.identity(), file_format, repr(options))
     manifest = _claim(folder, fingerprint, file_format, overwrite)
     before = manifest.committed_rows()
     crash_point("job_start")
@@ -233,12 +233,7 @@ class _RowTracker:
 
 
 def _processed(job: ResumableJob, wanted: Wanted, tracker: _RowTracker) -> Stream:
-    from llmbatch.data.dataset import Dataset
-
-    selected = Dataset(
-        lambda: tracker.select(job.source._blocks(), wanted), name="rows not yet committed"
-    )
-    for table in job.run(selected)._blocks():
+    for table in job.process(tracker.select(job.source(), wanted)):
         crash_point("output_block")
         yield table
     if tracker.runs:

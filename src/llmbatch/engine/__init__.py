@@ -1,8 +1,10 @@
-"""The inference engine: continuous batching over a paged KV cache with prefix caching.
+"""The inference engine in one process: continuous batching over a paged KV cache with prefix
+caching.
 
-`llm_engine.LLMEngine` (add_request / step) is the streaming API; `llm.LLM` the offline one
-(generate / chat). The engine is built from `config.EngineConfig`, schedules with
-`scheduler.Scheduler` over `block_manager.BlockManager`, runs the model through
-`model_runner.ModelRunner` and samples with `sampler.Sampler`. Modules are imported where they
-are used, so that importing `sampling_params` stays cheap.
+`args.EngineArgs` (what a user gives) resolves into `config.EngineConfig` (what components are
+built from). `llm_engine.LLMEngine` (add_request / step) schedules with `scheduler.Scheduler`
+over `block_manager.BlockManager`, runs the model through `model_runner.ModelRunner` over the
+cache `kv_cache` sizes, and samples with `sampler.Sampler`. Engines of several processes, and
+vLLM's offline `LLM`, are in `llmbatch.runtime`. Modules are imported where they are used, so
+that importing `sampling_params` stays cheap.
 """

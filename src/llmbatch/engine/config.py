@@ -1,128 +1,130 @@
-"""Engine configuration, named as vLLM names its engine arguments."""
+"""The engine's resolved configuration: every "auto" decided once, before anything is built."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import types
-import typing
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-DTYPE_NAMES = {
-    "auto": "auto",
-    "float32": "float32",
-    "float": "float32",
-    "float16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-}
-TORCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# "auto" keeps the model's dtype; the fp8 formats halve the cache (no scaling: values saturate at
-# the format's largest finite number, 448 for e4m3 and 57344 for e5m2).
-KV_CACHE_DTYPES = {
-    "fp8": torch.float8_e4m3fn,
-    "fp8_e4m3": torch.float8_e4m3fn,
-    "fp8_e5m2": torch.float8_e5m2,
-}
-LOAD_FORMATS = ("auto", "dummy")
-CPU_KV_CACHE_CAP_BYTES = 1 << 30
-CPU_KV_CACHE_RAM_SHARE = 0.1
+from llmbatch.engine.args import EngineArgs
+from llmbatch.layers.attention.base import KV_CACHE_DTYPES
+from llmbatch.models.loader import read_config, resolve_dtype
+from llmbatch.models.registry import max_positions_of
+from llmbatch.models.source import resolve_model_folder
+
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The part of an engine's config the scheduler reads."""
+
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    enable_chunked_prefill: bool = True
+    reserve_output_kv: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Everything that shapes one engine; build it with `EngineConfig.from_kwargs(**engine_kwargs)`.
+    """What every component of an engine is built from: `EngineArgs` with each "auto" and
+    default resolved for this machine and model (`resolve_config`).
 
-    Fields left as None (and device/attention_backend "auto") are resolved by the engine once the
-    model is loaded; `LLMEngine.config` shows the resolved values.
-
-    - model: local folder, .gguf file or Hugging Face Hub id. tokenizer: another tokenizer source.
-    - dtype: "auto" (float32 on CPU, the checkpoint's dtype on GPU), "float32", "bfloat16",
-      "float16" ("float", "half" too) or a torch dtype.
-    - seed: seeds dummy weights and the sampling of requests that give no seed of their own.
-    - max_model_len: longest prompt + output; default the model's positions, capped by the KV cache.
-    - max_num_batched_tokens: tokens per step (8192 by default; at least max_model_len when
-      chunked prefill is off). max_num_seqs: sequences per step (default 512 on CUDA, where
-      larger decode batches use the matmuls better, and 256 on CPU).
-    - enable_chunked_prefill: split long prompts over steps. enable_prefix_caching: reuse the KV
-      of shared prompt prefixes.
-    - reserve_output_kv: admit a waiting request only while the KV cache keeps room for the
-      outputs the running requests are still expected to generate (all of them for requests
-      that only stop at max_tokens; otherwise the share finished requests used), so sequences
-      are rarely preempted and recomputed. False: admit while blocks are free, preempt later.
-    - kv_cache_dtype: "auto" (the model's dtype), "fp8" or "fp8_e4m3" (float8 e4m3), "fp8_e5m2":
-      an fp8 cache holds twice the tokens and halves the bytes decode steps read, at some
-      accuracy (no scales: values saturate at 448 in e4m3). e4m3 needs a GPU of compute
-      capability 8.9 or newer (Ada, Hopper); the CPU accepts both.
-    - gpu_memory_utilization: share of GPU memory the engine may fill (KV cache included).
-      kv_cache_memory_bytes: KV cache size instead (on CPU by default min(1 GiB, 10% of RAM)).
-      num_gpu_blocks_override: a fixed number of KV blocks of block_size tokens (any device).
-    - enforce_eager: never use CUDA graphs (otherwise decode steps, and steps with prompt tokens
-      of up to cuda_graph_max_tokens tokens, replay captured graphs when the attention backend
-      allows it: "triton"). cuda_graph_max_tokens: 0 captures decode steps only.
-    - async_scheduling: schedule and launch step N+1 while the device still runs step N (its
-      sampled tokens stay on the device and feed step N+1 directly; finishes are seen one step
-      late). None: on for CUDA, off on CPU, where nothing runs in the background.
-    - tensor_parallel_size: shards the model over this many GPUs (CPU processes on a CPU host);
-      it must divide the model's attention and KV heads. pipeline_parallel_size: 1 only.
-    - trust_remote_code, revision, load_format ("auto" or "dummy": random weights): loading.
-    - max_logprobs: largest `logprobs` a request may ask for.
-    - device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
-    - attention_backend: "auto" (triton on CUDA, torch on CPU), "torch" or "triton".
+    The one value known only once the model is loaded is the KV cache's size: `with_kv_cache`
+    records it (and caps a default max_model_len at what the cache holds) before the model
+    runner and scheduler are built; `num_kv_blocks` is None until then.
     """
 
+    args: EngineArgs
+    """What the config was resolved from."""
     model: str
-    tokenizer: str | None = None
-    dtype: str | torch.dtype = "auto"
-    seed: int = 0
-    max_model_len: int | None = None
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
-    enable_chunked_prefill: bool = True
-    enable_prefix_caching: bool = True
-    reserve_output_kv: bool = True
-    gpu_memory_utilization: float = 0.9
-    block_size: int = 16
-    kv_cache_dtype: str = "auto"
-    enforce_eager: bool = False
-    cuda_graph_max_tokens: int = 1024
-    async_scheduling: bool | None = None
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    kv_cache_memory_bytes: int | None = None
-    num_gpu_blocks_override: int | None = None
-    trust_remote_code: bool = False
-    revision: str | None = None
-    load_format: str = "auto"
-    max_logprobs: int = 20
-    device: str = "auto"
-    attention_backend: str = "auto"
+    """A local folder with config.json (a Hub id downloaded, a .gguf file converted)."""
+    tokenizer: str | None
+    trust_remote_code: bool
+    revision: str | None
+    load_format: str
+    seed: int
+    dtype: torch.dtype
+    device: str
+    """"cpu", "cuda" or "cuda:N"."""
+    attention_backend: str
+    max_model_len: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    enable_chunked_prefill: bool
+    enable_prefix_caching: bool
+    reserve_output_kv: bool
+    block_size: int
+    kv_cache_dtype: torch.dtype
+    gpu_memory_utilization: float
+    kv_cache_memory_bytes: int | None
+    num_gpu_blocks_override: int | None
+    cuda_graphs: bool
+    """Steps replay captured CUDA graphs (a CUDA device, the triton backend, one rank, and
+    enforce_eager off)."""
+    cuda_graph_max_tokens: int
+    async_scheduling: bool
+    tensor_parallel_size: int
+    max_logprobs: int
+    num_kv_blocks: int | None = None
 
-    def __post_init__(self) -> None:
-        _check_types(self)
-        _check_values(self)
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
-        """Builds a config from engine kwargs; an unknown name is a ValueError listing the known ones."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise ValueError(
-                f"unknown engine argument(s) {unknown}; accepted engine arguments: {', '.join(known)}"
-            )
-        if "model" not in kwargs:
-            raise ValueError(
-                "engine argument 'model' is required (a local folder, .gguf file or Hub id)"
-            )
-        return cls(**kwargs)
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            self.max_num_batched_tokens,
+            self.max_num_seqs,
+            self.enable_chunked_prefill,
+            self.reserve_output_kv,
+        )
 
     @property
     def torch_device(self) -> torch.device:
-        return torch.device(resolve_device(self.device))
+        return torch.device(self.device)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def on_device(self, device: str) -> EngineConfig:
+        """The same config for another device of the same kind (a replica's own GPU)."""
+        return dataclasses.replace(self, device=device)
+
+    def with_kv_cache(self, num_blocks: int) -> EngineConfig:
+        """The final config, once the KV cache's size is measured: a default max_model_len is
+        capped at the tokens the cache holds; an explicit one that does not fit is an error."""
+        capacity = num_blocks * self.block_size
+        max_model_len = self.max_model_len
+        if max_model_len > capacity:
+            if self.args.max_model_len is not None:
+                raise ValueError(
+                    f"the KV cache holds {capacity} tokens, fewer than one request of "
+                    f"max_model_len={max_model_len}; raise kv_cache_memory_bytes or "
+                    "gpu_memory_utilization (or num_gpu_blocks_override), use "
+                    "kv_cache_dtype='fp8', or lower max_model_len"
+                )
+            max_model_len = capacity
+        return dataclasses.replace(self, max_model_len=max_model_len, num_kv_blocks=num_blocks)
+
+
+# arguments that every machine and model take as given
+_UNCHANGED = (
+    "tokenizer",
+    "trust_remote_code",
+    "revision",
+    "load_format",
+    "seed",
+    "enable_chunked_prefill",
+    "enable_prefix_caching",
+    "reserve_output_kv",
+    "block_size",
+    "gpu_memory_utilization",
+    "kv_cache_memory_bytes",
+    "num_gpu_blocks_override",
+    "cuda_graph_max_tokens",
+    "tensor_parallel_size",
+    "max_logprobs",
+)
 
 
 def resolve_device(device: str) -> str:
@@ -131,153 +133,82 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the KV cache is stored in: the model's for "auto"."""
-    return model_dtype if kv_cache_dtype == "auto" else KV_CACHE_DTYPES[kv_cache_dtype]
-
-
-def check_kv_cache_dtype_on(device: str, kv_cache_dtype: str) -> None:
-    """A ValueError when this device cannot store the cache in ``kv_cache_dtype``."""
-    if KV_CACHE_DTYPES.get(kv_cache_dtype) != torch.float8_e4m3fn or device == "cpu":
-        return
-    capability = torch.cuda.get_device_capability(torch.device(device))
-    _require(
-        capability >= (8, 9),
-        f"kv_cache_dtype={kv_cache_dtype!r} (fp8 e4m3) needs a GPU of compute capability 8.9 or "
-        f"newer; this one has {capability[0]}.{capability[1]}: use 'fp8_e5m2' or 'auto'",
+def resolve_config(args: EngineArgs) -> EngineConfig:
+    """Resolves every "auto" of `args` for this machine and the model's config.json (the model
+    folder is found, downloaded or converted here, once)."""
+    device = resolve_device(args.device)
+    folder = resolve_model_folder(args.model, args.revision, args.load_format != "dummy")
+    hf_config = read_config(folder, args.trust_remote_code)
+    dtype = resolve_dtype(args.dtype, hf_config, torch.device(device))
+    kv_cache_dtype = KV_CACHE_DTYPES.get(args.kv_cache_dtype, dtype)
+    _check_kv_cache_dtype_on(device, args.kv_cache_dtype, kv_cache_dtype)
+    backend = args.attention_backend
+    if backend == "auto":
+        backend = "triton" if device.startswith("cuda") else "torch"
+    elif backend == "triton" and not device.startswith("cuda"):
+        raise ValueError("attention_backend='triton' needs a CUDA device; use 'torch' or 'auto'")
+    max_num_seqs = args.max_num_seqs or _default_max_num_seqs(device, args.max_num_batched_tokens)
+    max_model_len, max_batched = _resolve_lengths(args, max_num_seqs, max_positions_of(hf_config))
+    return EngineConfig(
+        args=args,
+        model=folder,
+        **{name: getattr(args, name) for name in _UNCHANGED},
+        dtype=dtype,
+        kv_cache_dtype=kv_cache_dtype,
+        device=device,
+        attention_backend=backend,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_batched,
+        max_num_seqs=max_num_seqs,
+        cuda_graphs=(
+            device.startswith("cuda")
+            and backend == "triton"
+            and not args.enforce_eager
+            and args.tensor_parallel_size == 1
+        ),
+        async_scheduling=(
+            args.async_scheduling
+            if args.async_scheduling is not None
+            else device.startswith("cuda")
+        ),
     )
 
 
-def default_max_num_seqs(device: str, max_num_batched_tokens: int | None) -> int:
+def _check_kv_cache_dtype_on(device: str, name: str, dtype: torch.dtype) -> None:
+    if dtype != torch.float8_e4m3fn or device == "cpu":
+        return
+    capability = torch.cuda.get_device_capability(torch.device(device))
+    if capability < (8, 9):
+        raise ValueError(
+            f"kv_cache_dtype={name!r} (fp8 e4m3) needs a GPU of compute capability 8.9 or "
+            f"newer; this one has {capability[0]}.{capability[1]}: use 'fp8_e5m2' or 'auto'"
+        )
+
+
+def _default_max_num_seqs(device: str, max_num_batched_tokens: int | None) -> int:
     default = 512 if device.startswith("cuda") else 256
     return min(default, max_num_batched_tokens or default)
 
 
-def default_cpu_kv_cache_bytes() -> int:
-    """A share of physical RAM, capped, so the KV cache never crowds out the rest of the process."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return CPU_KV_CACHE_CAP_BYTES
-    return min(CPU_KV_CACHE_CAP_BYTES, int(ram * CPU_KV_CACHE_RAM_SHARE))
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("NoneType", "None")
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return any(_matches(value, arg) for arg in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def _check_types(config: EngineConfig) -> None:
-    hints = typing.get_type_hints(EngineConfig)
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if not _matches(value, hints[field.name]):
+def _resolve_lengths(args: EngineArgs, max_num_seqs: int, model_max_len: int) -> tuple[int, int]:
+    """max_model_len (before the KV cache's cap) and max_num_batched_tokens."""
+    max_model_len = args.max_model_len or model_max_len
+    if max_model_len > model_max_len:
+        raise ValueError(
+            f"max_model_len={max_model_len} exceeds the {model_max_len} positions the model "
+            "supports; lower max_model_len"
+        )
+    max_batched = args.max_num_batched_tokens
+    if max_batched is None:
+        max_batched = max(DEFAULT_MAX_NUM_BATCHED_TOKENS, max_num_seqs)
+        if not args.enable_chunked_prefill:
+            max_batched = max(max_batched, max_model_len)
+    if not args.enable_chunked_prefill and max_batched < max_model_len:
+        if args.max_model_len is not None:
             raise ValueError(
-                f"engine argument {field.name}={value!r} has type {type(value).__name__}; "
-                f"expected {_type_name(hints[field.name])}"
+                f"max_num_batched_tokens={max_batched} is smaller than max_model_len="
+                f"{max_model_len}: without chunked prefill a whole prompt must fit one step; "
+                "raise max_num_batched_tokens, lower max_model_len or enable_chunked_prefill"
             )
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _check_values(c: EngineConfig) -> None:
-    _require(
-        bool(c.model), "engine argument model must name a model (folder, .gguf file or Hub id)"
-    )
-    if isinstance(c.dtype, str):
-        _require(
-            c.dtype in DTYPE_NAMES,
-            f"dtype={c.dtype!r} is not supported; accepted: {', '.join(DTYPE_NAMES)} "
-            "or one of torch.float32, torch.float16, torch.bfloat16",
-        )
-    else:
-        _require(
-            c.dtype in TORCH_DTYPES,
-            f"dtype={c.dtype} is not supported; accepted: torch.float32, torch.float16, "
-            "torch.bfloat16",
-        )
-    _require(
-        c.kv_cache_dtype == "auto" or c.kv_cache_dtype in KV_CACHE_DTYPES,
-        f"kv_cache_dtype={c.kv_cache_dtype!r} is not supported; accepted: 'auto', "
-        + ", ".join(repr(name) for name in KV_CACHE_DTYPES),
-    )
-    for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes"):
-        value = getattr(c, name)
-        _require(value is None or value >= 1, f"{name} must be a positive integer, got {value}")
-    _require(
-        c.max_num_seqs is None or c.max_num_seqs >= 1,
-        f"max_num_seqs must be at least 1, got {c.max_num_seqs}",
-    )
-    _require(
-        c.cuda_graph_max_tokens >= 0,
-        f"cuda_graph_max_tokens must be 0 (decode graphs only) or more, got "
-        f"{c.cuda_graph_max_tokens}",
-    )
-    _require(
-        c.num_gpu_blocks_override is None or c.num_gpu_blocks_override >= 1,
-        f"num_gpu_blocks_override must be at least 1, got {c.num_gpu_blocks_override}",
-    )
-    _require(
-        c.max_num_batched_tokens is None or c.max_num_batched_tokens >= (c.max_num_seqs or 1),
-        f"max_num_batched_tokens ({c.max_num_batched_tokens}) must be at least max_num_seqs "
-        f"({c.max_num_seqs}) so that every running sequence can decode in one step",
-    )
-    _require(
-        0.0 < c.gpu_memory_utilization <= 1.0,
-        f"gpu_memory_utilization must be in (0, 1], got {c.gpu_memory_utilization}",
-    )
-    _require(
-        c.block_size >= 1 and c.block_size & (c.block_size - 1) == 0 and c.block_size <= 256,
-        f"block_size must be a power of two from 1 to 256 (e.g. 16 or 32), got {c.block_size}",
-    )
-    _require(
-        c.tensor_parallel_size >= 1,
-        f"tensor_parallel_size must be at least 1, got {c.tensor_parallel_size}",
-    )
-    _require(
-        c.pipeline_parallel_size == 1,
-        f"pipeline_parallel_size={c.pipeline_parallel_size} is not supported yet; only 1 is "
-        "accepted (use tensor_parallel_size to split a model over GPUs)",
-    )
-    _require(
-        c.load_format in LOAD_FORMATS,
-        f"load_format={c.load_format!r} is not supported; accepted: {', '.join(LOAD_FORMATS)}",
-    )
-    _require(c.max_logprobs >= 0, f"max_logprobs must be >= 0, got {c.max_logprobs}")
-    _require(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
-    _check_device(c.device)
-
-
-def _check_device(device: str) -> None:
-    accepted = "accepted: 'auto', 'cpu', 'cuda' or 'cuda:N'"
-    if device in ("auto", "cpu"):
-        return
-    _require(device.startswith("cuda"), f"device={device!r} is not supported; {accepted}")
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device={device!r} is not a valid device; {accepted}") from exc
-    _require(
-        torch.cuda.is_available(),
-        f"device={device!r} was asked for but no CUDA GPU is available; use device='cpu' or 'auto'",
-    )
-    _require(
-        parsed.index is None or parsed.index < torch.cuda.device_count(),
-        f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are present",
-    )
+        max_model_len = max_batched
+    return max_model_len, max_batched

@@ -14,6 +14,7 @@ import logging
 import torch
 
 from llmbatch.engine.block_manager import cdiv
+from llmbatch.engine.config import EngineConfig
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.models import CausalLM
 
@@ -70,16 +71,15 @@ class StepGraphs:
         model: CausalLM,
         sizes: list[int],
         kv_caches: list[torch.Tensor],
-        max_num_seqs: int,
-        max_model_len: int,
-        block_size: int,
+        config: EngineConfig,
         decode_only: bool,
         pool: tuple[int, int],
     ) -> None:
         device = kv_caches[0].device
+        max_model_len, block_size = config.max_model_len, config.block_size
         self.sizes = sizes
         self.decode_only = decode_only
-        self._max_num_seqs = max_num_seqs
+        self._max_num_seqs = config.max_num_seqs
         largest = sizes[-1]
         max_seqs = self._num_seqs(largest)
         self._input_ids = torch.zeros(largest, dtype=torch.int64, device=device)

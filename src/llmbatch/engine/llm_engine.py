@@ -11,28 +11,18 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from llmbatch.distributed.workers import load_sharded_model
+from llmbatch.engine.args import EngineArgs
 from llmbatch.engine.block_manager import BlockManager
-from llmbatch.engine.config import (
-    DTYPE_NAMES,
-    EngineConfig,
-    check_kv_cache_dtype_on,
-    default_max_num_seqs,
-    resolve_device,
-)
+from llmbatch.engine.config import EngineConfig, resolve_config
 from llmbatch.engine.detokenizer import IncrementalDetokenizer
+from llmbatch.engine.kv_cache import measure_num_blocks
 from llmbatch.engine.model_runner import LaunchedStep, ModelRunner
 from llmbatch.engine.multimodal import MultiModalInputs, RequestImages
-from llmbatch.engine.outputs import RequestOutput
+from llmbatch.engine.outputs import RequestOutput, RequestRejected
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.scheduler import Scheduler
-
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
-
-
-class RequestRejected(ValueError):
-    """A request the engine cannot run (bad prompt or parameters); other requests are unaffected."""
+from llmbatch.models import LoadedModel, load_model
 
 
 @dataclass(slots=True)
@@ -49,31 +39,35 @@ class EngineStats:
     step_seconds: float = 0.0
 
 
-class LLMEngine:
-    """Continuous-batching engine over one model: `add_request`, then `step` until
-    `has_unfinished()` is False; each step returns the requests that finished in it."""
+def load_model_for(config: EngineConfig) -> LoadedModel:
+    """The model `config` names, on its device and dtype (this rank's shard inside
+    ``sharded_over``)."""
+    return load_model(
+        config.model,
+        dtype=config.dtype,
+        device=config.device,
+        attention_backend=config.attention_backend,
+        trust_remote_code=config.trust_remote_code,
+        load_format=config.load_format,
+        seed=config.seed,
+    )
 
-    def __init__(self, config: EngineConfig) -> None:
-        device = resolve_device(config.device)
-        check_kv_cache_dtype_on(device, config.kv_cache_dtype)
-        if config.max_num_seqs is None:
-            config = dataclasses.replace(
-                config,
-                max_num_seqs=default_max_num_seqs(device, config.max_num_batched_tokens),
-            )
-        backend = config.attention_backend
-        if backend == "auto":
-            backend = "triton" if device.startswith("cuda") else "torch"
-        loaded, self._workers = load_sharded_model(
-            config,
-            dtype=DTYPE_NAMES.get(config.dtype, config.dtype),
-            device=device,
-            attention_backend=backend,
-            trust_remote_code=config.trust_remote_code,
-            revision=config.revision,
-            load_format=config.load_format,
-            seed=config.seed,
-        )
+
+class LLMEngine:
+    """Continuous-batching engine over one model in this process: `add_request`, then `step`
+    until `has_unfinished()` is False; each step returns the requests that finished in it.
+
+    Built from a final config (its KV cache measured) and the loaded model; `from_config` and
+    `from_engine_args` do both in this process. Engines of several processes (tensor- or
+    data-parallel) start through `llmbatch.runtime.start_engine`.
+    """
+
+    num_replicas = 1
+
+    def __init__(self, config: EngineConfig, loaded: LoadedModel) -> None:
+        if config.num_kv_blocks is None:
+            raise ValueError("the config's KV cache is not measured yet: use from_config")
+        self.config = config
         self.tokenizer: PreTrainedTokenizerBase | None = (
             AutoTokenizer.from_pretrained(
                 config.tokenizer,
@@ -84,72 +78,36 @@ class LLMEngine:
             else loaded.tokenizer
         )
         self.eos_token_ids: list[int] = list(loaded.eos_token_ids)
-        self.hf_config = loaded.hf_config
         self.vocab_size: int = loaded.model.vocab_size
-        max_model_len, max_batched = _resolve_lengths(config, loaded.model.max_positions)
-        self._runner = ModelRunner(
-            loaded.model, dataclasses.replace(config, device=device), loaded.dtype
-        )
-        num_blocks = (
-            self._runner.allocate_kv_cache(max_batched, max_model_len)
-            if self._workers is None
-            else self._workers.attach(self._runner, max_batched, max_model_len)
-        )
-        max_model_len = _fit_kv_cache(config, max_model_len, num_blocks * config.block_size)
-        self.config = dataclasses.replace(
-            config,
-            device=device,
-            attention_backend=backend,
-            max_model_len=max_model_len,
-            max_num_batched_tokens=max_batched,
-        )
-        self.max_model_len = max_model_len
-        # The triton backend never syncs with the host, so its steps can be captured.
-        eager = config.enforce_eager or self._workers is not None
-        if device.startswith("cuda") and backend == "triton" and not eager:
-            self._runner.capture_cuda_graphs(max_model_len, max_batched)
-        self.num_kv_blocks = num_blocks
+        self.max_model_len = config.max_model_len
+        self._runner = ModelRunner(loaded.model, config)
         self._block_manager = BlockManager(
-            num_blocks, config.block_size, config.enable_prefix_caching
+            config.num_kv_blocks, config.block_size, config.enable_prefix_caching
         )
-        self._scheduler = Scheduler(
-            self._block_manager,
-            max_batched,
-            config.max_num_seqs,
-            config.enable_chunked_prefill,
-            config.reserve_output_kv,
-        )
+        self._scheduler = Scheduler(config.scheduler, self._block_manager)
         self._requests: dict[str, Request] = {}
         self._stats = EngineStats()
-        self._async = (
-            config.async_scheduling
-            if config.async_scheduling is not None
-            else device.startswith("cuda")
-        )
         self._in_flight: LaunchedStep | None = None
-        self._processor: Any = None
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        """Loads the model in this process, measures the KV cache and builds the engine."""
+        if config.tensor_parallel_size > 1:
+            raise ValueError(
+                f"tensor_parallel_size={config.tensor_parallel_size} runs in several processes: "
+                "start it with llmbatch.runtime.start_engine (or use llmbatch.LLM)"
+            )
+        loaded = load_model_for(config)
+        return cls(config.with_kv_cache(measure_num_blocks(loaded.model, config)), loaded)
 
     @classmethod
     def from_engine_args(cls, **kwargs: Any) -> LLMEngine:
-        """Builds an engine from vLLM-named engine kwargs (`model=...` required)."""
-        return cls(EngineConfig.from_kwargs(**kwargs))
+        """Builds an engine in this process from vLLM-named engine kwargs (`model=...` required)."""
+        return cls.from_config(resolve_config(EngineArgs.from_kwargs(**kwargs)))
 
     @property
-    def processor(self) -> Any:
-        """The model's own multimodal processor (loaded on first use); a ValueError for models
-        that take no images."""
-        if self._processor is None:
-            if not hasattr(self._runner.model, "encode_images"):
-                raise ValueError(
-                    f"this model ({type(self._runner.model).__name__}) takes no images; use a "
-                    "vision-language model such as Qwen2.5-VL"
-                )
-            from llmbatch.models.processor import load_processor
-
-            self._processor = load_processor(
-                self.config.model, trust_remote_code=self.config.trust_remote_code
-            )
-        return self._processor
+    def num_kv_blocks(self) -> int:
+        return self.config.num_kv_blocks
 
     @property
     def stats(self) -> EngineStats:
@@ -169,6 +127,22 @@ class LLMEngine:
         `multi_modal` holds the request's images, processed with the model's processor
         (`llmbatch.engine.multimodal.process_images`, which also expands the prompt's image
         placeholders)."""
+        try:
+            request = self._build_request(request_id, prompt, params, multi_modal)
+        except RequestRejected as exc:
+            exc.request_id = request_id
+            raise
+        self._requests[request_id] = request
+        self._scheduler.add(request)
+        self._stats.num_requests += 1
+
+    def _build_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        multi_modal: MultiModalInputs | None,
+    ) -> Request:
         if not isinstance(request_id, str):
             raise RequestRejected(f"request_id must be a str, got {type(request_id).__name__}")
         if request_id in self._requests:
@@ -188,7 +162,7 @@ class LLMEngine:
             token_ids = token_ids[-params.truncate_prompt_tokens :]
         self._check_request(token_ids, params)
         images = self._request_images(token_ids, multi_modal)
-        request = Request(
+        return Request(
             request_id=request_id,
             prompt=prompt if isinstance(prompt, str) else None,
             token_ids=token_ids,
@@ -203,9 +177,6 @@ class LLMEngine:
             ),
             images=images,
         )
-        self._requests[request_id] = request
-        self._scheduler.add(request)
-        self._stats.num_requests += 1
 
     def step(self) -> list[RequestOutput]:
         """Runs one scheduler step; returns the requests that finished in it.
@@ -215,7 +186,7 @@ class LLMEngine:
         """
         previous, self._in_flight = self._in_flight, None
         finished: list[RequestOutput] = []
-        if previous is not None and (not self._async or previous.needs_history):
+        if previous is not None and (not self.config.async_scheduling or previous.needs_history):
             finished += self._resolve(previous)
             previous = None
         if not self._scheduler.has_unfinished():
@@ -236,7 +207,7 @@ class LLMEngine:
             raise RuntimeError("the scheduler found no work although requests are waiting")
         if previous is not None:
             finished += self._resolve(previous)
-        if not self._async and self._in_flight is not None:
+        if not self.config.async_scheduling and self._in_flight is not None:
             finished += self._resolve(self._in_flight)
             self._in_flight = None
         self._stats.step_seconds += time.perf_counter() - start
@@ -263,8 +234,6 @@ class LLMEngine:
         self._scheduler.waiting.clear()
         self._scheduler.running.clear()
         self._runner.close()
-        if self._workers is not None:
-            self._workers.close()
 
     def __enter__(self) -> LLMEngine:
         return self
@@ -340,7 +309,7 @@ class LLMEngine:
                 f"this model ({type(model).__name__}) takes no images; use a vision-language "
                 "model such as Qwen2.5-VL"
             )
-        if self._workers is not None:
+        if self.config.tensor_parallel_size > 1:
             raise RequestRejected(
                 "images need tensor_parallel_size=1 (scale vision jobs with data-parallel "
                 "replicas: concurrency=N)"
@@ -356,40 +325,3 @@ class LLMEngine:
         if params.seed is None or params.is_greedy or self._runner.sampler.gumbel_race:
             return None
         return torch.Generator(device=self._runner.device).manual_seed(params.seed)
-
-
-def _resolve_lengths(config: EngineConfig, model_max_len: int) -> tuple[int, int]:
-    """max_model_len (before the KV cache cap) and max_num_batched_tokens."""
-    max_model_len = config.max_model_len or model_max_len
-    if max_model_len > model_max_len:
-        raise ValueError(
-            f"max_model_len={max_model_len} exceeds the {model_max_len} positions the model "
-            "supports; lower max_model_len"
-        )
-    max_batched = config.max_num_batched_tokens
-    if max_batched is None:
-        max_batched = max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
-        if not config.enable_chunked_prefill:
-            max_batched = max(max_batched, max_model_len)
-    if not config.enable_chunked_prefill and max_batched < max_model_len:
-        if config.max_model_len is not None:
-            raise ValueError(
-                f"max_num_batched_tokens={max_batched} is smaller than max_model_len="
-                f"{max_model_len}: without chunked prefill a whole prompt must fit one step; "
-                "raise max_num_batched_tokens, lower max_model_len or enable_chunked_prefill"
-            )
-        max_model_len = max_batched
-    return max_model_len, max_batched
-
-
-def _fit_kv_cache(config: EngineConfig, max_model_len: int, kv_capacity: int) -> int:
-    """Caps a default max_model_len at what the KV cache holds; an explicit one must fit."""
-    if max_model_len <= kv_capacity:
-        return max_model_len
-    if config.max_model_len is None:
-        return kv_capacity
-    raise ValueError(
-        f"the KV cache holds {kv_capacity} tokens, fewer than one request of max_model_len="
-        f"{max_model_len}; raise kv_cache_memory_bytes or gpu_memory_utilization (or "
-        "num_gpu_blocks_override), or lower max_model_len"
-    )

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import gc
 import itertools
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from llmbatch.engine.block_manager import cdiv
-from llmbatch.engine.config import EngineConfig, default_cpu_kv_cache_bytes, kv_cache_torch_dtype
+from llmbatch.engine.config import EngineConfig
 from llmbatch.engine.cuda_graphs import StepGraphs, capture_sizes, prompt_capture_sizes
+from llmbatch.engine.kv_cache import allocate_kv_cache
 from llmbatch.engine.multimodal import ImageChunk, mrope_step_positions
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampler import Sampler
@@ -20,7 +20,6 @@ from llmbatch.engine.scheduler import ScheduledBatch
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.models import CausalLM
 
-logger = logging.getLogger(__name__)
 _NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32}
 
 
@@ -48,90 +47,58 @@ class LaunchedStep:
     step may not be launched before this one's tokens are known."""
 
 
-def kv_cache_bytes_per_block(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
-    element_size = torch.empty((), dtype=dtype).element_size()
-    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * element_size
+@dataclass(slots=True, frozen=True)
+class StepInputs:
+    """A step's flat inputs on the device, and which rows of its output are sampled."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    sample_rows: torch.Tensor | None
+    """Hidden rows to sample from (None: every row, as in a decode-only step)."""
+    sampling: list[Request]
+    """The requests that sample this step (those whose prompt is now complete), in row order."""
+    image_chunks: list[ImageChunk]
+    """Where image encodings replace token embeddings."""
 
 
 class ModelRunner:
     """Owns the model's KV cache and turns each ScheduledBatch into sampled tokens."""
 
-    def __init__(self, model: CausalLM, config: EngineConfig, dtype: torch.dtype) -> None:
+    def __init__(self, model: CausalLM, config: EngineConfig) -> None:
+        """Allocates the KV cache of ``config.num_kv_blocks`` blocks and, with
+        ``config.cuda_graphs``, captures the step graphs."""
         self.model = model
         self.config = config
         self.device = config.torch_device
-        self.dtype = dtype
-        self.kv_cache_dtype = kv_cache_torch_dtype(config.kv_cache_dtype, dtype)
-        self.block_size = config.block_size
         self.sampler = Sampler(self.device, config.seed, to_device=self._sampler_to_device)
-        self.kv_caches: list[torch.Tensor] = []
-        self.num_blocks = 0
+        self.kv_caches = allocate_kv_cache(model, config)
         self._decode_graphs: StepGraphs | None = None
         self._prompt_graphs: StepGraphs | None = None
         # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
         # copies of step N may still be reading theirs.
         self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 5, [None] * 5]
         self._parity = 0
+        if config.cuda_graphs:
+            self._capture_cuda_graphs()
 
-    def allocate_kv_cache(self, max_num_batched_tokens: int, max_model_len: int) -> int:
-        """Sizes and allocates the KV cache; returns its number of blocks."""
-        bytes_per_block = kv_cache_bytes_per_block(self.model, self.block_size, self.kv_cache_dtype)
-        if self.config.num_gpu_blocks_override is not None:
-            num_blocks = self.config.num_gpu_blocks_override
-        else:
-            budget = self.config.kv_cache_memory_bytes
-            if budget is None:
-                budget = (
-                    self._profile_free_gpu_memory(max_num_batched_tokens, max_model_len)
-                    if self.device.type == "cuda"
-                    else default_cpu_kv_cache_bytes()
-                )
-            num_blocks = budget // bytes_per_block
-        # every tensor-parallel rank indexes the same block ids into its own shard of the cache
-        num_blocks = self.model.tensor_parallel.min_over_ranks(num_blocks, self.device)
-        if num_blocks < 1:
-            raise ValueError(
-                f"no memory is left for the KV cache (one block of {self.block_size} tokens needs "
-                f"{bytes_per_block} bytes); raise gpu_memory_utilization or kv_cache_memory_bytes, "
-                "or use a smaller model"
-            )
-        # One allocation, zeroed: attention may read (and mask out) padding slots, which must
-        # hold finite values.
-        storage = torch.zeros(
-            (self.model.num_layers, 2, num_blocks, self.block_size)
-            + (self.model.num_kv_heads, self.model.head_dim),
-            dtype=self.kv_cache_dtype,
-            device=self.device,
-        )
-        self.kv_caches = list(storage.unbind(0))
-        self.num_blocks = num_blocks
-        logger.info(
-            "KV cache: %d blocks of %d tokens in %s (%.2f GiB)",
-            num_blocks,
-            self.block_size,
-            str(self.kv_cache_dtype).removeprefix("torch."),
-            num_blocks * bytes_per_block / 2**30,
-        )
-        return num_blocks
-
-    def capture_cuda_graphs(self, max_model_len: int, max_num_batched_tokens: int) -> None:
-        """Captures CUDA graphs for decode-only steps and, up to `cuda_graph_max_tokens` tokens,
-        for steps with prompt tokens (the attention backend must allow capture)."""
-        max_num_seqs = self.config.max_num_seqs
-        shape = (self.kv_caches, max_num_seqs, max_model_len, self.block_size)
+    def _capture_cuda_graphs(self) -> None:
+        """CUDA graphs for decode-only steps and, up to `cuda_graph_max_tokens` tokens, for
+        steps with prompt tokens (the attention backend must allow capture)."""
+        config = self.config
         pool = torch.cuda.graph_pool_handle()
         prompt_sizes = prompt_capture_sizes(
-            min(self.config.cuda_graph_max_tokens, max_num_batched_tokens)
+            min(config.cuda_graph_max_tokens, config.max_num_batched_tokens)
         )
         # prompt graphs first: the largest activations, whose pool the others reuse
         if prompt_sizes and not self.model.uses_mrope:
-            self._prompt_graphs = StepGraphs(self.model, prompt_sizes, *shape, False, pool)
-        decode_sizes = capture_sizes(max_num_seqs)
-        self._decode_graphs = StepGraphs(self.model, decode_sizes, *shape, True, pool)
-
-    def execute(self, batch: ScheduledBatch) -> StepResult:
-        """Runs one step to completion."""
-        return self.resolve(self.launch(batch, None))
+            self._prompt_graphs = StepGraphs(
+                self.model, prompt_sizes, self.kv_caches, config, False, pool
+            )
+        decode_sizes = capture_sizes(config.max_num_seqs)
+        self._decode_graphs = StepGraphs(
+            self.model, decode_sizes, self.kv_caches, config, True, pool
+        )
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None) -> LaunchedStep:
@@ -139,11 +106,12 @@ class ModelRunner:
         tokens (sampled by `previous`, not yet known on the host) are read from its device rows."""
         self._parity ^= 1
         inputs = self._prepare_inputs(batch, previous)
-        input_ids, positions, meta, sample_rows, sampling, image_chunks = inputs
-        hidden = self._forward(input_ids, positions, meta, image_chunks)
+        hidden = self._forward(inputs)
+        sampling = inputs.sampling
         if not sampling:
             return LaunchedStep([], None, None, [], None, False)
-        logits = self.model.compute_logits(hidden if sample_rows is None else hidden[sample_rows])
+        rows = inputs.sample_rows
+        logits = self.model.compute_logits(hidden if rows is None else hidden[rows])
         sampled = self.sampler(logits, sampling)
         needs_history = any(r.params.needs_penalties for r in sampling)
         if self.device.type != "cuda":
@@ -156,20 +124,15 @@ class ModelRunner:
         done.record()
         return LaunchedStep(sampling, sampled.sampled, host, sampled.logprobs, done, needs_history)
 
-    def _forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        meta: AttentionMetadata,
-        image_chunks: list[ImageChunk],
-    ) -> torch.Tensor:
-        if image_chunks:
-            embeds = self._embed_with_images(input_ids, image_chunks)
-            return self.model(input_ids, positions, self.kv_caches, meta, inputs_embeds=embeds)
+    def _forward(self, inputs: StepInputs) -> torch.Tensor:
+        ids, positions, meta = inputs.input_ids, inputs.positions, inputs.meta
+        if inputs.image_chunks:
+            embeds = self._embed_with_images(ids, inputs.image_chunks)
+            return self.model(ids, positions, self.kv_caches, meta, inputs_embeds=embeds)
         for graphs in (self._decode_graphs, self._prompt_graphs):
             if graphs is not None and graphs.covers(meta):
-                return graphs.run(input_ids, positions, meta)
-        return self.model(input_ids, positions, self.kv_caches, meta)
+                return graphs.run(ids, positions, meta)
+        return self.model(ids, positions, self.kv_caches, meta)
 
     def resolve(self, step: LaunchedStep) -> StepResult:
         """Waits for a launched step and returns its sampled tokens."""
@@ -209,22 +172,11 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _prepare_inputs(
-        self, batch: ScheduledBatch, previous: LaunchedStep | None
-    ) -> tuple[
-        torch.Tensor,
-        torch.Tensor,
-        AttentionMetadata,
-        torch.Tensor | None,
-        list[Request],
-        list[ImageChunk],
-    ]:
-        """Flat inputs of the step, the hidden rows to sample from (None: every row, as in a
-        decode-only step), the requests that sample (those whose prompt is now complete) and
-        where image encodings replace token embeddings."""
+    def _prepare_inputs(self, batch: ScheduledBatch, previous: LaunchedStep | None) -> StepInputs:
+        """The step's inputs, built on the host and copied to the device in two transfers."""
         requests = batch.requests
         num_seqs = len(requests)
-        block_size = self.block_size
+        block_size = self.config.block_size
         context_list = [r.num_computed_tokens for r in requests]
         query_lens = np.array(batch.num_new_tokens, dtype=np.int64)
         context_lens = np.array(context_list, dtype=np.int64)
@@ -315,8 +267,14 @@ class ModelRunner:
             query_lens_cpu=batch.num_new_tokens,
             seq_lens_cpu=seq_lens.tolist(),
         )
-        sample_rows_t = rows_t if num_sample_rows else None
-        return ids_t, positions_t, meta, sample_rows_t, sampling, image_chunks
+        return StepInputs(
+            input_ids=ids_t,
+            positions=positions_t,
+            meta=meta,
+            sample_rows=rows_t if num_sample_rows else None,
+            sampling=sampling,
+            image_chunks=image_chunks,
+        )
 
     def _to_device(self, parts: list[np.ndarray], dtype: torch.dtype, slot: int) -> torch.Tensor:
         """The parts laid end to end on the device, through one reused (pinned) host buffer and
@@ -345,68 +303,3 @@ class ModelRunner:
             buffer = torch.empty(max(size, 1 << 16), dtype=dtype, pin_memory=True)
             buffers[slot] = buffer
         return buffer[:size]
-
-    def _profile_free_gpu_memory(self, max_num_batched_tokens: int, max_model_len: int) -> int:
-        """Bytes left for the KV cache under gpu_memory_utilization, after a forward pass of a
-        full token budget (plus the logits and sampler sort of a full batch) shows the peak
-        activation memory."""
-        seq_len = min(max_model_len, max_num_batched_tokens)
-        num_seqs = max(1, min(self.config.max_num_seqs, max_num_batched_tokens // seq_len))
-        num_tokens = num_seqs * seq_len
-        scratch_cache = [
-            torch.zeros(
-                (2, 1, self.block_size, self.model.num_kv_heads, self.model.head_dim),
-                dtype=self.kv_cache_dtype,
-                device=self.device,
-            )
-            for _ in range(self.model.num_layers)
-        ]
-        seq_lens = torch.full((num_seqs,), seq_len, dtype=torch.int32, device=self.device)
-        meta = AttentionMetadata(
-            num_seqs=num_seqs,
-            num_tokens=num_tokens,
-            query_start_loc=torch.arange(
-                0, num_tokens + 1, seq_len, dtype=torch.int32, device=self.device
-            ),
-            seq_lens=seq_lens,
-            block_tables=torch.zeros(
-                (num_seqs, cdiv(seq_len, self.block_size)), dtype=torch.int32, device=self.device
-            ),
-            # -1: the scratch cache holds one block; nothing is written to it.
-            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64, device=self.device),
-            max_query_len=seq_len,
-            max_seq_len=seq_len,
-            query_lens_cpu=[seq_len] * num_seqs,
-            seq_lens_cpu=[seq_len] * num_seqs,
-        )
-        generator = torch.Generator(device=self.device).manual_seed(0)
-        input_ids = torch.randint(
-            0, self.model.vocab_size, (num_tokens,), device=self.device, generator=generator
-        )
-        positions = torch.arange(seq_len, device=self.device).repeat(num_seqs)
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        baseline = torch.cuda.memory_allocated(self.device)
-        with torch.inference_mode():
-            hidden = self.model(input_ids, positions, scratch_cache, meta)
-            rows = min(self.config.max_num_seqs, num_tokens)
-            logits = self.model.compute_logits(hidden[:rows])
-            logits.sort(dim=-1)
-        torch.cuda.synchronize(self.device)
-        activation_peak = torch.cuda.max_memory_allocated(self.device) - baseline
-        del hidden, logits, scratch_cache
-        gc.collect()
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info(self.device)
-        available = (
-            int(total * self.config.gpu_memory_utilization) - (total - free) - activation_peak
-        )
-        logger.info(
-            "GPU memory: %.2f GiB total, %.2f GiB in use, %.2f GiB activation peak, "
-            "%.2f GiB for the KV cache",
-            total / 2**30,
-            (total - free) / 2**30,
-            activation_peak / 2**30,
-            max(available, 0) / 2**30,
-        )
-        return max(available, 0)

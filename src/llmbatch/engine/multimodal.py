@@ -28,6 +28,31 @@ class MultiModalInputs:
     def num_images(self) -> int:
         return len(self.image_hashes)
 
+    def to_record(self) -> dict[str, Any]:
+        """The images as plain bytes and lists: what an Arrow column holds, and what goes to a
+        replica process (tensors would each hold a shared-memory file descriptor there)."""
+        pixels = self.pixel_values.contiguous()
+        return {
+            "pixel_values": pixels.view(torch.uint8).numpy().tobytes(),
+            "pixel_shape": list(pixels.shape),
+            "pixel_dtype": str(pixels.dtype).removeprefix("torch."),
+            "image_grid_thw": self.image_grid_thw.tolist(),
+            "image_hashes": list(self.image_hashes),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any] | None) -> MultiModalInputs | None:
+        """The images `to_record` gave (or a row of such an Arrow column); None stays None."""
+        if record is None:
+            return None
+        raw = torch.frombuffer(bytearray(record["pixel_values"]), dtype=torch.uint8)
+        pixels = raw.view(getattr(torch, record["pixel_dtype"])).reshape(record["pixel_shape"])
+        return cls(
+            pixel_values=pixels,
+            image_grid_thw=torch.tensor(record["image_grid_thw"], dtype=torch.int64),
+            image_hashes=list(record["image_hashes"]),
+        )
+
 
 def image_hash(image: Any) -> int:
     """A stable 64-bit hash of a PIL image's mode, size and pixels."""

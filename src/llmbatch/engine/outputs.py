@@ -8,6 +8,20 @@ from typing import Literal
 FinishReason = Literal["stop", "length"]
 
 
+class RequestRejected(ValueError):
+    """A request an engine cannot run (bad prompt, parameters or images); other requests are
+    unaffected. Raised by ``add_request``, or returned by ``step`` from engines that check a
+    request after taking it (data-parallel replicas)."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        # keeps request_id when a replica process sends the rejection back
+        return type(self), (str(self), self.request_id)
+
+
 @dataclass(slots=True)
 class CompletionOutput:
     """One generated sequence (vLLM's shape: `request_output.outputs[0]`)."""

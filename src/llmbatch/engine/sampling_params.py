@@ -67,10 +67,6 @@ class SamplingParams:
         return self.temperature < GREEDY_TEMPERATURE
 
     @property
-    def top_k_enabled(self) -> bool:
-        return self.top_k > 0
-
-    @property
     def needs_penalties(self) -> bool:
         return (
             self.presence_penalty != 0.0

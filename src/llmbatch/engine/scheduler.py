@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from llmbatch.engine.block_manager import BlockManager, cdiv
+from llmbatch.engine.config import SchedulerConfig
 from llmbatch.engine.request import Request, RequestStatus
 
 
@@ -41,19 +42,12 @@ class Scheduler:
     later (mostly from the prefix cache).
     """
 
-    def __init__(
-        self,
-        block_manager: BlockManager,
-        max_num_batched_tokens: int,
-        max_num_seqs: int,
-        enable_chunked_prefill: bool,
-        reserve_output_kv: bool = True,
-    ) -> None:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
         self.block_manager = block_manager
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_num_seqs = max_num_seqs
-        self.enable_chunked_prefill = enable_chunked_prefill
-        self.reserve_output_kv = reserve_output_kv
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.max_num_seqs = config.max_num_seqs
+        self.enable_chunked_prefill = config.enable_chunked_prefill
+        self.reserve_output_kv = config.reserve_output_kv
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         # outputs of finished requests that could stop early: generated and allowed tokens

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmbatch.distributed.group import TensorParallel
+from llmbatch.layers.tensor_parallel import TensorParallel
 
 
 def cdiv(a: int, b: int) -> int:

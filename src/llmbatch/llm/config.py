@@ -6,9 +6,6 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# Fields that exist for Ray Data LLM compatibility and have no effect in one process.
-SINGLE_HOST_FIELDS = ("accelerator_type", "runtime_env")
-
 _TYPES: dict[str, tuple[type, ...]] = {
     "model_source": (str, os.PathLike),
     "engine_kwargs": (dict,),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from llmbatch.engine.outputs import RequestOutput, RequestRejected
 from llmbatch.llm.columns import (
     ERROR,
     GENERATION_TYPES,
@@ -28,16 +29,13 @@ from llmbatch.llm.columns import (
     format_error,
     set_column,
 )
-from llmbatch.llm.image_columns import multi_modal_from_record
 from llmbatch.llm.prefetch import Prefetcher
-from llmbatch.llm.replicas import RejectedRequest
 from llmbatch.llm.summary import RunStats
 
 if TYPE_CHECKING:
-    from llmbatch.engine.llm_engine import LLMEngine
     from llmbatch.engine.multimodal import MultiModalInputs
-    from llmbatch.engine.outputs import RequestOutput
     from llmbatch.engine.sampling_params import SamplingParams
+    from llmbatch.runtime.client import EngineClient
 
 _run_ids = itertools.count()
 
@@ -89,7 +87,7 @@ class EngineStage:
 
     def __init__(
         self,
-        acquire: Callable[[Callable[[], None]], LLMEngine],
+        acquire: Callable[[Callable[[], None]], EngineClient],
         release: Callable[[Callable[[], None]], None],
         current_stats: Callable[[], RunStats],
         batch_size: int,
@@ -119,10 +117,9 @@ class _Run:
         self.stats = stage.current_stats()
         self.superseded = False
         self.engine = stage.acquire(self.supersede)
-        # An in-process LLMEngine is one replica; a ReplicatedEngine says how many it runs.
-        replicas = getattr(self.engine, "num_replicas", 1)
         self.max_pending = (
-            stage.max_pending_requests or 2 * self.engine.config.max_num_seqs * replicas
+            stage.max_pending_requests
+            or 2 * self.engine.config.max_num_seqs * self.engine.num_replicas
         )
         self.prefix = f"r{next(_run_ids)}-"
         self.counter = itertools.count()
@@ -152,6 +149,8 @@ class _Run:
 
     def prepare(self, blocks: Iterator[pa.Table]) -> Iterator[tuple[pa.Table, list[_Slot]]]:
         """Runs in the prefetch thread: each table's rows as requests, with their params parsed."""
+        from llmbatch.engine.multimodal import MultiModalInputs
+
         for block in blocks:
             table = as_table(block)
             errors = errors_of(table)
@@ -164,7 +163,7 @@ class _Run:
                 slot = _Slot(request_id=f"{self.prefix}{next(self.counter)}", error=errors[i])
                 if slot.error is None:
                     slot.prompt = token_ids[i] if token_ids[i] is not None else prompts[i]
-                    slot.multi_modal = multi_modal_from_record(multi_modal[i])
+                    slot.multi_modal = MultiModalInputs.from_record(multi_modal[i])
                     try:
                         slot.params = sampling_params_of(params[i])
                     except (TypeError, ValueError) as exc:
@@ -221,14 +220,14 @@ class _Run:
         slot.submitted_at = time.perf_counter()
         self.in_flight[slot.request_id] = slot
 
-    def collect(self, outputs: list[RequestOutput | RejectedRequest]) -> None:
+    def collect(self, outputs: list[RequestOutput | RequestRejected]) -> None:
         now = time.perf_counter()
         for output in outputs:
             slot = self.in_flight.pop(output.request_id, None)
             if slot is None:
                 continue
-            if isinstance(output, RejectedRequest):
-                slot.error = format_error(self.stage.name, output.error)
+            if isinstance(output, RequestRejected):
+                slot.error = format_error(self.stage.name, output)
                 continue
             slot.output = output
             slot.seconds = now - slot.submitted_at

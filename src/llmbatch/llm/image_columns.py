@@ -53,38 +53,4 @@ def images_from_arrow(value: list[dict[str, Any]] | None) -> list[Image.Image]:
 
 def multi_modal_to_arrow(rows: list[MultiModalInputs | None]) -> pa.Array:
     """Each row's processed images (None for a row without images) as one column."""
-    return pa.array(
-        [None if mm is None else multi_modal_record(mm) for mm in rows], type=MULTI_MODAL_TYPE
-    )
-
-
-def multi_modal_record(mm: MultiModalInputs) -> dict[str, Any]:
-    """Processed images as plain bytes and lists: what the Arrow column holds, and what goes to
-    a replica process (tensors would each hold a shared-memory file descriptor there)."""
-    import torch
-
-    pixels = mm.pixel_values.contiguous()
-    return {
-        "pixel_values": pixels.view(torch.uint8).numpy().tobytes(),
-        "pixel_shape": list(pixels.shape),
-        "pixel_dtype": str(pixels.dtype).removeprefix("torch."),
-        "image_grid_thw": mm.image_grid_thw.tolist(),
-        "image_hashes": list(mm.image_hashes),
-    }
-
-
-def multi_modal_from_record(record: dict[str, Any] | None) -> MultiModalInputs | None:
-    """Processed images from `multi_modal_record` (or a row of the Arrow column); None stays."""
-    if record is None:
-        return None
-    import torch
-
-    from llmbatch.engine.multimodal import MultiModalInputs
-
-    raw = torch.frombuffer(bytearray(record["pixel_values"]), dtype=torch.uint8)
-    pixels = raw.view(getattr(torch, record["pixel_dtype"])).reshape(record["pixel_shape"])
-    return MultiModalInputs(
-        pixel_values=pixels,
-        image_grid_thw=torch.tensor(record["image_grid_thw"], dtype=torch.int64),
-        image_hashes=list(record["image_hashes"]),
-    )
+    return pa.array([None if mm is None else mm.to_record() for mm in rows], type=MULTI_MODAL_TYPE)

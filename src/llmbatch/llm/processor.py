@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmbatch.data.checkpoint import ResumableJob, crash_point, resumable
+from llmbatch.data.checkpoint import crash_point
+from llmbatch.data.dataset import Dataset, resumable
 from llmbatch.data.identity import code_identity, digest, value_identity
-from llmbatch.integrations.ray import is_ray_dataset, process_ray_dataset
+from llmbatch.integrations.ray import is_ray_dataset
 from llmbatch.llm.config import LLMProcessorConfig
-from llmbatch.llm.engine_stage import EngineStage
-from llmbatch.llm.replicas import start_engine
+from llmbatch.llm.engine_holder import EngineHolder
+from llmbatch.llm.ray_stages import process_ray_dataset
+from llmbatch.llm.stages import Stage, build_stages, run_stages
 from llmbatch.llm.summary import RunStats, RunSummary
-from llmbatch.llm.tokenizer_stages import ChatTemplateStage, DetokenizeStage, TokenizeStage
-from llmbatch.llm.user_stages import OutputStage, PreprocessStage, RowFn
+from llmbatch.llm.user_stages import RowFn
 
 if TYPE_CHECKING:
-    from llmbatch.data import Dataset
-    from llmbatch.engine.llm_engine import LLMEngine
+    from llmbatch.engine.args import EngineArgs
+    from llmbatch.runtime.client import EngineClient
 
 logger = logging.getLogger("llmbatch")
-
-# Rows with images in the engine at once by default: each holds its pixels on the host until its
-# prompt is encoded (about 7 MB a COCO-sized picture for Qwen2.5-VL), so the default of twice
-# max_num_seqs would hold gigabytes.
-IMAGE_PENDING_REQUESTS = 256
-
-
-class ModelLoadError(ValueError):
-    """The model could not be loaded; raised before any row is read by a resumable write."""
 
 
 def model_identity(model_source: str) -> list[Any]:
@@ -44,76 +33,12 @@ def model_identity(model_source: str) -> list[Any]:
     return [model_source, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
 
 
-def engine_args(config: LLMProcessorConfig) -> dict[str, Any]:
-    """The engine kwargs with the model, checked now so a typo fails before any row is read."""
-    from llmbatch.engine.config import EngineConfig
+def engine_args_of(config: LLMProcessorConfig) -> EngineArgs:
+    """The config's engine arguments with its model, checked now so that a typo fails before
+    any row is read."""
+    from llmbatch.engine.args import EngineArgs
 
-    kwargs = {**config.engine_kwargs, "model": config.model_source}
-    EngineConfig.from_kwargs(**kwargs)
-    return kwargs
-
-
-class _EngineHolder:
-    """Loads the engine on first use and lends it to one run at a time; closes it when a run
-    ends unless `keep_loaded` is set."""
-
-    def __init__(self, config: LLMProcessorConfig, current_stats: Callable[[], RunStats]) -> None:
-        self._config = config
-        self._current_stats = current_stats
-        self._engine: LLMEngine | None = None
-        self._processor: Any = None
-        self._lock = threading.Lock()
-        self._processor_lock = threading.Lock()
-        self._supersede_current: Callable[[], None] | None = None
-        self.keep_loaded = False
-
-    def load(self) -> LLMEngine:
-        """The engine; loading it counts as the current run's start-up time. With has_image the
-        model's processor is loaded first, so a model without images fails before its engine
-        loads."""
-        if self._config.has_image:
-            self.processor()
-        with self._lock:
-            if self._engine is None:
-                started = time.perf_counter()
-                self._engine = start_engine(engine_args(self._config), self._config.concurrency)
-                self._current_stats().engine_startup_s += time.perf_counter() - started
-            return self._engine
-
-    def tokenizer(self) -> Any:
-        return self.load().tokenizer
-
-    def processor(self) -> Any:
-        """The model's processor (image processor, tokenizer and chat template)."""
-        with self._processor_lock:
-            if self._processor is None:
-                self._processor = image_processor_of(self._config)
-            return self._processor
-
-    def acquire(self, supersede: Callable[[], None]) -> LLMEngine:
-        """The engine for a new run; a run still holding it is told to stop (`supersede`)."""
-        engine = self.load()
-        if self._supersede_current is not None:
-            self._supersede_current()
-        self._supersede_current = supersede
-        return engine
-
-    def release(self, supersede: Callable[[], None]) -> None:
-        """A run is over: it no longer needs stopping when the next one starts, and the engine
-        is closed unless it is kept loaded."""
-        if self._supersede_current == supersede:
-            self._supersede_current = None
-            if not self.keep_loaded:
-                self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._supersede_current is not None:
-                self._supersede_current()
-                self._supersede_current = None
-            if self._engine is not None:
-                self._engine.close()
-                self._engine = None
+    return EngineArgs.from_kwargs(**config.engine_kwargs, model=config.model_source)
 
 
 class Processor:
@@ -141,11 +66,13 @@ class Processor:
         for name, fn in (("preprocess", preprocess), ("postprocess", postprocess)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be a function of one row (dict), got {fn!r}")
-        engine_args(config)
         self.config = config
+        self.engine_args = engine_args_of(config)
         self.preprocess = preprocess
         self.postprocess = postprocess
-        self._engine = _EngineHolder(config, self._current_stats)
+        self._engine = EngineHolder(
+            self.engine_args, config.concurrency, config.has_image, self._current_stats
+        )
         self._stats: RunStats | None = None
         _warn_single_host_fields(config)
 
@@ -154,53 +81,32 @@ class Processor:
 
         A Ray Dataset gives a Ray Dataset, whose engine replicas are Ray actors."""
         if is_ray_dataset(dataset):
-            return process_ray_dataset(self, dataset)
-        _check_dataset(dataset)
-        config = self.config
-        holder = self._engine
-        has_image = config.has_image
-        stages: list[Any] = [
-            PreprocessStage(self.preprocess, config.batch_size, has_image),
-            ChatTemplateStage(
-                holder.processor if has_image else holder.tokenizer,
-                config.apply_chat_template,
-                config.chat_template,
-                has_image,
-            ),
-        ]
-        if config.tokenize:
-            stages.append(
-                TokenizeStage(
-                    holder.tokenizer,
-                    config.apply_chat_template,
-                    holder.processor if has_image else None,
-                )
+            return process_ray_dataset(
+                self.config, self.engine_args, self.preprocess, self.postprocess, dataset
             )
-        stages.append(
-            EngineStage(
-                acquire=holder.acquire,
-                release=holder.release,
-                current_stats=self._current_stats,
-                batch_size=config.batch_size,
-                max_pending_requests=config.max_pending_requests
-                or (IMAGE_PENDING_REQUESTS if has_image else None),
-                max_concurrent_batches=config.max_concurrent_batches,
+        if not isinstance(dataset, Dataset):
+            raise TypeError(
+                f"a processor takes an llmbatch.data.Dataset, got {type(dataset).__name__}; "
+                "wrap rows with llmbatch.data.from_items, from_pandas or from_arrow"
             )
-        )
-        if config.detokenize:
-            stages.append(DetokenizeStage(holder.tokenizer))
-        stages.append(OutputStage(self.postprocess, self._start_run, config.max_error_rate))
-        source = dataset
+        stages = self._stages()
+        output = dataset
         for stage in stages:
-            dataset = dataset.transform(stage, stage.name)
-        return resumable(dataset, ResumableJob(source, self, self._identity, self._prepare))
+            output = output.transform(stage, stage.name)
+        return resumable(
+            output,
+            dataset,
+            lambda blocks: run_stages(stages, blocks),
+            self._identity,
+            self._prepare,
+        )
 
     def summary(self) -> RunSummary | None:
         """The latest run's summary (live while it runs); None before any run."""
         return self._stats.summary() if self._stats is not None else None
 
     @property
-    def engine(self) -> LLMEngine:
+    def engine(self) -> EngineClient:
         """The engine, loaded now if it is not loaded (the end of a run closes it unless the
         processor is open as a context manager)."""
         return self._engine.load()
@@ -216,6 +122,16 @@ class Processor:
     def __exit__(self, *exc_info: object) -> None:
         self._engine.keep_loaded = False
         self.close()
+
+    def _stages(self) -> list[Stage]:
+        return build_stages(
+            self.config,
+            self.preprocess,
+            self.postprocess,
+            self._engine,
+            self._start_run,
+            self._current_stats,
+        )
 
     def _identity(self) -> str:
         """What decides this processor's output, for resumable writes."""
@@ -251,34 +167,6 @@ def build_llm_processor(
     error row (its ``error`` column says why) and the run goes on.
     """
     return Processor(config, preprocess=preprocess, postprocess=postprocess)
-
-
-def image_processor_of(config: LLMProcessorConfig) -> Any:
-    """The processor of `config`'s model (``AutoProcessor``); a ValueError when it has no image
-    processor."""
-    from llmbatch.models.processor import load_processor
-    from llmbatch.models.source import resolve_model_folder
-
-    kwargs = config.engine_kwargs
-    folder = resolve_model_folder(config.model_source, kwargs.get("revision"), with_weights=False)
-    processor = load_processor(folder, trust_remote_code=bool(kwargs.get("trust_remote_code")))
-    if getattr(processor, "image_processor", None) is None:
-        raise ValueError(
-            f"has_image=True, but the model {config.model_source!r} has no image processor "
-            f"(its AutoProcessor is a {type(processor).__name__}): use a vision-language model "
-            "such as Qwen/Qwen2.5-VL-3B-Instruct, or set has_image=False for text-only rows"
-        )
-    return processor
-
-
-def _check_dataset(dataset: object) -> None:
-    from llmbatch.data import Dataset
-
-    if not isinstance(dataset, Dataset):
-        raise TypeError(
-            f"a processor takes an llmbatch.data.Dataset, got {type(dataset).__name__}; "
-            "wrap rows with llmbatch.data.from_items, from_pandas or from_arrow"
-        )
 
 
 def _warn_single_host_fields(config: LLMProcessorConfig) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from llmbatch.distributed.group import SINGLE, TensorParallel
 from llmbatch.layers.attention.base import AttentionMetadata
+from llmbatch.layers.tensor_parallel import SINGLE, TensorParallel
 
 
 class CausalLM(nn.Module, ABC):

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from llmbatch.distributed.group import TensorParallel, current_tensor_parallel
 from llmbatch.layers.activation import silu_and_mul
 from llmbatch.layers.attention.base import AttentionBackend, AttentionMetadata
 from llmbatch.layers.linear import Linear
@@ -25,6 +24,7 @@ from llmbatch.layers.parallel import (
     cdiv,
 )
 from llmbatch.layers.rotary import PositionRotation, RotaryEmbedding
+from llmbatch.layers.tensor_parallel import TensorParallel, current_tensor_parallel
 from llmbatch.models.base import CausalLM
 
 # fused parameter -> the checkpoint projections stacked into it, in order

@@ -21,13 +21,13 @@ from llmbatch.models.base import CausalLM
 from llmbatch.models.registry import build_model
 from llmbatch.models.source import resolve_model_folder
 from llmbatch.models.weights import (
+    DTYPES,
     LOAD_FORMATS,
     checkpoint_files,
     init_dummy_weights,
     iterate_weights,
 )
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -44,11 +44,13 @@ class LoadedModel:
     dtype: torch.dtype
 
 
-def _check_dtype(dtype: str | torch.dtype) -> None:
+def check_dtype(dtype: str | torch.dtype) -> None:
+    """A ValueError naming the accepted dtypes when ``dtype`` is none of them."""
     if dtype != "auto" and dtype not in DTYPES and dtype not in DTYPES.values():
+        names = ", ".join(["auto", *DTYPES])
         raise ValueError(
-            f"dtype {dtype!r} is not supported; use 'auto', {', '.join(map(repr, DTYPES))} "
-            "or the matching torch.dtype"
+            f"dtype={dtype!r} is not supported; accepted: {names} or one of torch.float32, "
+            "torch.float16, torch.bfloat16"
         )
 
 
@@ -56,7 +58,7 @@ def resolve_dtype(
     dtype: str | torch.dtype, config: PretrainedConfig, device: torch.device
 ) -> torch.dtype:
     """ "auto": float32 on the CPU, else the checkpoint's dtype (float32 when it names none)."""
-    _check_dtype(dtype)
+    check_dtype(dtype)
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
@@ -113,6 +115,25 @@ def eos_token_ids_of(
     return list(dict.fromkeys(ids))
 
 
+def read_config(folder: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The folder's config.json as transformers reads it; a ValueError for a quantized
+    checkpoint, which llmbatch cannot run."""
+    extra = {"trust_remote_code": True} if trust_remote_code else {}
+    config = AutoConfig.from_pretrained(folder, **extra)
+    quantization = getattr(config, "quantization_config", None)
+    if quantization:
+        method = (
+            quantization.get("quant_method")
+            if isinstance(quantization, dict)
+            else getattr(quantization, "quant_method", None)
+        )
+        raise ValueError(
+            f"{folder} is a quantized checkpoint ({method}); only unquantized weights (or .gguf "
+            "files, which are dequantized on conversion) are supported"
+        )
+    return config
+
+
 def load_model(
     model: str,
     *,
@@ -128,26 +149,14 @@ def load_model(
 
     ``load_format="dummy"`` needs only config.json and draws weights from ``seed``.
     """
-    _check_dtype(dtype)
+    check_dtype(dtype)
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format {load_format!r} is not supported; use one of {LOAD_FORMATS}")
     device = torch.device(device)
     backend = get_attention_backend(attention_backend)
     dummy = load_format == "dummy"
     folder = resolve_model_folder(model, revision, with_weights=not dummy)
-    extra = {"trust_remote_code": True} if trust_remote_code else {}
-    config = AutoConfig.from_pretrained(folder, **extra)
-    quantization = getattr(config, "quantization_config", None)
-    if quantization:
-        method = (
-            quantization.get("quant_method")
-            if isinstance(quantization, dict)
-            else getattr(quantization, "quant_method", None)
-        )
-        raise ValueError(
-            f"{model} is a quantized checkpoint ({method}); only unquantized weights (or .gguf "
-            "files, which are dequantized on conversion) are supported"
-        )
+    config = read_config(folder, trust_remote_code)
     tokenizer = _load_tokenizer(folder, trust_remote_code, required=not dummy)
     torch_dtype = resolve_dtype(dtype, config, device)
     with torch.device(device), _default_dtype(torch_dtype):

@@ -56,3 +56,16 @@ def load_processor(folder: str, trust_remote_code: bool = False) -> Any:
     if is_torchvision_available() or model_type not in _IMAGE_ONLY_PROCESSORS:
         return AutoProcessor.from_pretrained(folder, **extra)
     return _IMAGE_ONLY_PROCESSORS[model_type].from_pretrained(folder, **extra)
+
+
+def load_image_processor(folder: str, trust_remote_code: bool = False) -> Any:
+    """The processor of a vision-language model folder; a ValueError saying so when the model
+    takes no images (its processor has no image processor)."""
+    processor = load_processor(folder, trust_remote_code)
+    if getattr(processor, "image_processor", None) is None:
+        raise ValueError(
+            f"the model in {folder} has no image processor (its AutoProcessor is a "
+            f"{type(processor).__name__}): it takes no images; use a vision-language model "
+            "such as Qwen/Qwen2.5-VL-3B-Instruct"
+        )
+    return processor

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from llmbatch.layers.attention.base import AttentionBackend
+from llmbatch.layers.rotary import rotary_table_length
 from llmbatch.models.base import CausalLM
 from llmbatch.models.llama import LlamaForCausalLM
 from llmbatch.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
@@ -44,3 +45,10 @@ def architecture_of(config: PretrainedConfig) -> str:
 def build_model(config: PretrainedConfig, attention_backend: AttentionBackend) -> CausalLM:
     architecture = architecture_of(config)
     return MODEL_CLASSES[architecture](config, architecture, attention_backend)
+
+
+def max_positions_of(config: PretrainedConfig) -> int:
+    """Positions a model of this config encodes (its rotary table's length), known before the
+    model is built."""
+    architecture_of(config)
+    return rotary_table_length(config.get_text_config())

@@ -13,6 +13,14 @@ from llmbatch.layers.norm import RMSNorm
 from llmbatch.models.base import CausalLM
 
 LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+# dtype names (vLLM's, with their aliases) a model's weights and activations may run in
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 DUMMY_WEIGHT_STD = 0.02
 
 _WEIGHT_FILES = {

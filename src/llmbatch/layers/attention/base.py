@@ -18,6 +18,15 @@ from typing import Protocol
 
 import torch
 
+# kv_cache_dtype names -> the dtype the cache is stored in ("auto", not listed, stores the
+# model's). fp8 has no scales: values saturate at the format's largest finite number (448 for
+# e4m3, 57344 for e5m2).
+KV_CACHE_DTYPES = {
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
 
 @dataclass
 class AttentionMetadata:

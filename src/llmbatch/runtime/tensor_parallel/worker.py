@@ -2,33 +2,30 @@
 
 from __future__ import annotations
 
-import dataclasses
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.connection import Connection
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from llmbatch.distributed.group import TensorParallel, sharded_over
-from llmbatch.distributed.protocol import Op, receive_forward_inputs
 from llmbatch.engine.config import EngineConfig
-from llmbatch.engine.model_runner import ModelRunner
-from llmbatch.models import load_model
+from llmbatch.engine.kv_cache import allocate_kv_cache, measure_num_blocks
+from llmbatch.engine.llm_engine import load_model_for
+from llmbatch.layers.tensor_parallel import TensorParallel, sharded_over
+from llmbatch.runtime.tensor_parallel.protocol import Op, receive_forward_inputs
 
 
 @dataclass(slots=True, frozen=True)
 class WorkerSpec:
     rank: int
     size: int
-    device: str
     init_method: str
     timeout: timedelta
     num_threads: int | None
     config: EngineConfig
-    load_kwargs: dict[str, Any]
+    """The engine's config, on this rank's device."""
 
 
 def run_worker(spec: WorkerSpec, conn: Connection) -> None:
@@ -47,7 +44,8 @@ def run_worker(spec: WorkerSpec, conn: Connection) -> None:
 
 
 def _serve(spec: WorkerSpec, conn: Connection) -> None:
-    device = torch.device(spec.device)
+    config = spec.config
+    device = config.torch_device
     if spec.num_threads is not None:
         torch.set_num_threads(spec.num_threads)
     if device.type == "cuda":
@@ -64,20 +62,22 @@ def _serve(spec: WorkerSpec, conn: Connection) -> None:
     )
     tp = TensorParallel(spec.rank, spec.size, dist.group.WORLD)
     with sharded_over(tp):
-        loaded = load_model(spec.config.model, **{**spec.load_kwargs, "device": spec.device})
+        loaded = load_model_for(config)
     model = loaded.model
-    runner = ModelRunner(model, dataclasses.replace(spec.config, device=spec.device), loaded.dtype)
     conn.send(("loaded", None))
+    kv_caches: list[torch.Tensor] = []
     with torch.inference_mode():
         while True:
             op, args = conn.recv()
             if op == Op.STOP:
                 return
             if op == Op.ALLOCATE_KV_CACHE:
-                runner.allocate_kv_cache(*args)
+                # the same measurement as the driver's: its minimum over ranks is a collective
+                num_blocks = measure_num_blocks(model, config)
+                kv_caches = allocate_kv_cache(model, config.with_kv_cache(num_blocks))
             elif op == Op.FORWARD:
                 ids, positions, meta = receive_forward_inputs(tp, args, device)
-                model(ids, positions, runner.kv_caches, meta)
+                model(ids, positions, kv_caches, meta)
             elif op == Op.LOGITS:
                 hidden = torch.empty(args, dtype=loaded.dtype, device=device)
                 dist.broadcast(hidden, src=0, group=tp.group)

@@ -6,11 +6,15 @@ import base64
 import http.server
 import io
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+SLOW_RESPONSE_S = 2.0
 
 
 def picture(width: int = 24, height: int = 16, seed: int = 0) -> Image.Image:
@@ -39,3 +43,30 @@ def http_server(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> I
     finally:
         server.shutdown()
         server.server_close()
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    assert image.mode == "RGB"
+    return np.asarray(image)
+
+
+def write_image_folder(folder: Path) -> Path:
+    """Two pictures, a copy of the first that the image server sends slowly, and a file that
+    is not an image."""
+    picture(seed=1).save(folder / "one.png")
+    picture(seed=1).save(folder / "slow.png")
+    picture(32, 20, seed=2).save(folder / "two.jpg", quality=95)
+    (folder / "not-an-image.png").write_bytes(b"1234")
+    return folder
+
+
+class ImageHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder quietly, ``/slow.png`` after SLOW_RESPONSE_S seconds."""
+
+    def do_GET(self) -> None:
+        if self.path == "/slow.png":
+            time.sleep(SLOW_RESPONSE_S)
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass

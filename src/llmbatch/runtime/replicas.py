@@ -1,5 +1,5 @@
-"""Data parallelism on one host: engine replicas in worker processes behind LLMEngine's streaming
-API (`add_request`, `step`, `abort_request`), so the engine stage feeds them as it feeds one engine.
+"""Data parallelism on one host: engine replicas in worker processes behind the `EngineClient`
+interface, so the engine stage feeds them as it feeds one engine.
 
 The parent tokenizes, hands each request to the replica with the fewest in flight and reorders
 the outputs (the engine stage does that). Replicas are spawned processes, one per GPU (or
@@ -15,28 +15,17 @@ import queue
 import time
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llmbatch.llm.image_columns import multi_modal_from_record, multi_modal_record
-from llmbatch.llm.replica_plan import ReplicaPlan, plan_replicas
-
-if TYPE_CHECKING:
-    from llmbatch.engine.config import EngineConfig
-    from llmbatch.engine.multimodal import MultiModalInputs
-    from llmbatch.engine.outputs import RequestOutput
-    from llmbatch.engine.sampling_params import SamplingParams
+from llmbatch.engine.config import EngineConfig
+from llmbatch.engine.multimodal import MultiModalInputs
+from llmbatch.engine.outputs import RequestOutput, RequestRejected
+from llmbatch.engine.sampling_params import SamplingParams
+from llmbatch.runtime.replica_plan import ReplicaPlan
 
 STARTUP_TIMEOUT_S = 1800.0
 POLL_INTERVAL_S = 1.0
 CLOSE_TIMEOUT_S = 30.0
-
-
-@dataclass(slots=True)
-class RejectedRequest:
-    """A request its replica refused (the error LLMEngine.add_request raised there)."""
-
-    request_id: str
-    error: ValueError
 
 
 @dataclass(slots=True)
@@ -54,26 +43,25 @@ class ReplicaFailed(RuntimeError):
 
 def _replica_main(
     index: int,
-    engine_kwargs: dict[str, Any],
+    config: EngineConfig,
     device: str,
     num_threads: int | None,
     inbox: mp.Queue,
     outbox: mp.Queue,
 ) -> None:
-    """A replica process: loads its engine, then adds, aborts and steps as the parent says."""
+    """A replica process: starts its engine, then adds, aborts and steps as the parent says."""
     if device != "cpu":
         # Set before CUDA starts in this process: the replica then sees only its own GPUs.
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     try:
         import torch
 
-        from llmbatch.engine.llm_engine import LLMEngine
+        from llmbatch.runtime.local import start_one_engine
 
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         started = time.perf_counter()
-        kwargs = {**engine_kwargs, "device": "cpu" if device == "cpu" else "cuda"}
-        engine = LLMEngine.from_engine_args(**kwargs)
+        engine = start_one_engine(config.on_device("cpu" if device == "cpu" else "cuda"))
         startup_s = time.perf_counter() - started
         outbox.put(("ready", index, _ReplicaInfo(engine.config, engine.tokenizer, startup_s)))
         _serve(index, engine, inbox, outbox)
@@ -83,7 +71,7 @@ def _replica_main(
 
 def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
     while True:
-        rejected: list[RejectedRequest] = []
+        rejected: list[RequestRejected] = []
         block = not engine.has_unfinished()
         while True:
             try:
@@ -100,11 +88,11 @@ def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
                     engine.abort_request(request_id)
             else:
                 for request_id, prompt, params, images in payload:
-                    multi_modal = multi_modal_from_record(images)
+                    multi_modal = MultiModalInputs.from_record(images)
                     try:
                         engine.add_request(request_id, prompt, params, multi_modal=multi_modal)
-                    except ValueError as exc:
-                        rejected.append(RejectedRequest(request_id, exc))
+                    except RequestRejected as exc:
+                        rejected.append(exc)
         results: list[Any] = list(rejected)
         if engine.has_unfinished():
             results.extend(engine.step())
@@ -116,11 +104,11 @@ class ReplicatedEngine:
     """Engine replicas in worker processes, used like one LLMEngine by the engine stage.
 
     `step()` returns what any replica finished since the last call (RequestOutputs, and a
-    RejectedRequest for each request a replica refused); it raises ReplicaFailed when a replica
+    RequestRejected for each request a replica refused); it raises ReplicaFailed when a replica
     fails or exits, naming how many requests it was running.
     """
 
-    def __init__(self, engine_kwargs: dict[str, Any], plan: ReplicaPlan) -> None:
+    def __init__(self, config: EngineConfig, plan: ReplicaPlan) -> None:
         context = mp.get_context("spawn")
         self.plan = plan
         self._outbox: mp.Queue = context.Queue()
@@ -128,7 +116,7 @@ class ReplicatedEngine:
         self._processes = [
             context.Process(
                 target=_replica_main,
-                args=(i, engine_kwargs, device, plan.num_threads, self._inboxes[i], self._outbox),
+                args=(i, config, device, plan.num_threads, self._inboxes[i], self._outbox),
                 name=f"llmbatch-replica-{i}",
                 daemon=True,
             )
@@ -169,11 +157,11 @@ class ReplicatedEngine:
     ) -> None:
         """Queues a request on the least-loaded replica (sent with the next `step`)."""
         if request_id in self._owner:
-            raise ValueError(f"request_id {request_id!r} is already in the engine")
+            raise RequestRejected(f"request_id {request_id!r} is already in the engine", request_id)
         replica = min(range(self.num_replicas), key=self._load.__getitem__)
         self._owner[request_id] = replica
         self._load[replica] += 1
-        images = None if multi_modal is None else multi_modal_record(multi_modal)
+        images = None if multi_modal is None else multi_modal.to_record()
         self._unsent[replica].append((request_id, prompt, params, images))
 
     def abort_request(self, request_id: str) -> bool:
@@ -195,7 +183,7 @@ class ReplicatedEngine:
     def num_unfinished(self) -> int:
         return len(self._owner)
 
-    def step(self) -> list[RequestOutput | RejectedRequest]:
+    def step(self) -> list[RequestOutput | RequestRejected]:
         """Sends queued requests, then waits for at least one result (if any request is out)."""
         self._send_unsent()
         if not self._owner:
@@ -238,7 +226,7 @@ class ReplicatedEngine:
                 self._inboxes[replica].put(("add", requests))
                 self._unsent[replica] = []
 
-    def _take(self, message: tuple[str, int, Any]) -> list[RequestOutput | RejectedRequest]:
+    def _take(self, message: tuple[str, int, Any]) -> list[RequestOutput | RequestRejected]:
         kind, replica, payload = message
         if kind == "failed":
             raise self._failure(replica, f"it raised:\n{payload}")
@@ -283,22 +271,3 @@ class ReplicatedEngine:
             infos[replica] = payload
         first = infos[0]
         return dataclasses.replace(first, startup_s=max(i.startup_s for i in infos.values()))
-
-
-def start_engine(engine_kwargs: dict[str, Any], concurrency: int | tuple[int, int]) -> Any:
-    """The engine replicas that ``concurrency`` gives on this host (see `plan_replicas`): one
-    LLMEngine in this process for a single replica, else a ReplicatedEngine."""
-    plan = plan_replicas(concurrency, engine_kwargs)
-    if plan.num_replicas == 1:
-        from llmbatch.engine.llm_engine import LLMEngine
-
-        return LLMEngine.from_engine_args(**engine_kwargs)
-    from llmbatch.models.source import resolve_model_folder
-
-    # Resolved once here, so replicas neither download nor convert the same files at once.
-    folder = resolve_model_folder(
-        engine_kwargs["model"],
-        engine_kwargs.get("revision"),
-        with_weights=engine_kwargs.get("load_format", "auto") != "dummy",
-    )
-    return ReplicatedEngine({**engine_kwargs, "model": folder, "revision": None}, plan)

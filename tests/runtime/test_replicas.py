@@ -13,8 +13,8 @@ import pytest
 import llmbatch.data as data
 from llmbatch import SamplingParams
 from llmbatch.llm import LLMProcessorConfig, build_llm_processor
-from llmbatch.llm.replica_plan import CPU_CORES_PER_REPLICA, host_cpu_count, plan_replicas
-from llmbatch.llm.replicas import ReplicaFailed, ReplicatedEngine
+from llmbatch.runtime.replica_plan import CPU_CORES_PER_REPLICA, host_cpu_count, plan_replicas
+from llmbatch.runtime.replicas import ReplicaFailed, ReplicatedEngine
 
 MAX_TOKENS = 5
 TOO_LONG = "word " * 5000  # more tokens than max_model_len=4096
@@ -86,7 +86,7 @@ def test_an_int_is_an_upper_bound_said_once(caplog):
     cores = host_cpu_count()
     expected = max(1, cores // CPU_CORES_PER_REPLICA)
     with caplog.at_level(logging.WARNING, logger="llmbatch"):
-        plan = plan_replicas(cores + 3, {"device": "cpu"})
+        plan = plan_replicas(cores + 3, "cpu", 1)
     assert plan.devices == ("cpu",) * expected
     assert plan.num_threads == cores // expected
     [record] = caplog.records
@@ -95,15 +95,15 @@ def test_an_int_is_an_upper_bound_said_once(caplog):
 
 def test_a_minimum_may_ask_for_a_replica_per_core():
     cores = host_cpu_count()
-    plan = plan_replicas((cores, cores), {"device": "cpu"})
+    plan = plan_replicas((cores, cores), "cpu", 1)
     assert plan.num_replicas == cores and plan.num_threads == 1
 
 
 def test_tensor_parallel_groups_take_their_share_of_cores():
     cores = host_cpu_count()
-    plan = plan_replicas(cores, {"device": "cpu", "tensor_parallel_size": 2})
+    plan = plan_replicas(cores, "cpu", 2)
     assert plan.num_replicas == max(1, cores // (2 * CPU_CORES_PER_REPLICA))
-    plan = plan_replicas((1, cores), {"device": "cpu", "tensor_parallel_size": 2})
+    plan = plan_replicas((1, cores), "cpu", 2)
     assert plan.num_replicas == max(1, cores // (2 * CPU_CORES_PER_REPLICA))
 
 

@@ -1,9 +1,9 @@
-"""A progress bar over a processor's output: rows/s, output tokens/s and time left."""
+"""A progress bar over a processor's output: rows/s, output tokens/s, errors and time left."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -13,14 +13,14 @@ if TYPE_CHECKING:
     from llmbatch.data import Dataset
     from llmbatch.llm.processor import Processor
 
+Stream = Iterator[pa.Table]
 
-def with_progress(dataset: Dataset, processor: Processor, total: int | None) -> Dataset:
-    """`dataset` (an output of `processor`) with a bar on stderr that advances as rows come out.
 
-    `total` (rows expected, when known) gives the time left.
-    """
+def progress_bar(processor: Processor, total: int | None) -> Callable[[Stream], Stream]:
+    """A stream transform that shows a bar on stderr, advancing as `processor`'s output rows
+    pass; `total` (rows expected, when known) gives the time left."""
 
-    def track(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    def track(tables: Stream) -> Stream:
         bar: Any = tqdm(total=total, unit="row", desc="llmbatch", file=sys.stderr, smoothing=0.1)
         with bar:
             for table in tables:
@@ -33,4 +33,9 @@ def with_progress(dataset: Dataset, processor: Processor, total: int | None) -> 
                     )
                 yield table
 
-    return dataset.transform(track, "progress")
+    return track
+
+
+def with_progress(dataset: Dataset, processor: Processor, total: int | None) -> Dataset:
+    """`dataset` (an output of `processor`) with a progress bar (see `progress_bar`)."""
+    return dataset.transform(progress_bar(processor, total), "progress")

@@ -60,7 +60,7 @@ def vl_tokenizer(tokenizer_dir: str | None = None) -> Any:
     vision tokens added as special tokens, and Qwen2-VL's chat template."""
     from transformers import AutoTokenizer
 
-    from llmbatch.models.provisioned import smollm2_dir
+    from llmbatch._fixtures.smollm2 import smollm2_dir
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or smollm2_dir())
     missing = [t for t in (*CHAT_TOKENS, *VISION_TOKENS) if t not in tokenizer.get_vocab()]

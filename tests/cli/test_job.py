@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from llmbatch.llm.job import JobError, JobSpec, PromptSpec
+from llmbatch.cli.job import JobError, JobSpec, PromptSpec
 
 JOB = {
     "input": {"path": "customers.csv", "limit": 10},

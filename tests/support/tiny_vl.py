@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from llmbatch.models.provisioned_vl import vl_config, vl_tokenizer, write_processor_files
+from llmbatch._fixtures.qwen2_5_vl import vl_config, vl_tokenizer, write_processor_files
 
 # Patches are 14 pixels and merged 2 x 2 into one token, so an image's sides snap to multiples of
 # 28 and it gives between 4 and 16 tokens (16 to 64 patches).

@@ -13,8 +13,8 @@ from enum import IntEnum
 import torch
 import torch.distributed as dist
 
-from llmbatch.distributed.group import TensorParallel
 from llmbatch.layers.attention.base import AttentionMetadata
+from llmbatch.layers.tensor_parallel import TensorParallel
 
 
 class Op(IntEnum):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 
 logger = logging.getLogger("llmbatch")
 
@@ -50,27 +49,28 @@ def host_cpu_count() -> int:
 
 
 def _host_gpus(device: str) -> list[int]:
-    """The GPUs replicas may use for ``device`` ("auto", "cpu", "cuda" or "cuda:N")."""
+    """The GPUs replicas may use for a resolved ``device`` ("cpu", "cuda" or "cuda:N")."""
     if device == "cpu":
         return []
     import torch
 
-    if not torch.cuda.is_available():
-        return []
     if device.startswith("cuda:"):
         return [int(device.split(":", 1)[1])]
     return list(range(torch.cuda.device_count()))
 
 
-def plan_replicas(concurrency: int | tuple[int, int], engine_kwargs: dict[str, Any]) -> ReplicaPlan:
-    """The replicas for ``concurrency`` on this host.
+def plan_replicas(
+    concurrency: int | tuple[int, int], device: str, tensor_parallel_size: int
+) -> ReplicaPlan:
+    """The replicas for ``concurrency`` on this host, for engines on a resolved ``device``
+    ("cpu", "cuda" or "cuda:N") of ``tensor_parallel_size`` ranks each.
 
     Raises ValueError when the host cannot run the minimum asked for; logs one warning when it
     runs fewer than an int ``concurrency`` asks.
     """
     low, high = (1, concurrency) if isinstance(concurrency, int) else concurrency
-    tp = int(engine_kwargs.get("tensor_parallel_size", 1))
-    gpus = _host_gpus(str(engine_kwargs.get("device", "auto")))
+    tp = tensor_parallel_size
+    gpus = _host_gpus(device)
     if gpus:
         available = len(gpus) // tp
         host = f"{len(gpus)} GPU(s) for engine replicas of tensor_parallel_size={tp}"

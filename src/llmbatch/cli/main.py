@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from llmbatch.llm.job import JobSpec, run_job
+    from llmbatch.cli.job import JobSpec, run_job
 
     spec = JobSpec.from_yaml(args.job)
     if args.limit is not None:
@@ -71,10 +72,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.output_format is not None:
         spec.output.format = args.output_format
     if args.model is not None:
-        spec.processor.model_source = args.model
+        spec.processor = dataclasses.replace(spec.processor, model_source=args.model)
     if args.max_error_rate is not None:
-        spec.processor.max_error_rate = args.max_error_rate
-        spec.processor.__post_init__()
+        spec.processor = dataclasses.replace(spec.processor, max_error_rate=args.max_error_rate)
     try:
         result = run_job(
             spec,
@@ -102,7 +102,7 @@ def run_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     import torch
 
-    from llmbatch.llm.demo import DemoSettings, run_demo
+    from llmbatch.cli.demo import DemoSettings, run_demo
 
     settings = DemoSettings.for_device(on_gpu=torch.cuda.is_available())
     settings.num_rows = args.rows or settings.num_rows
@@ -129,7 +129,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JOB_ERRORS as exc:
         print(f"llmbatch {args.command}: error: {exc}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

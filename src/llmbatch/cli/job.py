@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import yaml
 
+from llmbatch.cli.progress import progress_bar
 from llmbatch.data.csv_checks import BAD_LINE_CHOICES
 from llmbatch.llm.config import LLMProcessorConfig
-from llmbatch.llm.progress import with_progress
 from llmbatch.llm.summary import RunStats, RunSummary
 
 if TYPE_CHECKING:
@@ -242,7 +244,7 @@ def run_job(
     """Reads, processes and writes, resuming an interrupted run of the same job into the same
     output folder; ``overwrite`` replaces another job's output, ``retry_failed`` re-runs the
     error rows of a finished one."""
-    from llmbatch.data.checkpoint import resumable_job
+    from llmbatch.data.dataset import resumable_job
     from llmbatch.data.resume import rows_to_process, write_resumable
     from llmbatch.llm.processor import build_llm_processor
 
@@ -261,10 +263,14 @@ def run_job(
         job = resumable_job(processor(dataset))
         assert job is not None
         if show_progress:
-            # Called once the write has claimed the folder, so the committed rows are known.
-            job.run = lambda rows: with_progress(
-                processor(rows), processor, rows_to_process(spec.output.path, total)
-            )
+            process = job.process
+
+            def process_with_bar(blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+                # Called once the write has claimed the folder, so the committed rows are known.
+                remaining = rows_to_process(spec.output.path, total)
+                return progress_bar(processor, remaining)(process(blocks))
+
+            job = dataclasses.replace(job, process=process_with_bar)
         report = write_resumable(
             job,
             spec.output.path,

@@ -1,4 +1,4 @@
-"""LLM: vLLM's offline entry point (`generate`, `chat`) over an LLMEngine."""
+"""LLM: vLLM's offline entry point (`generate`, `chat`) over an engine."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llmbatch.engine.llm_engine import LLMEngine
+from llmbatch.engine.args import EngineArgs
 from llmbatch.engine.multimodal import MultiModalInputs, process_images
 from llmbatch.engine.outputs import RequestOutput
 from llmbatch.engine.sampling_params import SamplingParams
+from llmbatch.models.processor import load_image_processor
+from llmbatch.runtime.client import EngineClient
+from llmbatch.runtime.start import start_engine
 
 Prompt = str | list[int] | dict[str, Any]
 PROMPT_KEYS = ("prompt", "prompt_token_ids", "multi_modal_data")
@@ -21,12 +24,16 @@ Message = dict[str, Any]
 class LLM:
     """Runs batches of prompts or chat conversations through one engine.
 
-    `LLM(model, **engine_kwargs)` takes vLLM's engine argument names (see EngineConfig).
+    `LLM(model, **engine_kwargs)` takes vLLM's engine argument names (see EngineArgs); with
+    tensor_parallel_size > 1 the engine drives a group of worker processes.
     """
 
     def __init__(self, model: str, **engine_kwargs: Any) -> None:
-        self.llm_engine = LLMEngine.from_engine_args(model=model, **engine_kwargs)
+        self.llm_engine: EngineClient = start_engine(
+            EngineArgs.from_kwargs(model=model, **engine_kwargs)
+        )
         self._ids = itertools.count()
+        self._processor: Any = None
 
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
@@ -124,7 +131,10 @@ class LLM:
                 "its image placeholders), not 'prompt_token_ids'"
             )
         images = list(images) if isinstance(images, list | tuple) else [images]
-        return process_images(self.llm_engine.processor, prompt["prompt"], images)
+        if self._processor is None:
+            config = self.llm_engine.config
+            self._processor = load_image_processor(config.model, config.trust_remote_code)
+        return process_images(self._processor, prompt["prompt"], images)
 
 
 def _is_token_list(value: object) -> bool:

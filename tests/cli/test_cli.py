@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from llmbatch import SamplingParams
+from llmbatch._fixtures.customers import write_customers_csv
 from llmbatch.cli import main
-from llmbatch.data import write_customers_csv
 
 ENGINE_KWARGS = {"max_model_len": 1024, "kv_cache_memory_bytes": 64 << 20}
 SYSTEM = "You are a helpful assistant."

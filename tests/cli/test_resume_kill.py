@@ -55,7 +55,7 @@ PRELOAD = [
     "accelerate",
     "sympy",
     "llmbatch.cli",
-    "llmbatch.llm.job",
+    "llmbatch.cli.job",
     "llmbatch.llm.processor",
     "llmbatch.engine.llm_engine",
     "llmbatch.layers.attention.torch_backend",

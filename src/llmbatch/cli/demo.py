@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmbatch.cli.progress import with_progress
 from llmbatch.llm.config import vLLMEngineProcessorConfig
 from llmbatch.llm.processor import build_llm_processor
-from llmbatch.llm.progress import with_progress
 from llmbatch.llm.summary import RunSummary
 
 SHOWN_COLUMNS = ("Customer Id", "Subscription Date", "resp", "num_generated_tokens", "error")
@@ -66,11 +66,12 @@ def run_demo(
 ) -> DemoResult:
     """Runs the tutorial over generated customers; writes Parquet to `output` if given."""
     from llmbatch import data
-    from llmbatch.models.provisioned import smollm2_gguf_path
+    from llmbatch._fixtures.customers import write_customers_csv
+    from llmbatch._fixtures.smollm2 import smollm2_gguf_path
 
     with tempfile.TemporaryDirectory(prefix="llmbatch-demo-") as folder:
         csv_path = str(Path(folder) / "customers.csv")
-        data.write_customers_csv(csv_path, num_rows=settings.num_rows, seed=0)
+        write_customers_csv(csv_path, num_rows=settings.num_rows, seed=0)
         config = vLLMEngineProcessorConfig(
             model_source=model_source or smollm2_gguf_path(),
             engine_kwargs=settings.engine_kwargs,

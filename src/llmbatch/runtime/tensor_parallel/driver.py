@@ -1,8 +1,10 @@
-"""The driver's side of tensor parallelism: starting the workers, and fronting the driver's shard
-so that every forward and logits call runs on all ranks at once."""
+"""The driver of tensor parallelism: this process holds rank 0 and runs the engine; it starts the
+workers of the other ranks and fronts its shard so that every forward and logits call runs on
+all ranks at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import socket
@@ -14,12 +16,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from llmbatch.distributed.group import TensorParallel, sharded_over
-from llmbatch.distributed.protocol import ForwardHeader, Op, send_forward_inputs
-from llmbatch.distributed.worker import WorkerSpec, run_worker
 from llmbatch.engine.config import EngineConfig
+from llmbatch.engine.kv_cache import measure_num_blocks
+from llmbatch.engine.llm_engine import LLMEngine, load_model_for
 from llmbatch.layers.attention.base import AttentionMetadata
-from llmbatch.models import CausalLM, LoadedModel, load_model
+from llmbatch.layers.tensor_parallel import TensorParallel, sharded_over
+from llmbatch.models import CausalLM
+from llmbatch.runtime.replica_plan import host_cpu_count
+from llmbatch.runtime.tensor_parallel.protocol import ForwardHeader, Op, send_forward_inputs
+from llmbatch.runtime.tensor_parallel.worker import WorkerSpec, run_worker
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +32,31 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 STOP_GRACE_SECONDS = 30.0
 
 
-def load_sharded_model(
-    config: EngineConfig, **load_kwargs: Any
-) -> tuple[LoadedModel, TensorParallelWorkers | None]:
-    """``load_model`` for ``config.model``; with tensor_parallel_size > 1 this process loads the
-    driver's shard and the returned workers hold the others."""
-    if config.tensor_parallel_size == 1:
-        return load_model(config.model, **load_kwargs), None
-    workers = TensorParallelWorkers(config, load_kwargs)
-    try:
-        with sharded_over(workers.tp):
-            loaded = load_model(config.model, **{**load_kwargs, "device": workers.devices[0]})
-        workers.wait_for("loaded", "loading its shard of the model")
-    except BaseException:
-        workers.close()
-        raise
-    return loaded, workers
+class TensorParallelEngine(LLMEngine):
+    """An engine whose model is sharded over ``tensor_parallel_size`` ranks: this process runs
+    the scheduler and rank 0, worker processes the other ranks. Steps run eagerly."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        workers = TensorParallelWorkers(config)
+        try:
+            config = config.on_device(workers.devices[0])
+            with sharded_over(workers.tp):
+                loaded = load_model_for(config)
+            workers.wait_for("loaded", "loading its shard of the model")
+            workers.command(Op.ALLOCATE_KV_CACHE, None)
+            num_blocks = workers.guarded(measure_num_blocks, loaded.model, config)
+            driver = DriverModel(loaded.model, workers)
+            super().__init__(
+                config.with_kv_cache(num_blocks), dataclasses.replace(loaded, model=driver)
+            )
+        except BaseException:
+            workers.close()
+            raise
+        self._workers = workers
+
+    def close(self) -> None:
+        super().close()
+        self._workers.close()
 
 
 def rank_devices(device: str, size: int) -> list[str]:
@@ -65,25 +79,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cpu_threads(size: int) -> int:
-    from llmbatch.llm.replica_plan import host_cpu_count
-
-    return max(1, host_cpu_count() // size)
-
-
 class TensorParallelWorkers:
     """Ranks 1..size-1 of a tensor-parallel group, each a spawned process; this process is rank 0."""
 
-    def __init__(self, config: EngineConfig, load_kwargs: dict[str, Any]) -> None:
+    def __init__(self, config: EngineConfig) -> None:
         if dist.is_initialized():
             raise RuntimeError(
                 "torch.distributed is already initialized in this process; a tensor-parallel "
                 "engine starts its own process group (close the other engine first)"
             )
         size = config.tensor_parallel_size
-        self.devices = rank_devices(str(load_kwargs["device"]), size)
+        self.devices = rank_devices(config.device, size)
         on_cpu = self.devices[0] == "cpu"
-        num_threads = _cpu_threads(size) if on_cpu else None
+        num_threads = max(1, host_cpu_count() // size) if on_cpu else None
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         context = multiprocessing.get_context("spawn")
         self._conns: list[Connection] = []
@@ -92,12 +100,10 @@ class TensorParallelWorkers:
             spec = WorkerSpec(
                 rank,
                 size,
-                self.devices[rank],
                 init_method,
                 COLLECTIVE_TIMEOUT,
                 num_threads,
-                config,
-                load_kwargs,
+                config.on_device(self.devices[rank]),
             )
             ours, theirs = context.Pipe()
             process = context.Process(
@@ -124,7 +130,7 @@ class TensorParallelWorkers:
             self.close()
             raise
         self.tp = TensorParallel(0, size, dist.group.WORLD)
-        if not on_cpu and not config.enforce_eager:
+        if not on_cpu and not config.args.enforce_eager:
             logger.info("tensor_parallel_size=%d: steps run eagerly (no CUDA graphs)", size)
 
     def wait_for(self, reply: str, doing: str) -> None:
@@ -136,13 +142,6 @@ class TensorParallelWorkers:
             kind, detail = conn.recv()
             if kind == "error":
                 raise RuntimeError(f"tensor-parallel rank {rank} failed while {doing}:\n{detail}")
-
-    def attach(self, runner: Any, max_num_batched_tokens: int, max_model_len: int) -> int:
-        """Sizes every rank's KV cache alike, then fronts the runner's model; returns the blocks."""
-        self._command(Op.ALLOCATE_KV_CACHE, (max_num_batched_tokens, max_model_len))
-        num_blocks = self._guarded(runner.allocate_kv_cache, max_num_batched_tokens, max_model_len)
-        runner.model = DriverModel(runner.model, self)
-        return num_blocks
 
     def close(self) -> None:
         """Stops the workers (terminating any that do not stop in time) and the process group."""
@@ -163,7 +162,8 @@ class TensorParallelWorkers:
             dist.destroy_process_group()
         torch.set_num_threads(self._driver_threads)
 
-    def _command(self, op: Op, args: Any) -> None:
+    def command(self, op: Op, args: Any) -> None:
+        """Sends every worker a command."""
         for rank, (conn, process) in enumerate(zip(self._conns, self._procs), start=1):
             if conn.poll() or not process.is_alive():
                 raise self._failure(rank, "waiting for the next step")
@@ -172,7 +172,7 @@ class TensorParallelWorkers:
             except OSError:
                 raise self._failure(rank, "receiving a step") from None
 
-    def _guarded(self, call: Any, *args: Any) -> Any:
+    def guarded(self, call: Any, *args: Any) -> Any:
         """Runs a collective call; a worker's failure during it is reported as that failure."""
         try:
             return call(*args)
@@ -202,23 +202,23 @@ class TensorParallelWorkers:
         kv_caches: list[torch.Tensor],
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        self._command(Op.FORWARD, ForwardHeader.of(meta))
+        self.command(Op.FORWARD, ForwardHeader.of(meta))
 
         def run() -> torch.Tensor:
             send_forward_inputs(self.tp, input_ids, positions, meta)
             return model(input_ids, positions, kv_caches, meta)
 
-        return self._guarded(run)
+        return self.guarded(run)
 
     def compute_logits(self, model: CausalLM, hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.contiguous()
-        self._command(Op.LOGITS, tuple(hidden.shape))
+        self.command(Op.LOGITS, tuple(hidden.shape))
 
         def run() -> torch.Tensor:
             dist.broadcast(hidden, src=0, group=self.tp.group)
             return model.compute_logits(hidden)
 
-        return self._guarded(run)
+        return self.guarded(run)
 
 
 class DriverModel:

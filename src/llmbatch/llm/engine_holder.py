@@ -1,0 +1,98 @@
+"""The engine a processor's stages share: loaded on first use, lent to one run at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from llmbatch.llm.summary import RunStats
+
+if TYPE_CHECKING:
+    from llmbatch.engine.args import EngineArgs
+    from llmbatch.runtime.client import EngineClient
+
+
+class EngineHolder:
+    """Starts the engine (its replicas, with ``concurrency`` > 1) on first use and lends it to
+    one run at a time; closes it when a run ends unless `keep_loaded` is set."""
+
+    def __init__(
+        self,
+        engine_args: EngineArgs,
+        concurrency: int | tuple[int, int],
+        has_image: bool,
+        current_stats: Callable[[], RunStats],
+    ) -> None:
+        self._engine_args = engine_args
+        self._concurrency = concurrency
+        self._has_image = has_image
+        self._current_stats = current_stats
+        self._engine: EngineClient | None = None
+        self._processor: Any = None
+        self._lock = threading.Lock()
+        self._processor_lock = threading.Lock()
+        self._supersede_current: Callable[[], None] | None = None
+        self.keep_loaded = False
+
+    def load(self) -> EngineClient:
+        """The engine; starting it counts as the current run's start-up time. With images the
+        model's processor is loaded first, so a model without images fails before its engine
+        starts."""
+        if self._has_image:
+            self.processor()
+        with self._lock:
+            if self._engine is None:
+                from llmbatch.runtime.start import start_engine
+
+                started = time.perf_counter()
+                self._engine = start_engine(self._engine_args, self._concurrency)
+                self._current_stats().engine_startup_s += time.perf_counter() - started
+            return self._engine
+
+    def tokenizer(self) -> Any:
+        return self.load().tokenizer
+
+    def processor(self) -> Any:
+        """The model's processor (image processor, tokenizer and chat template); a ValueError
+        when the model takes no images."""
+        with self._processor_lock:
+            if self._processor is None:
+                from llmbatch.models.processor import load_image_processor
+                from llmbatch.models.source import resolve_model_folder
+
+                args = self._engine_args
+                folder = resolve_model_folder(args.model, args.revision, with_weights=False)
+                try:
+                    self._processor = load_image_processor(folder, args.trust_remote_code)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"has_image=True, but {exc}, or set has_image=False for text-only rows"
+                    ) from None
+            return self._processor
+
+    def acquire(self, supersede: Callable[[], None]) -> EngineClient:
+        """The engine for a new run; a run still holding it is told to stop (`supersede`)."""
+        engine = self.load()
+        if self._supersede_current is not None:
+            self._supersede_current()
+        self._supersede_current = supersede
+        return engine
+
+    def release(self, supersede: Callable[[], None]) -> None:
+        """A run is over: it no longer needs stopping when the next one starts, and the engine
+        is closed unless it is kept loaded."""
+        if self._supersede_current == supersede:
+            self._supersede_current = None
+            if not self.keep_loaded:
+                self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._supersede_current is not None:
+                self._supersede_current()
+                self._supersede_current = None
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None

@@ -1,0 +1,15 @@
+"""One engine driven from this process."""
+
+from __future__ import annotations
+
+from llmbatch.engine.config import EngineConfig
+from llmbatch.engine.llm_engine import LLMEngine
+from llmbatch.runtime.tensor_parallel.driver import TensorParallelEngine
+
+
+def start_one_engine(config: EngineConfig) -> LLMEngine:
+    """The engine in this process, or with tensor_parallel_size > 1 this process as the driver
+    of a group of worker processes."""
+    if config.tensor_parallel_size > 1:
+        return TensorParallelEngine(config)
+    return LLMEngine.from_config(config)
