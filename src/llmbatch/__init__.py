@@ -9,15 +9,17 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from llmbatch.engine.sampling_params import SamplingParams
+    from llmbatch.engine.structured_outputs_params import StructuredOutputsParams
     from llmbatch.runtime.llm import LLM
 
 # Imported on first use: `import llmbatch` stays fast, without torch or transformers.
 _LAZY_EXPORTS = {
     "LLM": "llmbatch.runtime.llm",
     "SamplingParams": "llmbatch.engine.sampling_params",
+    "StructuredOutputsParams": "llmbatch.engine.structured_outputs_params",
 }
 
-__all__ = ["LLM", "SamplingParams", "__version__"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

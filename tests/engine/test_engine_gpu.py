@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +144,62 @@ def test_kv_cache_follows_gpu_memory_utilization_and_close_frees_it(tiny):
         torch.cuda.empty_cache()
         assert torch.cuda.memory_allocated() <= before + (1 << 20)
     assert blocks[0.4] > blocks[0.2]
+
+
+def test_structured_outputs_on_the_gpu_give_the_cpu_paths_tokens(
+    smollm2_dir, tmp_path, monkeypatch
+):
+    """Masks applied by the Triton kernel and sampled once the previous step's tokens are read
+    back (async scheduling, CUDA graphs), against the CPU path's masks (unpacked by numpy) in
+    synchronous eager steps, on the same GPU: a tiny random model with SmolLM2's tokenizer."""
+    import re
+    import shutil
+
+    from transformers import LlamaConfig
+
+    from llmbatch.layers import bitmask
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    save_tiny_model(tmp_path, config)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(smollm2_dir) / name).exists():
+            shutil.copy(Path(smollm2_dir) / name, tmp_path / name)
+    person = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    constraints = [
+        {"regex": r"\d{2}-\d{2}-\d{4}"},
+        {"json": person, "disable_any_whitespace": True},
+        {"choice": ["yes", "no", "maybe"]},
+        None,
+    ]
+    prompts = [f"Question {i}: what do you say?" for i in range(12)]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=32, structured_outputs=constraints[i % 4])
+        for i in range(len(prompts))
+    ]
+    kwargs = dict(device="cuda", dtype="float32", gpu_memory_utilization=0.3)
+    with LLM(str(tmp_path), **kwargs) as llm:
+        assert llm.llm_engine.config.async_scheduling and llm.llm_engine.config.cuda_graphs
+        on_device = llm.generate(prompts, params)
+    monkeypatch.setattr(bitmask, "triton_ops_for", lambda x: None)
+    with LLM(str(tmp_path), **kwargs, async_scheduling=False, enforce_eager=True) as llm:
+        host_masks = llm.generate(prompts, params)
+    assert [o.token_ids for o in on_device] == [o.token_ids for o in host_masks]
+    for i, output in enumerate(on_device):
+        if i % 4 == 0:
+            assert re.fullmatch(r"\d{2}-\d{2}-\d{4}", output.text)
+        elif i % 4 == 2:
+            assert output.text in ("yes", "no", "maybe")

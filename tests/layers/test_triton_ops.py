@@ -165,6 +165,40 @@ def check_gumbel_distribution(device: str, vocab_size: int, draws: int = 40_000)
     return {"frequency_error": (freq - expected).abs().max().item() / 0.012}
 
 
+def random_bitmask(rows: int, words: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(-(2**31), 2**31 - 1, (rows, words), generator=gen, dtype=torch.int32)
+
+
+def reference_masked(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> torch.Tensor:
+    """Token t of row rows[i] is kept when bit t % 32 of word t // 32 is set, per element."""
+    expected = logits.clone()
+    for i, row in enumerate(rows):
+        for token in range(logits.shape[1]):
+            word = token // 32
+            allowed = word < bitmask.shape[1] and (int(bitmask[i, word]) >> (token % 32)) & 1
+            if not allowed:
+                expected[row, token] = float("-inf")
+    return expected
+
+
+def check_token_bitmask(device: str, vocab_size: int, words: int, kernel: bool) -> dict:
+    """The bitmask applied to some rows of a logits batch (a mask of ``words`` words: fewer than
+    the vocabulary needs disallows the tokens past it) against the per-element rule."""
+    from llmbatch.layers.bitmask import apply_token_bitmask_
+    from llmbatch.layers.triton import apply_token_bitmask_ as kernel_apply
+
+    logits = random((7, vocab_size), torch.float32, "cpu", seed=3)
+    rows = [5, 0, 3]
+    bitmask = random_bitmask(len(rows), words, seed=4)
+    expected = reference_masked(logits, rows, bitmask)
+    actual = logits.to(device)
+    apply = kernel_apply if kernel else apply_token_bitmask_
+    apply(actual, torch.tensor(rows, dtype=torch.int32, device=device), bitmask.to(device))
+    wrong = (actual.cpu() != expected).sum().item()
+    return {"wrong_elements": float(wrong)}
+
+
 INTERPRETED_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
     "rms_norm_fp32": lambda d: check_rms_norm(d, (2, 3, 96), torch.float32, with_residual=False),
     "rms_norm_residual_fp32": lambda d: check_rms_norm(d, (5, 64), torch.float32, True),
@@ -175,6 +209,8 @@ INTERPRETED_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
     "rotary_partial_fp16": lambda d: check_rotary(d, 5, (4, 4), 64, 32, torch.float16),
     "gumbel_argmax_split_vocab": lambda d: check_gumbel_argmax(d, 3, 3000, torch.float32),
     "gumbel_argmax_many_rows": lambda d: check_gumbel_argmax(d, 40, 1100, torch.float32),
+    "token_bitmask": lambda d: check_token_bitmask(d, 2100, 66, kernel=True),
+    "token_bitmask_short_mask": lambda d: check_token_bitmask(d, 2100, 60, kernel=True),
 }
 
 
@@ -203,6 +239,11 @@ def test_interpreted_ops_match_reference(interpreted_results: dict, name: str) -
     result = interpreted_results[name]
     assert "failure" not in result, result.get("failure")
     assert max(result.values()) <= 1.0, result
+
+
+@pytest.mark.parametrize("words", [66, 60], ids=["whole", "short"])
+def test_the_cpu_bitmask_path_matches_the_rule(words: int) -> None:
+    assert check_token_bitmask("cpu", 2100, words, kernel=False)["wrong_elements"] == 0
 
 
 def test_bad_shapes_are_rejected_with_a_clear_error() -> None:
@@ -239,6 +280,7 @@ GPU_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
     "gumbel_argmax_llama_vocab": lambda d: check_gumbel_argmax(d, 512, 128256, torch.float32),
     "gumbel_argmax_few_rows_bf16": lambda d: check_gumbel_argmax(d, 4, 151936, torch.bfloat16),
     "gumbel_distribution_llama_vocab": lambda d: check_gumbel_distribution(d, 128256),
+    "token_bitmask_llama_vocab": lambda d: check_token_bitmask(d, 128256, 4008, kernel=True),
 }
 
 

@@ -13,6 +13,8 @@ from llmbatch.llm.processor import build_llm_processor
 from llmbatch.llm.summary import RunSummary
 
 SHOWN_COLUMNS = ("Customer Id", "Subscription Date", "resp", "num_generated_tokens", "error")
+# MM-DD-YYYY: the format the tutorial's prompt asks for, as a regex its answers must match
+DATE_REGEX = r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])-[0-9]{4}"
 
 
 @dataclass(slots=True)
@@ -23,6 +25,8 @@ class DemoSettings:
     max_tokens: int
     batch_size: int
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    constrain: bool = True
+    """Answers must match DATE_REGEX (structured outputs); False runs the tutorial as written."""
 
     @classmethod
     def for_device(cls, on_gpu: bool) -> DemoSettings:
@@ -44,7 +48,10 @@ class DemoResult:
     summary: RunSummary
 
 
-def preprocess(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+def preprocess(row: dict[str, Any], max_tokens: int, constrain: bool) -> dict[str, Any]:
+    sampling_params: dict[str, Any] = dict(temperature=0.3, max_tokens=max_tokens, detokenize=False)
+    if constrain:
+        sampling_params["structured_outputs"] = dict(regex=DATE_REGEX)
     return dict(
         messages=[
             {"role": "system", "content": "You are a helpful assistant."},
@@ -53,7 +60,7 @@ def preprocess(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
                 "content": f"Convert this date:\n{row['Subscription Date']}\n\n as the format:MM-DD-YYYY",
             },
         ],
-        sampling_params=dict(temperature=0.3, max_tokens=max_tokens, detokenize=False),
+        sampling_params=sampling_params,
     )
 
 
@@ -79,7 +86,7 @@ def run_demo(
         )
         with build_llm_processor(
             config,
-            preprocess=lambda row: preprocess(row, settings.max_tokens),
+            preprocess=lambda row: preprocess(row, settings.max_tokens, settings.constrain),
             postprocess=postprocess,
         ) as processor:
             output_rows = processor(data.read_csv(csv_path))

@@ -166,7 +166,8 @@ class JobSpec:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> JobSpec:
-        """Reads a job file with the sections input, processor, prompt, sampling_params, output."""
+        """Reads a job file with the sections input, processor, prompt, sampling_params,
+        structured_outputs (optional) and output."""
         try:
             text = Path(path).read_text()
         except OSError as exc:
@@ -182,7 +183,7 @@ class JobSpec:
         if not isinstance(spec, dict):
             raise JobError(f"a job is a mapping of sections, got {type(spec).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
-        _check_keys("job", spec, names)
+        _check_keys("job", spec, [*names, "structured_outputs"])
         missing = [name for name in ("input", "processor", "prompt", "output") if name not in spec]
         if missing:
             raise JobError(f"job: missing section(s) {', '.join(missing)}")
@@ -195,9 +196,18 @@ class JobSpec:
             raise JobError(f"processor: {exc}") from exc
         from llmbatch.engine.sampling_params import SamplingParams
 
+        if spec.get("structured_outputs") is not None:
+            if "structured_outputs" in sampling_params:
+                raise JobError(
+                    "give structured_outputs either as a section or in sampling_params, not both"
+                )
+            sampling_params = {
+                **sampling_params,
+                "structured_outputs": structured_outputs_of(spec["structured_outputs"]),
+            }
         try:
             SamplingParams.from_dict(sampling_params)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise JobError(f"sampling_params: {exc}") from exc
         return cls(
             input=_section(InputSpec, "input", spec["input"]),
@@ -213,6 +223,31 @@ class JobSpec:
             "messages": self.prompt.messages(row),
             "sampling_params": dict(self.sampling_params),
         }
+
+
+def structured_outputs_of(section: Any) -> dict[str, Any]:
+    """The job's ``structured_outputs`` section as a constraint every row shares: the keys of
+    `llmbatch.StructuredOutputsParams`, with ``json_file`` and ``grammar_file`` read from files.
+    The constraint is checked now, so a bad schema fails before any row runs."""
+    from llmbatch.engine.structured_outputs import checked_grammar
+    from llmbatch.engine.structured_outputs_params import StructuredOutputsParams
+
+    section = dict(_mapping("structured_outputs", section))
+    for key, target in (("json_file", "json"), ("grammar_file", "grammar")):
+        if key in section:
+            if target in section:
+                raise JobError(f"structured_outputs: give {target} or {key}, not both")
+            path = section.pop(key)
+            try:
+                section[target] = Path(path).read_text()
+            except (OSError, TypeError) as exc:
+                raise JobError(f"structured_outputs.{key}: cannot read {path!r}: {exc}") from exc
+    try:
+        params = StructuredOutputsParams.from_dict(section)
+        checked_grammar(params)
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"structured_outputs: {exc}") from exc
+    return params.to_record()
 
 
 def read_input(spec: InputSpec) -> Dataset:

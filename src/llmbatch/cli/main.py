@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output", help="also write the results as Parquet to this folder")
     demo.add_argument("--model", help="another model instead of SmolLM2 (folder, .gguf or Hub id)")
+    demo.add_argument(
+        "--no-constraint",
+        action="store_true",
+        help="let answers take any form (by default they must match MM-DD-YYYY)",
+    )
     return parser
 
 
@@ -102,11 +107,17 @@ def run_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     import torch
 
-    from llmbatch.cli.demo import DemoSettings, run_demo
+    from llmbatch.cli.demo import DATE_REGEX, DemoSettings, run_demo
 
     settings = DemoSettings.for_device(on_gpu=torch.cuda.is_available())
     settings.num_rows = args.rows or settings.num_rows
     settings.max_tokens = args.max_tokens or settings.max_tokens
+    settings.constrain = not args.no_constraint
+    if settings.constrain:
+        print(
+            "answers are constrained to the asked format MM-DD-YYYY (structured outputs, "
+            f"regex {DATE_REGEX}); --no-constraint lets them take any form"
+        )
     result = run_demo(settings, output=args.output, model_source=args.model)
     for i, row in enumerate(result.rows):
         print(f"--- row {i}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from llmbatch.engine.structured_outputs import check_backend
 from llmbatch.layers.attention import ATTENTION_BACKENDS
 from llmbatch.layers.attention.base import KV_CACHE_DTYPES
 from llmbatch.models.loader import check_dtype
@@ -56,6 +57,8 @@ class EngineArgs:
     - max_logprobs: largest `logprobs` a request may ask for.
     - device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
     - attention_backend: "auto" (triton on CUDA, torch on CPU), "torch" or "triton".
+    - structured_outputs_config: {"backend": "auto" | "guidance"}: the grammar engine of
+      requests with structured outputs (llguidance, which vLLM calls "guidance").
     """
 
     model: str
@@ -84,6 +87,7 @@ class EngineArgs:
     max_logprobs: int = 20
     device: str = "auto"
     attention_backend: str = "auto"
+    structured_outputs_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -120,7 +124,7 @@ def _matches(value: Any, tp: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
+    return isinstance(value, typing.get_origin(tp) or tp)
 
 
 def _check_types(args: EngineArgs) -> None:
@@ -195,6 +199,7 @@ def _check_values(a: EngineArgs) -> None:
     _require(a.max_logprobs >= 0, f"max_logprobs must be >= 0, got {a.max_logprobs}")
     _require(a.seed >= 0, f"seed must be >= 0, got {a.seed}")
     _check_device(a.device)
+    check_backend(a.structured_outputs_config or {})
 
 
 def _check_device(device: str) -> None:

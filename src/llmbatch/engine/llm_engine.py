@@ -22,6 +22,7 @@ from llmbatch.engine.outputs import RequestOutput, RequestRejected
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.scheduler import Scheduler
+from llmbatch.engine.structured_outputs import GrammarCompiler
 from llmbatch.models import LoadedModel, load_model
 
 
@@ -88,6 +89,7 @@ class LLMEngine:
         self._requests: dict[str, Request] = {}
         self._stats = EngineStats()
         self._in_flight: LaunchedStep | None = None
+        self._grammars: GrammarCompiler | None = None
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -162,6 +164,7 @@ class LLMEngine:
             token_ids = token_ids[-params.truncate_prompt_tokens :]
         self._check_request(token_ids, params)
         images = self._request_images(token_ids, multi_modal)
+        grammar = self._grammar(params)
         return Request(
             request_id=request_id,
             prompt=prompt if isinstance(prompt, str) else None,
@@ -176,6 +179,7 @@ class LLMEngine:
                 else None
             ),
             images=images,
+            grammar=grammar,
         )
 
     def step(self) -> list[RequestOutput]:
@@ -183,6 +187,8 @@ class LLMEngine:
 
         With async_scheduling, the step is launched before the previous one is read back, so
         the device never waits for the host; a request's finish is then reported one step late.
+        A step with constrained requests samples once the previous step's tokens are read back
+        (its grammars' masks depend on them), while the device runs its forward.
         """
         previous, self._in_flight = self._in_flight, None
         finished: list[RequestOutput] = []
@@ -207,6 +213,9 @@ class LLMEngine:
             raise RuntimeError("the scheduler found no work although requests are waiting")
         if previous is not None:
             finished += self._resolve(previous)
+        if self._in_flight is not None and self._in_flight.logits is not None:
+            # its grammars have now consumed the previous step's tokens: their masks exist
+            self._runner.sample(self._in_flight)
         if not self.config.async_scheduling and self._in_flight is not None:
             finished += self._resolve(self._in_flight)
             self._in_flight = None
@@ -316,6 +325,23 @@ class LLMEngine:
             )
         try:
             return RequestImages.build(model, token_ids, multi_modal)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
+
+    def _grammar(self, params: SamplingParams) -> Any:
+        """The request's grammar matcher (None without structured outputs); its constraint is
+        compiled once per engine, on the first request that gives it."""
+        if params.structured_outputs is None:
+            return None
+        if self.tokenizer is None:
+            raise RequestRejected(
+                "structured outputs need the model's tokenizer: pass tokenizer=... in the "
+                "engine arguments"
+            )
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
+        try:
+            return self._grammars.matcher(params.structured_outputs)
         except ValueError as exc:
             raise RequestRejected(str(exc)) from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,13 +38,16 @@ class LaunchedStep:
     `host_sampled` receives a copy of it, complete once `done` has fired."""
 
     requests: list[Request]
-    sampled: torch.Tensor | None
-    host_sampled: torch.Tensor | None
-    logprobs: list[dict[int, float] | None]
-    done: torch.cuda.Event | None
     needs_history: bool
     """True when a request of it samples from its whole token history (penalties): the next
     step may not be launched before this one's tokens are known."""
+    logits: torch.Tensor | None = None
+    """Set while the step's sampling waits for the previous step's tokens: a request with a
+    grammar needs them consumed before its mask of next tokens exists (`ModelRunner.sample`)."""
+    sampled: torch.Tensor | None = None
+    host_sampled: torch.Tensor | None = None
+    logprobs: list[dict[int, float] | None] = field(default_factory=list)
+    done: torch.cuda.Event | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,13 +74,18 @@ class ModelRunner:
         self.model = model
         self.config = config
         self.device = config.torch_device
-        self.sampler = Sampler(self.device, config.seed, to_device=self._sampler_to_device)
+        self.sampler = Sampler(
+            self.device,
+            config.seed,
+            to_device=self._sampler_to_device,
+            host_int32=self._host_int32,
+        )
         self.kv_caches = allocate_kv_cache(model, config)
         self._decode_graphs: StepGraphs | None = None
         self._prompt_graphs: StepGraphs | None = None
         # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
         # copies of step N may still be reading theirs.
-        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 5, [None] * 5]
+        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 6, [None] * 6]
         self._parity = 0
         if config.cuda_graphs:
             self._capture_cuda_graphs()
@@ -109,20 +117,30 @@ class ModelRunner:
         hidden = self._forward(inputs)
         sampling = inputs.sampling
         if not sampling:
-            return LaunchedStep([], None, None, [], None, False)
+            return LaunchedStep([], False)
         rows = inputs.sample_rows
-        logits = self.model.compute_logits(hidden if rows is None else hidden[rows])
-        sampled = self.sampler(logits, sampling)
-        needs_history = any(r.params.needs_penalties for r in sampling)
+        step = LaunchedStep(
+            sampling,
+            needs_history=any(r.params.needs_penalties for r in sampling),
+            logits=self.model.compute_logits(hidden if rows is None else hidden[rows]),
+        )
+        if not any(r.grammar is not None and r.num_pending for r in sampling):
+            self.sample(step)
+        return step
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep) -> None:
+        """Queues the sampling of a launched step, and the copy of its tokens to the host."""
+        sampled = self.sampler(step.logits, step.requests)
+        step.logits = None
+        step.sampled, step.logprobs = sampled.sampled, sampled.logprobs
         if self.device.type != "cuda":
-            return LaunchedStep(
-                sampling, sampled.sampled, sampled.sampled, sampled.logprobs, None, needs_history
-            )
-        host = self._pinned(2, len(sampling), torch.int64)
-        host.copy_(sampled.sampled, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return LaunchedStep(sampling, sampled.sampled, host, sampled.logprobs, done, needs_history)
+            step.host_sampled = sampled.sampled
+            return
+        step.host_sampled = self._pinned(2, len(step.requests), torch.int64)
+        step.host_sampled.copy_(sampled.sampled, non_blocking=True)
+        step.done = torch.cuda.Event()
+        step.done.record()
 
     def _forward(self, inputs: StepInputs) -> torch.Tensor:
         ids, positions, meta = inputs.input_ids, inputs.positions, inputs.meta
@@ -294,6 +312,12 @@ class ModelRunner:
         if values.dtype == np.int64:
             return self._to_device([values], torch.int64, 3)
         return self._to_device([values], torch.float32, 4)
+
+    def _host_int32(self, size: int) -> torch.Tensor:
+        """The sampler's int32 buffer of a step (grammar masks), pinned on a GPU host."""
+        if self.device.type == "cpu":
+            return torch.empty(size, dtype=torch.int32)
+        return self._pinned(5, size, torch.int32)
 
     def _pinned(self, slot: int, size: int, dtype: torch.dtype) -> torch.Tensor:
         """`size` elements of this step's pinned host buffer `slot`."""

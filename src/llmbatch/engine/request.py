@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -43,6 +44,9 @@ class Request:
     generator: torch.Generator | None = None
     detokenizer: IncrementalDetokenizer | None = None
     images: RequestImages | None = None
+    grammar: Any = None
+    """The llguidance matcher of a request with structured outputs: it consumes every
+    generated token and gives the mask of allowed next tokens."""
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1
@@ -111,6 +115,10 @@ class Request:
         self.token_ids.append(token_id)
         if logprobs is not None and self.logprobs is not None:
             self.logprobs.append(logprobs)
+        # the grammar stops once nothing may follow (EOS included, or a wrong token)
+        grammar_done = self.grammar is not None and (
+            not self.grammar.consume_token(token_id) or self.grammar.is_stopped()
+        )
         params = self.params
         num_tokens = len(self.token_ids)
         past_min_tokens = num_tokens - self.num_prompt_tokens >= params.min_tokens
@@ -127,6 +135,8 @@ class Request:
         if stopped_by_token:
             is_eos = token_id in self.eos_token_ids and not params.ignore_eos
             self._finish("stop", None if is_eos else token_id)
+        elif grammar_done:
+            self._finish("stop", None)
         elif num_tokens >= self.length_limit:
             self._finish("length", None)
         else:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from llmbatch.engine.request import Request
+from llmbatch.engine.structured_outputs import fill_bitmask, mask_words
+from llmbatch.layers.bitmask import apply_token_bitmask_
 from llmbatch.layers.gumbel import gumbel_argmax, splitmix64
 
 
@@ -28,8 +30,9 @@ class SamplerOutput:
 class Sampler:
     """Samples one token per row of a logits batch, on the logits' device.
 
-    Order, as in vLLM: log-probabilities of the raw logits (when asked for); EOS and stop tokens
-    masked until min_tokens; repetition, frequency and presence penalties; greedy rows take the
+    Order, as in vLLM: log-probabilities of the raw logits (when asked for); the tokens a
+    request's grammar disallows masked (structured outputs: its matcher fills a bitmask on the
+    host, applied on the device); EOS and stop tokens masked until min_tokens; repetition, frequency and presence penalties; greedy rows take the
     argmax; other rows apply temperature, min-p, top-k and top-p and draw: on a GPU by a Gumbel
     race (argmax of logit / temperature + Gumbel noise, one fused pass: layers/gumbel.py), on a
     CPU from one uniform number per row through the cumulative distribution (drawing a number
@@ -44,11 +47,14 @@ class Sampler:
         seed: int,
         gumbel_race: bool | None = None,
         to_device: Callable[[np.ndarray], torch.Tensor] | None = None,
+        host_int32: Callable[[int], torch.Tensor] | None = None,
     ) -> None:
         self.device = device
         # how per-row inputs reach the device: the model runner stages them in pinned memory,
         # as a blocking copy would wait for the steps queued before it
         self._to_device = to_device or (lambda values: torch.from_numpy(values).to(device))
+        # a host int32 buffer of a given size for the step's grammar masks (pinned on GPUs)
+        self._host_int32 = host_int32 or (lambda size: torch.empty(size, dtype=torch.int32))
         # None: the race on GPUs, the cumulative distribution on CPUs
         self.gumbel_race = device.type != "cpu" if gumbel_race is None else gumbel_race
         if self.gumbel_race:
@@ -58,6 +64,7 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         raw_logprobs = self._raw_logprobs(logits, requests)
+        self._apply_grammars(logits, requests)
         self._mask_stop_tokens(logits, requests)
         self._apply_penalties(logits, requests)
         random_rows = [i for i, r in enumerate(requests) if not r.params.is_greedy]
@@ -100,6 +107,21 @@ class Sampler:
             entry[token_id] = chosen[j]
             result[i] = entry
         return result
+
+    def _apply_grammars(self, logits: torch.Tensor, requests: list[Request]) -> None:
+        """-inf for the tokens each constrained row's grammar disallows next (its matcher must
+        have consumed every earlier token)."""
+        rows = [i for i, r in enumerate(requests) if r.grammar is not None]
+        if not rows:
+            return
+        num_rows, words = len(rows), mask_words(logits.shape[1])
+        # the masks and their row numbers in one buffer, so that one copy takes them over
+        host = self._host_int32(num_rows * (words + 1))
+        fill_bitmask([requests[i].grammar for i in rows], host[: num_rows * words].view(-1, words))
+        host[num_rows * words :] = torch.tensor(rows, dtype=torch.int32)
+        staged = host.to(logits.device, non_blocking=True)
+        bitmask, row_index = staged.split([num_rows * words, num_rows])
+        apply_token_bitmask_(logits, row_index, bitmask.view(num_rows, words))
 
     def _mask_stop_tokens(self, logits: torch.Tensor, requests: list[Request]) -> None:
         rows: list[int] = []

@@ -7,6 +7,11 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from llmbatch.engine.structured_outputs_params import (
+    StructuredOutputsParams,
+    from_guided_decoding,
+)
+
 # Temperatures below this are greedy, as in vLLM.
 GREEDY_TEMPERATURE = 1e-5
 
@@ -16,8 +21,9 @@ class SamplingParams:
     """How to sample one request's output.
 
     temperature 0 is greedy; top_k 0 or -1 and top_p 1 turn those filters off; max_tokens None
-    generates until a stop condition or max_model_len. Invalid values raise ValueError at
-    construction.
+    generates until a stop condition or max_model_len. structured_outputs constrains the
+    output (a StructuredOutputsParams or a dict of its fields). Invalid values raise ValueError
+    at construction.
     """
 
     n: int = 1
@@ -39,8 +45,19 @@ class SamplingParams:
     detokenize: bool = True
     skip_special_tokens: bool = True
     truncate_prompt_tokens: int | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_decoding: StructuredOutputsParams | None = None
+    """The older name of structured_outputs (deprecated): moved there on construction."""
 
     def __post_init__(self) -> None:
+        self.structured_outputs = StructuredOutputsParams.of(self.structured_outputs)
+        if self.guided_decoding is not None:
+            if self.structured_outputs is not None:
+                raise ValueError(
+                    "give structured_outputs or guided_decoding (its older name), not both"
+                )
+            self.structured_outputs = from_guided_decoding(self.guided_decoding)
+            self.guided_decoding = None
         self._check_types()
         if isinstance(self.stop, str):
             self.stop = [self.stop]

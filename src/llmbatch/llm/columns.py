@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
+
+from llmbatch.engine.structured_outputs_params import StructuredOutputsParams
 
 MESSAGES = "messages"
 PROMPT = "prompt"
@@ -90,6 +93,33 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
         names.update(dict.fromkeys(row))
     arrays = [to_arrow(name, [row.get(name) for row in rows]) for name in names]
     return pa.Table.from_arrays(arrays, names=list(names))
+
+
+def storable_sampling_params(value: Any) -> Any:
+    """A row's sampling params with their structured-output constraint in a form every row can
+    share in one Arrow column: a JSON schema (a dict, or a pydantic model class) as JSON text.
+    Nothing is checked here: the engine checks each request and rejects a bad one as an error
+    row."""
+    if not isinstance(value, dict):
+        return value
+    for key in ("structured_outputs", "guided_decoding"):
+        spec = value.get(key)
+        if isinstance(spec, StructuredOutputsParams):
+            spec = spec.to_record()
+        elif isinstance(spec, dict):
+            spec = {name: _as_json_text(name, item) for name, item in spec.items()}
+        else:
+            continue
+        value = {**value, key: spec}
+    return value
+
+
+def _as_json_text(name: str, value: Any) -> Any:
+    if name not in ("json", "structural_tag"):
+        return value
+    if isinstance(value, type) and hasattr(value, "model_json_schema"):
+        value = value.model_json_schema()
+    return json.dumps(value) if isinstance(value, dict | list | bool) else value
 
 
 def drop_intermediate_columns(table: pa.Table) -> pa.Table:

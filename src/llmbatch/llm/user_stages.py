@@ -14,6 +14,7 @@ from llmbatch.llm.columns import (
     ERROR,
     IMAGES,
     MESSAGES,
+    SAMPLING_PARAMS,
     as_table,
     column_values,
     error_kind,
@@ -22,6 +23,7 @@ from llmbatch.llm.columns import (
     rows_to_table,
     set_column,
     split_table,
+    storable_sampling_params,
     to_arrow,
     with_errors,
 )
@@ -137,13 +139,17 @@ class PreprocessStage:
                 continue
             row.pop(ERROR, None)
             try:
-                results.append(_call(self._fn, row, self.name))
+                result = _call(self._fn, row, self.name)
             except KeyError as exc:
                 errors[i] = format_error(self.name, _explain_missing(exc, row))
                 results.append(None)
             except Exception as exc:
                 errors[i] = format_error(self.name, exc)
                 results.append(None)
+            else:
+                if SAMPLING_PARAMS in result:
+                    result[SAMPLING_PARAMS] = storable_sampling_params(result[SAMPLING_PARAMS])
+                results.append(result)
         return results
 
 

@@ -1,0 +1,6 @@
+"""Sampling parameters where vLLM keeps them: ``from llmbatch.sampling_params import ...``."""
+
+from llmbatch.engine.sampling_params import SamplingParams
+from llmbatch.engine.structured_outputs_params import StructuredOutputsParams
+
+__all__ = ["SamplingParams", "StructuredOutputsParams"]
