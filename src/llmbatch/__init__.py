@@ -17,9 +17,22 @@ _LAZY_EXPORTS = {
     "LLM": "llmbatch.runtime.llm",
     "SamplingParams": "llmbatch.engine.sampling_params",
     "StructuredOutputsParams": "llmbatch.engine.structured_outputs_params",
+    "BeamSearchParams": "llmbatch.runtime.beam_search",
+    "Logprob": "llmbatch.engine.outputs",
+    "RequestOutput": "llmbatch.engine.outputs",
+    "CompletionOutput": "llmbatch.engine.outputs",
 }
 
-__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "__version__"]
+__all__ = [
+    "LLM",
+    "BeamSearchParams",
+    "CompletionOutput",
+    "Logprob",
+    "RequestOutput",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,5 +2,6 @@
 
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.structured_outputs_params import StructuredOutputsParams
+from llmbatch.runtime.beam_search import BeamSearchParams
 
-__all__ = ["SamplingParams", "StructuredOutputsParams"]
+__all__ = ["BeamSearchParams", "SamplingParams", "StructuredOutputsParams"]

@@ -170,5 +170,6 @@ def test_logprobs_are_of_the_raw_logits_with_the_sampled_token(logits):
     top3 = raw.topk(3).indices.tolist()
     assert set(entry) == set(top3) | {out.token_ids[0]}
     for token, value in entry.items():
-        assert value == pytest.approx(raw[token].item(), abs=1e-5)
+        assert value.logprob == pytest.approx(raw[token].item(), abs=1e-5)
+        assert value.rank == 1 + (raw > raw[token]).sum().item()
     assert out.logprobs[1] is None

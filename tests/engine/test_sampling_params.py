@@ -36,16 +36,15 @@ def test_from_dict_rejects_unknown_keys_naming_the_accepted_ones():
         SamplingParams.from_dict({"temperature": 0.1, "beam_width": 4})
     with pytest.raises(ValueError, match=", ".join(ACCEPTED_KEYS[:3])):
         SamplingParams.from_dict({"typo": 1})
-    with pytest.raises(ValueError, match="must be a dict"):
+    with pytest.raises(TypeError, match="must be a dict"):
         SamplingParams.from_dict([("temperature", 0.1)])
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(n=2), "n=2 is not supported yet"),
+        (dict(n=0), "n must be at least 1"),
         (dict(temperature=-0.1), "temperature must be >= 0"),
-        (dict(temperature="hot"), "temperature='hot' has type str; expected float"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
         (dict(top_k=-2), "top_k must be -1 or 0"),
@@ -58,16 +57,27 @@ def test_from_dict_rejects_unknown_keys_naming_the_accepted_ones():
         (dict(min_tokens=-1), "min_tokens must be >= 0"),
         (dict(logprobs=-1), "logprobs must be >= 0"),
         (dict(seed=-5), "seed must be >= 0"),
-        (dict(seed=1.5), "seed=1.5 has type float; expected int or None"),
-        (dict(ignore_eos="yes"), "ignore_eos='yes' has type str; expected bool"),
         (dict(stop=[""]), "stop strings must not be empty"),
-        (dict(stop=["ok", 3]), "stop must hold str values"),
         (dict(stop="x", detokenize=False), "stop strings need detokenize=True"),
         (dict(stop_token_ids=[-1]), "stop_token_ids must be non-negative"),
-        (dict(stop_token_ids=["2"]), "stop_token_ids must hold int values"),
         (dict(truncate_prompt_tokens=0), "truncate_prompt_tokens must be at least 1"),
     ],
 )
 def test_invalid_values_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(temperature="hot"), "temperature='hot' has type str; expected float"),
+        (dict(seed=1.5), "seed=1.5 has type float; expected int or None"),
+        (dict(ignore_eos="yes"), "ignore_eos='yes' has type str; expected bool"),
+        (dict(stop=["ok", 3]), "stop must hold str values"),
+        (dict(stop_token_ids=["2"]), "stop_token_ids must hold int values"),
+    ],
+)
+def test_wrong_types_raise_type_errors(kwargs, message):
+    with pytest.raises(TypeError, match=message):
         SamplingParams(**kwargs)

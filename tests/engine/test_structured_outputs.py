@@ -205,7 +205,7 @@ def test_a_backend_other_than_llguidance_is_a_clear_error(smollm2_dir):
 
 
 def test_each_constraint_compiles_once(llm):
-    compiler = llm.llm_engine._grammars
+    compiler = llm.llm_engine._builder._grammars
     llm.chat([chat(q) for q in QUESTIONS[:2]] * 4, [params(0), params(1)] * 4)
     cached = len(compiler._compiled)
     llm.chat([chat(q) for q in QUESTIONS[:2]] * 4, [params(0), params(1)] * 4)

@@ -129,5 +129,10 @@ def test_logprobs_asked_for_by_a_row_come_in_its_logprobs_column(result, referen
     for step, expected, sampled in zip(row["logprobs"], output.logprobs, row["generated_tokens"]):
         assert {entry["token_id"] for entry in step} == set(expected) >= {sampled}
         # Same numbers up to float rounding: the rows shared a batch with different neighbours.
-        assert {e["token_id"]: e["logprob"] for e in step} == pytest.approx(expected, abs=1e-4)
+        expected_values = {token: entry.logprob for token, entry in expected.items()}
+        assert {e["token_id"]: e["logprob"] for e in step} == pytest.approx(
+            expected_values, abs=1e-4
+        )
+        assert {e["token_id"]: e["rank"] for e in step} == {t: e.rank for t, e in expected.items()}
+        assert all(e["decoded_token"] is not None for e in step)
     assert all(row.get("logprobs") is None for row in rows if row["case"] != "logprobs")

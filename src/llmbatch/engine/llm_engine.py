@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from llmbatch.engine.args import EngineArgs
 from llmbatch.engine.block_manager import BlockManager
 from llmbatch.engine.config import EngineConfig, resolve_config
-from llmbatch.engine.detokenizer import IncrementalDetokenizer
 from llmbatch.engine.kv_cache import measure_num_blocks
 from llmbatch.engine.model_runner import LaunchedStep, ModelRunner
-from llmbatch.engine.multimodal import MultiModalInputs, RequestImages
-from llmbatch.engine.outputs import RequestOutput, RequestRejected
+from llmbatch.engine.multimodal import MultiModalInputs
+from llmbatch.engine.outputs import CompletionOutput, RequestOutput, RequestRejected
 from llmbatch.engine.request import Request
+from llmbatch.engine.request_builder import RequestBuilder
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.scheduler import Scheduler
-from llmbatch.engine.structured_outputs import GrammarCompiler
 from llmbatch.models import LoadedModel, load_model
 
 
@@ -52,6 +49,14 @@ def load_model_for(config: EngineConfig) -> LoadedModel:
         load_format=config.load_format,
         seed=config.seed,
     )
+
+
+@dataclass(slots=True)
+class _Samples:
+    """The finished sequences of a request with n > 1: index -> sequence and completion."""
+
+    n: int
+    done: dict[int, tuple[Request, CompletionOutput]] = field(default_factory=dict)
 
 
 class LLMEngine:
@@ -89,7 +94,15 @@ class LLMEngine:
         self._requests: dict[str, Request] = {}
         self._stats = EngineStats()
         self._in_flight: LaunchedStep | None = None
-        self._grammars: GrammarCompiler | None = None
+        self._builder = RequestBuilder(
+            config,
+            loaded.model,
+            self.tokenizer,
+            self.eos_token_ids,
+            self._runner.sampler.gumbel_race,
+        )
+        # the samples of requests with n > 1, as they finish
+        self._samples: dict[str, _Samples] = {}
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -130,57 +143,18 @@ class LLMEngine:
         (`llmbatch.engine.multimodal.process_images`, which also expands the prompt's image
         placeholders)."""
         try:
-            request = self._build_request(request_id, prompt, params, multi_modal)
+            if request_id in self._requests or request_id in self._samples:
+                raise RequestRejected(f"request_id {request_id!r} is already in the engine")
+            sequences = self._builder.build(request_id, prompt, params, multi_modal)
         except RequestRejected as exc:
             exc.request_id = request_id
             raise
-        self._requests[request_id] = request
-        self._scheduler.add(request)
+        if params.n > 1:
+            self._samples[request_id] = _Samples(params.n)
+        for sequence in sequences:
+            self._requests[sequence.request_id] = sequence
+            self._scheduler.add(sequence)
         self._stats.num_requests += 1
-
-    def _build_request(
-        self,
-        request_id: str,
-        prompt: str | list[int],
-        params: SamplingParams,
-        multi_modal: MultiModalInputs | None,
-    ) -> Request:
-        if not isinstance(request_id, str):
-            raise RequestRejected(f"request_id must be a str, got {type(request_id).__name__}")
-        if request_id in self._requests:
-            raise RequestRejected(f"request_id {request_id!r} is already in the engine")
-        if not isinstance(params, SamplingParams):
-            raise RequestRejected(
-                f"params must be a SamplingParams, got {type(params).__name__} "
-                "(use SamplingParams.from_dict for a dict)"
-            )
-        if self.tokenizer is None and (isinstance(prompt, str) or params.detokenize):
-            raise RequestRejected(
-                "this model folder has no tokenizer: give token ids with detokenize=False, "
-                "or pass tokenizer=... in the engine arguments"
-            )
-        token_ids = self._tokenize(prompt)
-        if params.truncate_prompt_tokens is not None:
-            token_ids = token_ids[-params.truncate_prompt_tokens :]
-        self._check_request(token_ids, params)
-        images = self._request_images(token_ids, multi_modal)
-        grammar = self._grammar(params)
-        return Request(
-            request_id=request_id,
-            prompt=prompt if isinstance(prompt, str) else None,
-            token_ids=token_ids,
-            params=params,
-            eos_token_ids=frozenset(self.eos_token_ids),
-            max_model_len=self.max_model_len,
-            generator=self._request_generator(params),
-            detokenizer=(
-                IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
-                if params.detokenize
-                else None
-            ),
-            images=images,
-            grammar=grammar,
-        )
 
     def step(self) -> list[RequestOutput]:
         """Runs one scheduler step; returns the requests that finished in it.
@@ -229,12 +203,19 @@ class LLMEngine:
         return self._scheduler.num_unfinished()
 
     def abort_request(self, request_id: str) -> bool:
-        """Drops a queued or running request; returns False when no such request is in the engine."""
-        request = self._scheduler.abort(request_id)
-        if request is None:
-            return False
-        del self._requests[request_id]
-        return True
+        """Drops a queued or running request (all its samples); returns False when no such
+        request is in the engine."""
+        done = self._samples.pop(request_id, None)
+        if done is None:
+            ids = [request_id]
+        else:
+            ids = [r.request_id for r in self._requests.values() if r.output_id == request_id]
+        aborted = False
+        for sequence_id in ids:
+            if self._scheduler.abort(sequence_id) is not None:
+                del self._requests[sequence_id]
+                aborted = True
+        return aborted or done is not None
 
     def close(self) -> None:
         """Releases the model and the KV cache (GPU memory goes back to the allocator)."""
@@ -262,92 +243,33 @@ class LLMEngine:
             self._stats.num_generated_tokens += 1
             if request.append_token(token_id, logprobs):
                 self._scheduler.finish(request)
-                finished.append(self._retire(request))
+                output = self._retire(request)
+                if output is not None:
+                    finished.append(output)
         return finished
 
-    def _retire(self, request: Request) -> RequestOutput:
+    def _retire(self, request: Request) -> RequestOutput | None:
+        """The request's output once its last sequence finishes (None before that)."""
         del self._requests[request.request_id]
         self._stats.num_finished += 1
         self._stats.num_prompt_tokens += request.num_prompt_tokens
         self._stats.num_cached_tokens += max(request.num_cached_tokens, 0)
-        return request.to_output()
+        decode = self._decode_token if request.params.detokenize else None
+        completion = request.to_completion(decode)
+        if request.output_id == request.request_id:
+            return request.to_output(
+                request.output_id, [completion], max(request.num_cached_tokens, 0)
+            )
+        samples = self._samples[request.output_id]
+        samples.done[request.index] = (request, completion)
+        if len(samples.done) < samples.n:
+            return None
+        del self._samples[request.output_id]
+        ordered = [samples.done[i] for i in range(samples.n)]
+        cached = sum(sequence.num_cached_tokens for sequence, _ in ordered)
+        return ordered[0][0].to_output(request.output_id, [c for _, c in ordered], cached)
 
-    def _tokenize(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            return list(self.tokenizer.encode(prompt))
-        if isinstance(prompt, list | tuple) and all(
-            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt
-        ):
-            return [int(t) for t in prompt]
-        raise RequestRejected(
-            f"prompt must be a str or a list of token ids (int), got {type(prompt).__name__}"
+    def _decode_token(self, token_id: int) -> str:
+        return self.tokenizer.convert_tokens_to_string(
+            [self.tokenizer.convert_ids_to_tokens(token_id)]
         )
-
-    def _check_request(self, token_ids: list[int], params: SamplingParams) -> None:
-        max_model_len = self.max_model_len
-        if not token_ids:
-            raise RequestRejected("the prompt is empty; give at least one token")
-        if len(token_ids) > max_model_len:
-            raise RequestRejected(
-                f"the prompt has {len(token_ids)} tokens, more than max_model_len={max_model_len}; "
-                "shorten it, set truncate_prompt_tokens, or raise max_model_len"
-            )
-        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise RequestRejected(
-                f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})"
-            )
-        if params.logprobs is not None and params.logprobs > self.config.max_logprobs:
-            raise RequestRejected(
-                f"logprobs={params.logprobs} exceeds max_logprobs={self.config.max_logprobs} "
-                "(raise max_logprobs in the engine arguments)"
-            )
-
-    def _request_images(
-        self, token_ids: list[int], multi_modal: MultiModalInputs | None
-    ) -> RequestImages | None:
-        if multi_modal is None:
-            return None
-        if not isinstance(multi_modal, MultiModalInputs):
-            raise RequestRejected(
-                f"multi_modal must be a MultiModalInputs, got {type(multi_modal).__name__}"
-            )
-        model = self._runner.model
-        if not hasattr(model, "encode_images"):
-            raise RequestRejected(
-                f"this model ({type(model).__name__}) takes no images; use a vision-language "
-                "model such as Qwen2.5-VL"
-            )
-        if self.config.tensor_parallel_size > 1:
-            raise RequestRejected(
-                "images need tensor_parallel_size=1 (scale vision jobs with data-parallel "
-                "replicas: concurrency=N)"
-            )
-        try:
-            return RequestImages.build(model, token_ids, multi_modal)
-        except ValueError as exc:
-            raise RequestRejected(str(exc)) from None
-
-    def _grammar(self, params: SamplingParams) -> Any:
-        """The request's grammar matcher (None without structured outputs); its constraint is
-        compiled once per engine, on the first request that gives it."""
-        if params.structured_outputs is None:
-            return None
-        if self.tokenizer is None:
-            raise RequestRejected(
-                "structured outputs need the model's tokenizer: pass tokenizer=... in the "
-                "engine arguments"
-            )
-        if self._grammars is None:
-            self._grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
-        try:
-            return self._grammars.matcher(params.structured_outputs)
-        except ValueError as exc:
-            raise RequestRejected(str(exc)) from None
-
-    def _request_generator(self, params: SamplingParams) -> torch.Generator | None:
-        """A seeded request's own generator, where the sampler draws from generators (the
-        Gumbel race keys its noise by seed and position instead)."""
-        if params.seed is None or params.is_greedy or self._runner.sampler.gumbel_race:
-            return None
-        return torch.Generator(device=self._runner.device).manual_seed(params.seed)

@@ -14,8 +14,9 @@ from llmbatch.engine.config import EngineConfig
 from llmbatch.engine.cuda_graphs import StepGraphs, capture_sizes, prompt_capture_sizes
 from llmbatch.engine.kv_cache import allocate_kv_cache
 from llmbatch.engine.multimodal import ImageChunk, mrope_step_positions
+from llmbatch.engine.outputs import Logprob
 from llmbatch.engine.request import Request
-from llmbatch.engine.sampler import Sampler
+from llmbatch.engine.sampler import Sampler, token_logprobs
 from llmbatch.engine.scheduler import ScheduledBatch
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.models import CausalLM
@@ -29,7 +30,7 @@ class StepResult:
 
     requests: list[Request]
     token_ids: list[int]
-    logprobs: list[dict[int, float] | None]
+    logprobs: list[dict[int, Logprob] | None]
 
 
 @dataclass(slots=True, eq=False)
@@ -39,14 +40,15 @@ class LaunchedStep:
 
     requests: list[Request]
     needs_history: bool
-    """True when a request of it samples from its whole token history (penalties): the next
-    step may not be launched before this one's tokens are known."""
+    """True when a request of it samples from its token history on the host (penalties, bad
+    words, logits processors): the next step may not be launched before this one's tokens are
+    known."""
     logits: torch.Tensor | None = None
     """Set while the step's sampling waits for the previous step's tokens: a request with a
     grammar needs them consumed before its mask of next tokens exists (`ModelRunner.sample`)."""
     sampled: torch.Tensor | None = None
     host_sampled: torch.Tensor | None = None
-    logprobs: list[dict[int, float] | None] = field(default_factory=list)
+    logprobs: list[dict[int, Logprob] | None] = field(default_factory=list)
     done: torch.cuda.Event | None = None
 
 
@@ -115,18 +117,46 @@ class ModelRunner:
         self._parity ^= 1
         inputs = self._prepare_inputs(batch, previous)
         hidden = self._forward(inputs)
+        if any(r.wants_prompt_logprobs for r in batch.requests):
+            self._score_prompts(batch, hidden)
         sampling = inputs.sampling
         if not sampling:
             return LaunchedStep([], False)
         rows = inputs.sample_rows
         step = LaunchedStep(
             sampling,
-            needs_history=any(r.params.needs_penalties for r in sampling),
+            needs_history=any(r.params.needs_host_logits for r in sampling),
             logits=self.model.compute_logits(hidden if rows is None else hidden[rows]),
         )
         if not any(r.grammar is not None and r.num_pending for r in sampling):
             self.sample(step)
         return step
+
+    def _score_prompts(self, batch: ScheduledBatch, hidden: torch.Tensor) -> None:
+        """Appends the log-probabilities of the prompt tokens this step's rows predict, for the
+        requests that asked for them (rows scored before a preemption are not scored again)."""
+        rows: list[int] = []
+        targets: list[int] = []
+        owners: list[Request] = []
+        first_row = 0
+        for request, count in zip(batch.requests, batch.num_new_tokens):
+            if request.wants_prompt_logprobs:
+                start = request.num_computed_tokens
+                low = max(len(request.prompt_logprobs), start + 1)
+                high = min(request.num_prompt_tokens - 1, start + count)
+                for token in range(low, high + 1):
+                    rows.append(first_row + token - 1 - start)
+                    targets.append(request.token_ids[token])
+                    owners.append(request)
+            first_row += count
+        if not rows:
+            return
+        index = torch.tensor(rows, device=hidden.device)
+        logprobs = torch.log_softmax(self.model.compute_logits(hidden[index]), dim=-1)
+        chosen = torch.tensor(targets, device=hidden.device)
+        entries = token_logprobs(logprobs, chosen, [r.params.prompt_logprobs for r in owners])
+        for request, entry in zip(owners, entries):
+            request.prompt_logprobs.append(entry)
 
     @torch.inference_mode()
     def sample(self, step: LaunchedStep) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +12,14 @@ import torch
 
 from llmbatch.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from llmbatch.engine.multimodal import RequestImages
-from llmbatch.engine.outputs import FinishReason, RequestOutput
+from llmbatch.engine.outputs import (
+    CompletionOutput,
+    FinishReason,
+    Logprob,
+    PromptLogprobs,
+    RequestMetrics,
+    RequestOutput,
+)
 from llmbatch.engine.sampling_params import SamplingParams
 
 
@@ -47,6 +56,13 @@ class Request:
     grammar: Any = None
     """The llguidance matcher of a request with structured outputs: it consumes every
     generated token and gives the mask of allowed next tokens."""
+    bad_words: list[list[int]] | None = None
+    """Token sequences never to complete (the request's bad words, tokenized)."""
+    output_id: str = ""
+    """The id its output is reported under: its own, or for one of ``n`` samples the
+    request's (the sequences of a request with n > 1 are ``{output_id}\x1f{index}``)."""
+    index: int = 0
+    """Which of its prompt's ``n`` samples this sequence is."""
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1
@@ -57,14 +73,18 @@ class Request:
     num_preemptions: int = 0
     pending_row: int = -1
     text: str = ""
-    logprobs: list[dict[int, float]] | None = None
+    logprobs: list[dict[int, Logprob]] | None = None
+    cumulative_logprob: float = 0.0
+    prompt_logprobs: PromptLogprobs | None = None
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     num_prompt_tokens: int = field(init=False)
     stop_token_ids: frozenset[int] = field(init=False)
     length_limit: int = field(init=False)
+    metrics: RequestMetrics = field(init=False)
 
     def __post_init__(self) -> None:
+        self.output_id = self.output_id or self.request_id
         self.num_prompt_tokens = len(self.token_ids)
         eos = frozenset() if self.params.ignore_eos else self.eos_token_ids
         self.stop_token_ids = eos | frozenset(self.params.stop_token_ids or ())
@@ -76,6 +96,9 @@ class Request:
         )
         if self.params.logprobs is not None:
             self.logprobs = []
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None]
+        self.metrics = RequestMetrics(arrival_time=time.time())
 
     @property
     def num_tokens(self) -> int:
@@ -109,12 +132,24 @@ class Request:
         """True while min_tokens is not reached: EOS and stop tokens may not be sampled yet."""
         return self.num_output_tokens < self.params.min_tokens and bool(self.stop_token_ids)
 
-    def append_token(self, token_id: int, logprobs: dict[int, float] | None = None) -> bool:
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """True while prompt tokens whose log-probabilities were asked for remain to be scored."""
+        return (
+            self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
+        )
+
+    def append_token(self, token_id: int, logprobs: dict[int, Logprob] | None = None) -> bool:
         """Adds a sampled token; finishes the request, and returns True, when a stop condition
         is met."""
         self.token_ids.append(token_id)
+        now = time.time()
+        if self.metrics.first_token_time is None:
+            self.metrics.first_token_time = now
+        self.metrics.last_token_time = now
         if logprobs is not None and self.logprobs is not None:
             self.logprobs.append(logprobs)
+            self.cumulative_logprob += logprobs[token_id].logprob
         # the grammar stops once nothing may follow (EOS included, or a wrong token)
         grammar_done = self.grammar is not None and (
             not self.grammar.consume_token(token_id) or self.grammar.is_stopped()
@@ -160,19 +195,36 @@ class Request:
         self.status = RequestStatus.FINISHED
         self.finish_reason = reason
         self.stop_reason = stop_reason
+        self.metrics.finished_time = time.time()
 
-    def to_output(self) -> RequestOutput:
+    def to_completion(self, decode: Callable[[int], str] | None = None) -> CompletionOutput:
+        """This sequence's completion; `decode` names each logprob's token (``decoded_token``)."""
         assert self.finish_reason is not None
-        return RequestOutput(
-            request_id=self.request_id,
-            prompt=self.prompt,
-            prompt_token_ids=self.token_ids[: self.num_prompt_tokens],
+        if decode is not None:
+            for entry in [*(self.logprobs or ()), *(self.prompt_logprobs or ())]:
+                for token_id, logprob in (entry or {}).items():
+                    logprob.decoded_token = decode(token_id)
+        return CompletionOutput(
+            index=self.index,
             text=self.text,
             token_ids=self.output_token_ids,
+            cumulative_logprob=self.cumulative_logprob if self.logprobs is not None else None,
+            logprobs=self.logprobs,
             finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
-            num_prompt_tokens=self.num_prompt_tokens,
-            num_cached_tokens=max(self.num_cached_tokens, 0),
-            logprobs=self.logprobs,
+        )
+
+    def to_output(
+        self, request_id: str, completions: list[CompletionOutput], num_cached_tokens: int
+    ) -> RequestOutput:
+        """The request's output with its completions (this sequence's and its siblings')."""
+        return RequestOutput(
+            request_id=request_id,
+            prompt=self.prompt,
+            prompt_token_ids=self.token_ids[: self.num_prompt_tokens],
+            outputs=completions,
+            prompt_logprobs=self.prompt_logprobs,
+            num_cached_tokens=num_cached_tokens,
             num_preemptions=self.num_preemptions,
+            metrics=self.metrics,
         )

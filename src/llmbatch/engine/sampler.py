@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from llmbatch.engine.outputs import Logprob
 from llmbatch.engine.request import Request
 from llmbatch.engine.structured_outputs import fill_bitmask, mask_words
 from llmbatch.layers.bitmask import apply_token_bitmask_
@@ -20,7 +23,7 @@ class SamplerOutput:
     row asks for them, are already on the host."""
 
     sampled: torch.Tensor
-    logprobs: list[dict[int, float] | None]
+    logprobs: list[dict[int, Logprob] | None]
 
     @property
     def token_ids(self) -> list[int]:
@@ -65,8 +68,10 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         raw_logprobs = self._raw_logprobs(logits, requests)
         self._apply_grammars(logits, requests)
+        self._apply_token_filters(logits, requests)
         self._mask_stop_tokens(logits, requests)
         self._apply_penalties(logits, requests)
+        self._apply_logits_processors(logits, requests)
         random_rows = [i for i, r in enumerate(requests) if not r.params.is_greedy]
         if not random_rows:
             sampled = logits.argmax(dim=-1)
@@ -91,22 +96,50 @@ class Sampler:
         raw: tuple[list[int], torch.Tensor] | None,
         requests: list[Request],
         sampled: torch.Tensor,
-    ) -> list[dict[int, float] | None]:
-        result: list[dict[int, float] | None] = [None] * len(requests)
+    ) -> list[dict[int, Logprob] | None]:
+        result: list[dict[int, Logprob] | None] = [None] * len(requests)
         if raw is None:
             return result
         rows, logprobs = raw
-        chosen_ids = sampled[rows]
-        chosen = logprobs.gather(1, chosen_ids[:, None]).squeeze(1).tolist()
-        max_top = max(requests[i].params.logprobs or 0 for i in rows)
-        top_values, top_ids = logprobs.topk(max_top, dim=-1)
-        top_values, top_ids = top_values.tolist(), top_ids.tolist()
-        for j, (i, token_id) in enumerate(zip(rows, chosen_ids.tolist())):
-            num_top = requests[i].params.logprobs or 0
-            entry = dict(zip(top_ids[j][:num_top], top_values[j][:num_top]))
-            entry[token_id] = chosen[j]
+        entries = token_logprobs(
+            logprobs, sampled[rows], [requests[i].params.logprobs for i in rows]
+        )
+        for i, entry in zip(rows, entries):
             result[i] = entry
         return result
+
+    def _apply_token_filters(self, logits: torch.Tensor, requests: list[Request]) -> None:
+        """-inf outside a row's allowed_token_ids, and on each bad word's last token where the
+        tokens before it end the row's output so far."""
+        for i, request in enumerate(requests):
+            allowed = request.params.allowed_token_ids
+            if allowed is not None:
+                index = torch.tensor(allowed, device=logits.device)
+                kept = logits[i, index]
+                logits[i] = float("-inf")
+                logits[i, index] = kept
+            if request.bad_words:
+                output = request.output_token_ids
+                banned = [
+                    word[-1]
+                    for word in request.bad_words
+                    if len(word) == 1 or output[len(output) - len(word) + 1 :] == word[:-1]
+                ]
+                if banned:
+                    logits[i, banned] = float("-inf")
+
+    def _apply_logits_processors(self, logits: torch.Tensor, requests: list[Request]) -> None:
+        """A row's own functions over its logits: ``f(output_ids, logits)`` or ``f(prompt_ids,
+        output_ids, logits)``, as vLLM calls them."""
+        for i, request in enumerate(requests):
+            for processor in request.params.logits_processors or ():
+                prompt, output = (
+                    request.token_ids[: request.num_prompt_tokens],
+                    request.output_token_ids,
+                )
+                takes_prompt = _num_positional_parameters(processor) >= 3
+                args = (prompt, output) if takes_prompt else (output,)
+                logits[i] = processor(*args, logits[i])
 
     def _apply_grammars(self, logits: torch.Tensor, requests: list[Request]) -> None:
         """-inf for the tokens each constrained row's grammar disallows next (its matcher must
@@ -211,6 +244,38 @@ class Sampler:
             if request.generator is not None:
                 draws[i].uniform_(generator=request.generator)
         return draws
+
+
+def token_logprobs(
+    logprobs: torch.Tensor, chosen: torch.Tensor, num_top: list[int | None]
+) -> list[dict[int, Logprob]]:
+    """Per row of log-probabilities ``[rows, vocab]``: the chosen token's and the top
+    ``num_top[row]`` tokens' Logprobs, with their ranks (1: the most likely)."""
+    chosen_values = logprobs.gather(1, chosen[:, None])
+    chosen_ranks = (logprobs > chosen_values).sum(dim=-1) + 1
+    max_top = max((n or 0 for n in num_top), default=0)
+    top_values, top_ids = logprobs.topk(max_top, dim=-1)
+    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    rows = zip(chosen.tolist(), chosen_values.squeeze(1).tolist(), chosen_ranks.tolist())
+    entries = []
+    for j, (token_id, value, rank) in enumerate(rows):
+        count = num_top[j] or 0
+        entry = {
+            top_id: Logprob(top_value, rank=k + 1)
+            for k, (top_id, top_value) in enumerate(zip(top_ids[j][:count], top_values[j][:count]))
+        }
+        entry[token_id] = Logprob(value, rank=rank)
+        entries.append(entry)
+    return entries
+
+
+def _num_positional_parameters(fn: Callable[..., Any]) -> int:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in parameters if p.kind in kinds)
 
 
 def _inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +23,14 @@ class SamplingParams:
     """How to sample one request's output.
 
     temperature 0 is greedy; top_k 0 or -1 and top_p 1 turn those filters off; max_tokens None
-    generates until a stop condition or max_model_len. structured_outputs constrains the
-    output (a StructuredOutputsParams or a dict of its fields). Invalid values raise ValueError
-    at construction.
+    generates until a stop condition or max_model_len. n answers per prompt (each sample seeded
+    ``seed + i`` when a seed is given). structured_outputs constrains the output (a
+    StructuredOutputsParams or a dict of its fields). bad_words are never generated (each word
+    as its tokens, with and without a leading space); allowed_token_ids, when given, are the only
+    tokens that may be; logits_processors are functions ``f(output_token_ids, logits) ->
+    logits`` (or ``f(prompt_token_ids, output_token_ids, logits)``) applied to the request's row
+    of logits before sampling. prompt_logprobs asks for the log-probabilities of the prompt's
+    tokens. A wrong type raises TypeError, an invalid value ValueError, at construction.
     """
 
     n: int = 1
@@ -45,6 +52,10 @@ class SamplingParams:
     detokenize: bool = True
     skip_special_tokens: bool = True
     truncate_prompt_tokens: int | None = None
+    prompt_logprobs: int | None = None
+    bad_words: list[str] | None = None
+    allowed_token_ids: list[int] | None = None
+    logits_processors: list[Callable[..., Any]] | None = None
     structured_outputs: StructuredOutputsParams | None = None
     guided_decoding: StructuredOutputsParams | None = None
     """The older name of structured_outputs (deprecated): moved there on construction."""
@@ -65,13 +76,19 @@ class SamplingParams:
             self.stop = list(self.stop)
         if self.stop_token_ids is not None:
             self.stop_token_ids = [int(t) for t in self.stop_token_ids]
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = [int(t) for t in self.allowed_token_ids]
+        if self.bad_words is not None:
+            self.bad_words = list(self.bad_words)
+        if self.logits_processors is not None:
+            self.logits_processors = list(self.logits_processors)
         self._check_values()
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> SamplingParams:
         """Builds params from a dict of vLLM-named keys; unknown keys are a ValueError."""
         if not isinstance(params, dict):
-            raise ValueError(f"sampling params must be a dict, got {type(params).__name__}")
+            raise TypeError(f"sampling params must be a dict, got {type(params).__name__}")
         unknown = sorted(set(params) - set(ACCEPTED_KEYS))
         if unknown:
             raise ValueError(
@@ -82,6 +99,12 @@ class SamplingParams:
     @property
     def is_greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
+
+    @property
+    def needs_host_logits(self) -> bool:
+        """Whether sampling reads the request's token history on the host (penalties, bad
+        words, logits processors): the step must wait for the previous one's tokens."""
+        return self.needs_penalties or bool(self.bad_words) or bool(self.logits_processors)
 
     @property
     def needs_penalties(self) -> bool:
@@ -103,7 +126,7 @@ class SamplingParams:
                 names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in accepted)
                 if _NULLABLE[name]:
                     names += " or None"
-                raise ValueError(
+                raise TypeError(
                     f"sampling parameter {name}={value!r} has type {type(value).__name__}; "
                     f"expected {names}"
                 )
@@ -115,9 +138,23 @@ class SamplingParams:
             _check_items("stop", self.stop, str)
         if self.stop_token_ids is not None:
             _check_items("stop_token_ids", self.stop_token_ids, numbers.Integral)
+        if self.allowed_token_ids is not None:
+            _check_items("allowed_token_ids", self.allowed_token_ids, numbers.Integral)
+        if self.bad_words is not None:
+            _check_items("bad_words", self.bad_words, str)
+        for processor in self.logits_processors or ():
+            if not callable(processor):
+                raise TypeError(f"logits_processors must hold functions, got {processor!r}")
 
     def _check_values(self) -> None:
-        _require(self.n == 1, f"n={self.n} is not supported yet; only n=1 is accepted")
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _require(math.isfinite(value), f"{name} must be a finite number, got {value}")
+        _require(
+            math.isfinite(self.repetition_penalty),
+            f"repetition_penalty must be a finite number, got {self.repetition_penalty}",
+        )
+        _require(self.n >= 1, f"n must be at least 1, got {self.n}")
         _require(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
         _require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         _require(
@@ -145,6 +182,19 @@ class SamplingParams:
             f"logprobs must be >= 0, got {self.logprobs}",
         )
         _require(self.seed is None or self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _require(
+            self.prompt_logprobs is None or self.prompt_logprobs >= 0,
+            f"prompt_logprobs must be >= 0, got {self.prompt_logprobs}",
+        )
+        _require(
+            self.allowed_token_ids is None or len(self.allowed_token_ids) > 0,
+            "allowed_token_ids must hold at least one token id (or be None)",
+        )
+        _require(
+            all(t >= 0 for t in self.allowed_token_ids or ()),
+            f"allowed_token_ids must be non-negative, got {self.allowed_token_ids}",
+        )
+        _require(all(self.bad_words or [True]), "bad_words must not be empty strings")
         _require(
             self.truncate_prompt_tokens is None or self.truncate_prompt_tokens >= 1,
             f"truncate_prompt_tokens must be at least 1, got {self.truncate_prompt_tokens}",
@@ -184,6 +234,10 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "detokenize": (bool,),
     "skip_special_tokens": (bool,),
     "truncate_prompt_tokens": _INT,
+    "prompt_logprobs": _INT,
+    "bad_words": (list, tuple),
+    "allowed_token_ids": (list, tuple),
+    "logits_processors": (list, tuple),
 }
 _TYPE_NAMES = {numbers.Integral: "int", numbers.Real: "float"}
 _NULLABLE = {f.name: "None" in str(f.type) for f in dataclasses.fields(SamplingParams)}
@@ -199,4 +253,4 @@ def _check_items(name: str, values: list[Any], item_type: type) -> None:
     for value in values:
         if not isinstance(value, item_type) or isinstance(value, bool):
             kind = _TYPE_NAMES.get(item_type, item_type.__name__)
-            raise ValueError(f"sampling parameter {name} must hold {kind} values, got {value!r}")
+            raise TypeError(f"sampling parameter {name} must hold {kind} values, got {value!r}")

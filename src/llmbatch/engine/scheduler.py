@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -123,7 +124,12 @@ class Scheduler:
             reserved = sum(self._expected_growth(r, len(r.block_ids)) for r in self.running)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            cached_blocks = self.block_manager.find_cached_prefix(request)
+            # prompt log-probabilities need every prompt token computed, none from the cache
+            cached_blocks = (
+                []
+                if request.wants_prompt_logprobs
+                else self.block_manager.find_cached_prefix(request)
+            )
             num_cached = len(cached_blocks) * self.block_manager.block_size
             num_new = request.num_tokens - num_cached
             if num_new > budget:
@@ -141,6 +147,7 @@ class Scheduler:
             self.waiting.popleft()
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_cached
+                request.metrics.first_scheduled_time = time.time()
             request.num_computed_tokens = num_cached
             request.status = RequestStatus.RUNNING
             self.running.append(request)

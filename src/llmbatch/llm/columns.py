@@ -29,9 +29,22 @@ GENERATION_TYPES: dict[str, pa.DataType] = {
     "finish_reason": pa.string(),
     "time_taken_llm": pa.float64(),
 }
+# A list (one entry per sample) on tables where a row asked for n > 1 answers
+PER_SAMPLE_COLUMNS = ("generated_text", "generated_tokens", "num_generated_tokens", "finish_reason")
 # Only on tables where a row asked for logprobs in its sampling params.
 LOGPROBS = "logprobs"
-LOGPROBS_TYPE = pa.list_(pa.list_(pa.struct([("token_id", pa.int64()), ("logprob", pa.float64())])))
+LOGPROBS_TYPE = pa.list_(
+    pa.list_(
+        pa.struct(
+            [
+                ("token_id", pa.int64()),
+                ("logprob", pa.float64()),
+                ("rank", pa.int64()),
+                ("decoded_token", pa.string()),
+            ]
+        )
+    )
+)
 
 _ERROR_SEPARATOR = ": "
 

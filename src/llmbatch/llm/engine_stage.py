@@ -19,6 +19,7 @@ from llmbatch.llm.columns import (
     LOGPROBS,
     LOGPROBS_TYPE,
     MULTI_MODAL,
+    PER_SAMPLE_COLUMNS,
     PROMPT,
     PROMPT_TOKEN_IDS,
     SAMPLING_PARAMS,
@@ -247,10 +248,15 @@ class _Run:
     def emit(self, num_rows: int) -> pa.Table:
         slots = [self.order.popleft() for _ in range(num_rows)]
         table = self.take_rows(num_rows)
-        for name, values in _generation_columns(slots).items():
-            table = set_column(table, name, pa.array(values, type=GENERATION_TYPES[name]))
+        per_sample = any(s.params is not None and s.params.n > 1 for s in slots)
+        for name, values in _generation_columns(slots, per_sample).items():
+            kind = GENERATION_TYPES[name]
+            if per_sample and name in PER_SAMPLE_COLUMNS:
+                kind = pa.list_(kind)
+            table = set_column(table, name, pa.array(values, type=kind))
         if any(s.params is not None and s.params.logprobs is not None for s in slots):
-            table = set_column(table, LOGPROBS, pa.array(_logprobs(slots), type=LOGPROBS_TYPE))
+            kind = pa.list_(LOGPROBS_TYPE) if per_sample else LOGPROBS_TYPE
+            table = set_column(table, LOGPROBS, pa.array(_logprobs(slots, per_sample), type=kind))
         return set_column(table, ERROR, pa.array([s.error for s in slots], type=pa.string()))
 
     def take_rows(self, num_rows: int) -> pa.Table:
@@ -269,23 +275,40 @@ class _Run:
         return pa.concat_tables(pieces, promote_options="permissive")
 
 
-def _logprobs(slots: list[_Slot]) -> list[list[list[dict[str, Any]]] | None]:
-    """Per generated token, the top tokens' and the sampled token's log-probabilities."""
+def _logprobs(slots: list[_Slot], per_sample: bool) -> list[Any]:
+    """Per generated token, the top tokens' and the sampled token's log-probabilities (a list
+    of them per sample when rows have several)."""
+
+    def steps(logprobs: Any) -> Any:
+        if logprobs is None:
+            return None
+        return [
+            [
+                {
+                    "token_id": token,
+                    "logprob": entry.logprob,
+                    "rank": entry.rank,
+                    "decoded_token": entry.decoded_token,
+                }
+                for token, entry in step.items()
+            ]
+            for step in logprobs
+        ]
+
     values = []
     for slot in slots:
-        if slot.output is None or slot.output.logprobs is None:
+        if slot.output is None:
             values.append(None)
-            continue
-        values.append(
-            [
-                [{"token_id": token, "logprob": logprob} for token, logprob in step.items()]
-                for step in slot.output.logprobs
-            ]
-        )
+        elif per_sample:
+            values.append([steps(c.logprobs) for c in slot.output.outputs])
+        else:
+            values.append(steps(slot.output.logprobs))
     return values
 
 
-def _generation_columns(slots: list[_Slot]) -> dict[str, list[Any]]:
+def _generation_columns(slots: list[_Slot], per_sample: bool) -> dict[str, list[Any]]:
+    """The engine's columns; with ``per_sample`` the answer's columns hold one entry per sample
+    (a list, for rows that asked for n > 1 answers)."""
     columns: dict[str, list[Any]] = {name: [] for name in GENERATION_TYPES}
     for slot in slots:
         out = slot.output
@@ -293,10 +316,16 @@ def _generation_columns(slots: list[_Slot]) -> dict[str, list[Any]]:
             for values in columns.values():
                 values.append(None)
             continue
-        columns["generated_text"].append(out.text if slot.params.detokenize else None)
-        columns["generated_tokens"].append(list(out.token_ids))
+        samples = out.outputs if per_sample else out.outputs[:1]
+        texts = [c.text if slot.params.detokenize else None for c in samples]
+        answers = {
+            "generated_text": texts,
+            "generated_tokens": [list(c.token_ids) for c in samples],
+            "num_generated_tokens": [len(c.token_ids) for c in samples],
+            "finish_reason": [c.finish_reason for c in samples],
+        }
+        for name, value in answers.items():
+            columns[name].append(value if per_sample else value[0])
         columns["num_input_tokens"].append(out.num_prompt_tokens)
-        columns["num_generated_tokens"].append(len(out.token_ids))
-        columns["finish_reason"].append(out.finish_reason)
         columns["time_taken_llm"].append(slot.seconds)
     return columns

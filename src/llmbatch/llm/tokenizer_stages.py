@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from llmbatch.llm.columns import (
-    GENERATION_TYPES,
     IMAGES,
     MESSAGES,
     MULTI_MODAL,
@@ -219,22 +218,32 @@ class DetokenizeStage:
             texts = column_values(table, "generated_text")
             tokens = column_values(table, "generated_tokens")
             params = column_values(table, SAMPLING_PARAMS)
+            kind = table.schema.field("generated_text").type
+            # rows of n > 1 answers hold a list per row: one text per sample
+            per_sample = pa.types.is_list(kind)
             todo = [
                 i
                 for i in range(table.num_rows)
-                if errors[i] is None and texts[i] is None and tokens[i] is not None
+                if errors[i] is None
+                and tokens[i] is not None
+                and (None in texts[i] if per_sample else texts[i] is None)
             ]
             for skip_special in (True, False):
                 rows = [i for i in todo if _skip_special_tokens(params[i]) == skip_special]
                 if not rows:
                     continue
-                decoded = tokenizer.batch_decode(
-                    [tokens[i] for i in rows], skip_special_tokens=skip_special
+                pieces = [(i, j) for i in rows for j in range(len(tokens[i]))] if per_sample else []
+                sequences = (
+                    [tokens[i][j] for i, j in pieces] if per_sample else [tokens[i] for i in rows]
                 )
-                for i, text in zip(rows, decoded):
-                    texts[i] = text
-            texts_array = pa.array(texts, type=GENERATION_TYPES["generated_text"])
-            yield set_column(table, "generated_text", texts_array)
+                decoded = tokenizer.batch_decode(sequences, skip_special_tokens=skip_special)
+                if per_sample:
+                    for (i, j), text in zip(pieces, decoded):
+                        texts[i][j] = text
+                else:
+                    for i, text in zip(rows, decoded):
+                        texts[i] = text
+            yield set_column(table, "generated_text", pa.array(texts, type=kind))
 
 
 def _skip_special_tokens(params: Any) -> bool:

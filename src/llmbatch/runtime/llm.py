@@ -13,6 +13,7 @@ from llmbatch.engine.multimodal import MultiModalInputs, process_images
 from llmbatch.engine.outputs import RequestOutput
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.models.processor import load_image_processor
+from llmbatch.runtime.beam_search import BeamSearchOutput, BeamSearchParams, beam_search
 from llmbatch.runtime.client import EngineClient
 from llmbatch.runtime.start import start_engine
 
@@ -60,8 +61,10 @@ class LLM:
         use_tqdm: bool = False,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
-        """One output per conversation (a list of {"role", "content"} messages), in input order."""
+        """One output per conversation (a list of {"role", "content"} messages), in input order.
+        ``chat_template_kwargs`` go to the template (e.g. Qwen3's ``enable_thinking=False``)."""
         conversations = _as_conversation_list(messages)
         tokenizer = self.llm_engine.tokenizer
         texts: list[str] = []
@@ -73,6 +76,7 @@ class LLM:
                         chat_template=chat_template,
                         add_generation_prompt=add_generation_prompt,
                         tokenize=False,
+                        **(chat_template_kwargs or {}),
                     )
                 )
             except Exception as exc:
@@ -83,6 +87,35 @@ class LLM:
         for output, text in zip(outputs, texts):
             output.prompt = text
         return outputs
+
+    def beam_search(
+        self, prompts: Prompt | Sequence[Prompt], params: BeamSearchParams
+    ) -> list[BeamSearchOutput]:
+        """The best ``params.beam_width`` sequences of each prompt (text, token ids or a dict
+        with either), by transformers' beam search rules; one BeamSearchOutput per prompt."""
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError(f"params must be a BeamSearchParams, got {type(params).__name__}")
+        engine = self.llm_engine
+        tokenizer = engine.tokenizer
+        ids = []
+        for index, prompt in enumerate(_as_prompt_list(prompts)):
+            if isinstance(prompt, dict):
+                if "multi_modal_data" in prompt:
+                    raise ValueError(f"prompt {index}: beam search takes text prompts only")
+                prompt = prompt.get("prompt_token_ids", prompt.get("prompt"))
+            if isinstance(prompt, str):
+                if tokenizer is None:
+                    raise ValueError("text prompts need the model's tokenizer; give token ids")
+                prompt = tokenizer.encode(prompt)
+            ids.append(list(prompt))
+        candidates = max(2, 1 + len(engine.eos_token_ids)) * params.beam_width
+        if candidates > engine.config.max_logprobs:
+            raise ValueError(
+                f"beam_width={params.beam_width} ranks {candidates} candidates a step, more than "
+                f"max_logprobs={engine.config.max_logprobs}: raise max_logprobs in the engine "
+                "arguments"
+            )
+        return beam_search(engine, ids, params, engine.eos_token_ids, tokenizer)
 
     def close(self) -> None:
         self.llm_engine.close()
