@@ -12,6 +12,13 @@ PROMPT = "prompt"
 SAMPLING_PARAMS = "sampling_params"
 PROMPT_TOKEN_IDS = "prompt_token_ids"
 ERROR = "error"
+# Ray Data LLM 2.60's error column (with should_continue_on_error=True): "" for a good row.
+INFERENCE_ERROR = "__inference_error__"
+TOKENIZATION_KWARGS = "tokenization_kwargs"
+MULTIMODAL_DATA = "multimodal_data"
+# The HTTP processor's request and answer.
+PAYLOAD = "payload"
+HTTP_RESPONSE = "http_response"
 # A row's decoded images (after preprocess) and processed image inputs (after tokenize).
 IMAGES = "__llmbatch_images"
 MULTI_MODAL = "__llmbatch_multi_modal"
@@ -25,6 +32,12 @@ GENERATION_TYPES: dict[str, pa.DataType] = {
     "num_generated_tokens": pa.int64(),
     "finish_reason": pa.string(),
     "time_taken_llm": pa.float64(),
+}
+# Written as Ray Data LLM 2.60 writes them (processors built with build_processor).
+RAY_GENERATION_TYPES: dict[str, pa.DataType] = {
+    "prompt_token_ids": pa.list_(pa.int64()),
+    "request_id": pa.int64(),
+    "params": pa.string(),
 }
 # Only on tables where a row asked for logprobs in its sampling params.
 LOGPROBS = "logprobs"

@@ -29,6 +29,7 @@ class RunSummary:
     rows_per_s: float
     output_tokens_per_s: float
     finished: bool
+    retries: int = 0
 
     def format(self) -> str:
         """A few aligned lines for a terminal."""
@@ -39,6 +40,7 @@ class RunSummary:
             ("input tokens", f"{self.input_tokens} ({self.cached_input_tokens} from prefix cache)"),
             ("output tokens", f"{self.output_tokens}"),
             ("preemptions", f"{self.preemptions}"),
+            *([("retried requests", f"{self.retries}")] if self.retries else []),
             (
                 "wall time",
                 f"{self.wall_time_s:.2f} s (engine start-up {self.engine_startup_s:.2f} s)",
@@ -62,6 +64,7 @@ class RunStats:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     preemptions: int = 0
+    retries: int = 0
     engine_startup_s: float = 0.0
 
     def summary(self) -> RunSummary:
@@ -81,4 +84,5 @@ class RunStats:
             rows_per_s=self.rows / busy,
             output_tokens_per_s=self.output_tokens / busy,
             finished=self.finished_at is not None,
+            retries=self.retries,
         )
