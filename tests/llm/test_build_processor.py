@@ -1,16 +1,19 @@
 """A pipeline written for Ray Data LLM 2.60 (`build_processor`, stage configs as dicts and as
 config objects, `chat_template_kwargs`, `prompt` rows, `should_continue_on_error` both ways,
-`tokenization_kwargs`) on the real SmolLM2: its rows are the older spelling's rows for the same
-input, with 2.60's columns added."""
+`tokenization_kwargs`, SGLang's names) on the real SmolLM2: its rows are those of the older
+spelling for the same input, with 2.60's columns added."""
 
 from __future__ import annotations
+
+import logging
+import re
 
 import pytest
 
 import llmbatch.data as data
 from llmbatch import SamplingParams
 from llmbatch.llm import (
-    ChatTemplateStageConfig,
+    DetokenizeStageConfig,
     RowFailed,
     SGLangEngineProcessorConfig,
     TokenizerStageConfig,
@@ -18,6 +21,8 @@ from llmbatch.llm import (
     build_processor,
     vLLMEngineProcessorConfig,
 )
+from llmbatch.llm.columns import rows_to_table
+from llmbatch.llm.tokenizer_stages import ChatTemplateStage
 
 MAX_TOKENS = 4
 GREEDY = {"temperature": 0.0, "max_tokens": MAX_TOKENS}
@@ -28,10 +33,14 @@ THINKING_TEMPLATE = (
     "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
     "{% endif %}"
 )
+NO_THINKING = {"enable_thinking": False}
 WORDS = ["apples", "rivers", "clocks"]
 
 
 def preprocess(row):
+    """The tutorial's shape for rows with a word; other rows bring their own request."""
+    if row.get("word") is None:
+        return {}
     return dict(
         messages=[{"role": "user", "content": f"Say one word about {row['word']}."}],
         sampling_params=dict(GREEDY, detokenize=False),
@@ -42,94 +51,76 @@ def postprocess(row):
     return dict(resp=row["generated_text"], **row)
 
 
-@pytest.fixture(scope="module")
-def rows_in():
-    return [{"word": word} for word in WORDS]
+def run(processor, items):
+    return processor(data.from_items(items)).take_all()
 
 
 @pytest.fixture(scope="module")
-def older_rows(smollm2_dir, engine_kwargs, rows_in):
+def older(smollm2_dir, engine_kwargs):
+    """The older spelling: chat_template and build_llm_processor."""
     config = vLLMEngineProcessorConfig(
-        model_source=smollm2_dir, engine_kwargs=engine_kwargs, batch_size=2
+        model_source=smollm2_dir,
+        engine_kwargs=engine_kwargs,
+        batch_size=2,
+        chat_template=THINKING_TEMPLATE,
     )
-    processor = build_llm_processor(config, preprocess=preprocess, postprocess=postprocess)
-    return processor(data.from_items(rows_in)).take_all()
+    builder_kwargs = {"chat_template_kwargs": NO_THINKING}
+    with build_llm_processor(config, preprocess, postprocess, builder_kwargs=builder_kwargs) as p:
+        yield p
 
 
-@pytest.mark.parametrize(
-    "stages",
-    [
-        dict(
-            chat_template_stage={"enabled": True},
-            tokenize_stage={"enabled": True, "batch_size": 2},
-            detokenize_stage=True,
-        ),
-        dict(
-            chat_template_stage=ChatTemplateStageConfig(),
-            tokenize_stage=TokenizerStageConfig(enabled=True),
-            detokenize_stage=True,
-        ),
-    ],
-    ids=["dicts", "config_objects"],
-)
-def test_a_2_60_pipeline_gives_the_older_spellings_rows(
-    smollm2_dir, engine_kwargs, rows_in, older_rows, stages
-):
+@pytest.fixture(scope="module")
+def current(smollm2_dir, engine_kwargs):
+    """Ray Data LLM 2.60's spelling: stage configs as a dict and as config objects."""
     config = vLLMEngineProcessorConfig(
-        model_source=smollm2_dir, engine_kwargs=engine_kwargs, batch_size=2, **stages
+        model_source=smollm2_dir,
+        engine_kwargs=engine_kwargs,
+        batch_size=2,
+        chat_template_stage={
+            "chat_template": THINKING_TEMPLATE,
+            "chat_template_kwargs": NO_THINKING,
+        },
+        tokenize_stage=TokenizerStageConfig(enabled=True),
+        detokenize_stage=DetokenizeStageConfig(),
+        should_continue_on_error=True,
     )
-    processor = build_processor(config, preprocess=preprocess, postprocess=postprocess)
-    rows = processor(data.from_items(rows_in)).take_all()
+    with build_processor(config, preprocess=preprocess, postprocess=postprocess) as processor:
+        yield processor
+
+
+def test_a_2_60_pipeline_gives_the_older_spellings_rows(older, current, reference_llm):
+    items = [{"word": word} for word in WORDS]
+    older_rows, rows = run(older, items), run(current, items)
 
     assert len(rows) == len(older_rows) == len(WORDS)
-    for row, older in zip(rows, older_rows):
+    for row, older_row in zip(rows, older_rows):
         for name in ("word", "prompt", "generated_tokens", "generated_text", "resp"):
-            assert row[name] == older[name]
-        assert row["num_input_tokens"] == len(row["prompt_token_ids"]) == older["num_input_tokens"]
-        assert row["error"] is None and "__inference_error__" not in row
+            assert row[name] == older_row[name]
+        assert row["prompt"].endswith("<|assistant|><think>\n\n</think>\n\n")
+        assert row["num_input_tokens"] == len(row["prompt_token_ids"])
+        assert row["error"] is None and row["__inference_error__"] == ""
         assert "temperature=0.0" in row["params"] and "max_tokens=4" in row["params"]
     assert sorted(row["request_id"] for row in rows) == [0, 1, 2]
-    assert "prompt_token_ids" not in older_rows[0] and "request_id" not in older_rows[0]
+    assert "prompt_token_ids" not in older_rows[0] and "__inference_error__" not in older_rows[0]
+    expected = reference_llm.generate([row["prompt"] for row in rows], SamplingParams(**GREEDY))
+    assert [row["generated_tokens"] for row in rows] == [out.token_ids for out in expected]
 
 
-@pytest.fixture(scope="module")
-def thinking_rows(smollm2_dir, engine_kwargs):
-    def run(chat_template_stage, builder_kwargs=None):
-        config = vLLMEngineProcessorConfig(
-            model_source=smollm2_dir,
-            engine_kwargs=engine_kwargs,
-            chat_template_stage=chat_template_stage,
-            detokenize_stage=False,
+def test_chat_template_kwargs_reach_the_template(reference_llm):
+    messages = [{"role": "user", "content": "Hi"}]
+    table = rows_to_table([{"messages": messages}])
+
+    def prompt(kwargs):
+        stage = ChatTemplateStage(
+            reference_llm.get_tokenizer, True, THINKING_TEMPLATE, False, kwargs
         )
-        processor = build_processor(
-            config, preprocess=preprocess, postprocess=postprocess, builder_kwargs=builder_kwargs
-        )
-        return processor(data.from_items([{"word": "tea"}])).take_all()[0]
+        return next(iter(stage(iter([table])))).column("prompt")[0].as_py()
 
-    return run
+    assert prompt(NO_THINKING) == "<|user|>Hi\n<|assistant|><think>\n\n</think>\n\n"
+    assert prompt({"enable_thinking": True}) == prompt(None) == "<|user|>Hi\n<|assistant|>"
 
 
-def test_chat_template_kwargs_reach_the_template(thinking_rows, reference_llm):
-    base = {"chat_template": THINKING_TEMPLATE}
-    off = thinking_rows({**base, "chat_template_kwargs": {"enable_thinking": False}})
-    on = thinking_rows(
-        ChatTemplateStageConfig(**base, chat_template_kwargs={"enable_thinking": True})
-    )
-    from_builder = thinking_rows(base, {"chat_template_kwargs": {"enable_thinking": False}})
-    stage_wins = thinking_rows(
-        {**base, "chat_template_kwargs": {"enable_thinking": True}},
-        {"chat_template_kwargs": {"enable_thinking": False}},
-    )
-
-    expected = "<|user|>Say one word about tea.\n<|assistant|>"
-    assert off["prompt"] == from_builder["prompt"] == expected + "<think>\n\n</think>\n\n"
-    assert on["prompt"] == stage_wins["prompt"] == expected
-    [output] = reference_llm.generate(off["prompt"], SamplingParams(**GREEDY))
-    assert off["generated_tokens"] == output.token_ids
-
-
-def test_prompt_rows_and_an_assistant_prefill(smollm2_dir, engine_kwargs, reference_llm):
-    config = vLLMEngineProcessorConfig(model_source=smollm2_dir, engine_kwargs=engine_kwargs)
+def test_prompt_rows_and_an_assistant_prefill(current, reference_llm):
     items = [
         {"prompt": "The capital of France is", "sampling_params": GREEDY},
         {
@@ -140,56 +131,35 @@ def test_prompt_rows_and_an_assistant_prefill(smollm2_dir, engine_kwargs, refere
             "sampling_params": GREEDY,
         },
     ]
-    raw, prefill = build_processor(config)(data.from_items(items)).take_all()
+    raw, prefill = run(current, items)
 
     assert raw["prompt"] == "The capital of France is"
-    assert prefill["prompt"].endswith("<|im_start|>assistant\nThe fruit is")
+    assert prefill["prompt"] == "<|user|>Name a fruit.\n<|assistant|>The fruit is"
     expected = reference_llm.generate([raw["prompt"], prefill["prompt"]], SamplingParams(**GREEDY))
     assert raw["generated_tokens"] == expected[0].token_ids
     assert prefill["generated_text"] == expected[1].text
 
 
-BAD_ROWS = [
-    {"word": "ok", "temperature": 0.0},
-    {"word": "bad", "temperature": -1.0},
-    {"word": "fine", "temperature": 0.0},
-]
+def request(word: str, temperature: float) -> dict:
+    return {
+        "messages": [{"role": "user", "content": f"Say {word}."}],
+        "sampling_params": {"temperature": temperature, "max_tokens": MAX_TOKENS},
+        "tag": word,
+    }
 
 
-def _preprocess_with_temperature(row):
-    return dict(
-        messages=[{"role": "user", "content": f"Say {row['word']}."}],
-        sampling_params={"temperature": row["temperature"], "max_tokens": MAX_TOKENS},
-    )
+BAD_ROWS = [request("ok", 0.0), request("bad", -1.0), request("fine", 0.0)]
 
 
-def _run_bad_rows(model, engine_kwargs, builder, **config):
-    config = vLLMEngineProcessorConfig(model_source=model, engine_kwargs=engine_kwargs, **config)
-    processor = builder(
-        config,
-        preprocess=_preprocess_with_temperature,
-        postprocess=lambda row: {"word": row["word"], "resp": row["generated_text"]},
-    )
-    return processor(data.from_items(BAD_ROWS)).take_all()
-
-
-def test_by_default_build_processor_stops_at_the_first_failed_row(smollm2_dir, engine_kwargs):
-    with pytest.raises(RowFailed, match="row 2 of this run failed: sampling_params: .*temperature"):
-        _run_bad_rows(smollm2_dir, engine_kwargs, build_processor)
-
-
-def test_should_continue_on_error_writes_ray_s_error_rows(smollm2_dir, engine_kwargs):
-    ok, bad, fine = _run_bad_rows(
-        smollm2_dir, engine_kwargs, build_processor, should_continue_on_error=True
-    )
+def test_should_continue_on_error_writes_ray_s_error_rows(current):
+    ok, bad, fine = run(current, BAD_ROWS)
 
     assert ok["__inference_error__"] == fine["__inference_error__"] == ""
-    assert ok["error"] is None and ok["resp"]
+    assert ok["error"] is None and fine["resp"] == fine["generated_text"]
     assert bad["error"] == bad["__inference_error__"]
     assert bad["error"].startswith("sampling_params: ValueError: temperature must be >= 0")
-    # Error rows skip postprocess and keep their columns, with Ray's defaults.
-    assert "resp" not in bad or bad["resp"] is None
-    assert bad["word"] == "bad" and bad["temperature"] == -1.0
+    # Error rows skip postprocess and keep their columns, with Ray's defaults in the others.
+    assert bad["tag"] == "bad" and bad["resp"] is None
     assert (bad["generated_text"], bad["generated_tokens"], bad["num_generated_tokens"]) == (
         "",
         [],
@@ -198,33 +168,36 @@ def test_should_continue_on_error_writes_ray_s_error_rows(smollm2_dir, engine_kw
     assert (bad["request_id"], bad["time_taken_llm"], bad["params"]) == (-1, -1.0, "")
 
 
-def test_the_older_builder_keeps_llmbatch_s_error_rows_unless_told_to_stop(
-    smollm2_dir, engine_kwargs
-):
-    rows = _run_bad_rows(smollm2_dir, engine_kwargs, build_llm_processor)
+def test_the_older_builder_keeps_llmbatch_s_error_rows(older):
+    rows = run(older, BAD_ROWS)
     assert [row["error"] is None for row in rows] == [True, False, True]
     assert "__inference_error__" not in rows[0] and rows[1]["generated_text"] is None
-    with pytest.raises(RowFailed):
-        _run_bad_rows(
-            smollm2_dir, engine_kwargs, build_llm_processor, should_continue_on_error=False
-        )
 
 
-def test_rows_that_arrive_failed_pass_a_stopping_processor(smollm2_dir, engine_kwargs):
+@pytest.fixture(scope="module")
+def stopping(smollm2_dir, engine_kwargs):
+    """build_processor's default: should_continue_on_error unset, so False."""
     config = vLLMEngineProcessorConfig(model_source=smollm2_dir, engine_kwargs=engine_kwargs)
+    with build_processor(config) as processor:
+        yield processor
+
+
+def test_by_default_build_processor_stops_at_the_first_failed_row(stopping):
+    with pytest.raises(RowFailed, match="row 2 of this run failed: sampling_params: .*temperature"):
+        run(stopping, BAD_ROWS)
+
+
+def test_rows_that_arrive_failed_pass_a_stopping_processor(stopping):
     items = [
         {"prompt": "Hello", "sampling_params": GREEDY, "error": None},
         {"prompt": "Hi", "sampling_params": GREEDY, "error": "read_csv: malformed line"},
     ]
-    good, failed = build_processor(config)(data.from_items(items)).take_all()
+    good, failed = run(stopping, items)
     assert good["error"] is None and good["generated_tokens"]
     assert failed["error"] == "read_csv: malformed line"
 
 
-def test_tokenization_kwargs_truncate_the_prompt(smollm2_dir, engine_kwargs, reference_llm):
-    config = vLLMEngineProcessorConfig(
-        model_source=smollm2_dir, engine_kwargs=engine_kwargs, should_continue_on_error=True
-    )
+def test_tokenization_kwargs_truncate_the_prompt(current, reference_llm):
     text = "One two three four five six seven eight nine ten"
     items = [
         {"prompt": text, "sampling_params": GREEDY},
@@ -235,7 +208,7 @@ def test_tokenization_kwargs_truncate_the_prompt(smollm2_dir, engine_kwargs, ref
         },
         {"prompt": text, "sampling_params": GREEDY, "tokenization_kwargs": {"padding": True}},
     ]
-    whole, cut, bad = build_processor(config)(data.from_items(items)).take_all()
+    whole, cut, bad = run(current, items)
 
     assert cut["prompt_token_ids"] == whole["prompt_token_ids"][:5]
     assert cut["num_input_tokens"] == 5
@@ -246,9 +219,7 @@ def test_tokenization_kwargs_truncate_the_prompt(smollm2_dir, engine_kwargs, ref
     assert bad["error"].startswith("tokenize: ValueError: unknown tokenization_kwargs ['padding']")
 
 
-def test_sglang_config_runs_sglang_s_names_on_the_engine(
-    smollm2_dir, engine_kwargs, rows_in, older_rows
-):
+def test_sglang_config_runs_sglang_s_names_on_the_engine(smollm2_dir, older):
     config = SGLangEngineProcessorConfig(
         model_source=smollm2_dir,
         engine_kwargs={
@@ -257,6 +228,10 @@ def test_sglang_config_runs_sglang_s_names_on_the_engine(
             "max_total_tokens": 4096,
         },
         batch_size=2,
+        chat_template_stage={
+            "chat_template": THINKING_TEMPLATE,
+            "chat_template_kwargs": NO_THINKING,
+        },
     )
 
     def sglang_preprocess(row):
@@ -268,7 +243,14 @@ def test_sglang_config_runs_sglang_s_names_on_the_engine(
     assert processor.engine_args.max_model_len == 4096
     assert processor.engine_args.max_num_batched_tokens == 1024
     assert processor.engine_args.num_gpu_blocks_override == 4096 // 16
-    rows = processor(data.from_items(rows_in)).take_all()
+    items = [{"word": word} for word in WORDS]
+    rows = run(processor, items)
     assert [row["generated_tokens"] for row in rows] == [
-        row["generated_tokens"] for row in older_rows
+        row["generated_tokens"] for row in run(older, items)
     ]
+
+
+def test_log_engine_metrics_logs_each_run_s_summary(current, caplog):
+    with caplog.at_level(logging.INFO, logger="llmbatch"):
+        run(current, [{"prompt": "Hi", "sampling_params": GREEDY}])
+    assert re.search(r"run summary:\nrows\s+1\nerror rows\s+0\n", caplog.text)

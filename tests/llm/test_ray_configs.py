@@ -20,7 +20,7 @@ from llmbatch.llm import (
     build_processor,
     vLLMEngineProcessorConfig,
 )
-from llmbatch.llm.ray_stages import placement_group_resources
+from llmbatch.llm.placement import placement_group_resources
 from llmbatch.llm.sglang import sampling_params_from_sglang
 
 MODEL = "some/model"

@@ -1,10 +1,11 @@
 """`llmbatch run-batch -i requests.jsonl -o results.jsonl --model M [engine args]`: vLLM's batch
 runner over OpenAI batch files, resumable.
 
-Request lines become processor rows (`openai_batch`); the answers are committed in shards by
-the resumable writer into a work folder, so a killed run goes on where it stopped and never
-writes a line twice; once every line is done the shards are joined, in input order, into the
-output file (or uploaded to the output URL with an HTTP PUT) and the work folder is removed.
+Request lines become processor rows (`batch_requests`) and processed rows output lines
+(`batch_responses`). The output lines are committed in shards by the resumable writer into a
+work folder, so a killed run goes on where it stopped and never writes a line twice; once every
+line is done the shards are joined, in input order, into the output file (or uploaded to the
+output URL with an HTTP PUT) and the work folder is removed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 import pyarrow as pa
 
 from llmbatch.cli.batch_file import read_batch_file, upload
-from llmbatch.cli.openai_batch import RequestReader, output_line
+from llmbatch.cli.batch_requests import RequestReader
+from llmbatch.cli.batch_responses import output_line
 from llmbatch.cli.progress import progress_bar
 from llmbatch.data.checkpoint import OutputConflictError
 from llmbatch.data.dataset import resumable_job

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from llmbatch.llm.config_fields import CheckedFields
+from llmbatch.llm.placement import check_placement_group
 from llmbatch.llm.stage_configs import (
     ChatTemplateStageConfig,
     DetokenizeStageConfig,
@@ -281,7 +282,6 @@ ENGINE_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "prepare_multimodal_stage": (bool, dict, PrepareMultimodalStageConfig, _NONE),
 }
 MODEL_SOURCE_HINT = "a local model folder, a .gguf file or a Hub id"
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -410,42 +410,3 @@ class vLLMEngineProcessorConfig(LLMProcessorConfig):  # noqa: N801 (Ray Data LLM
     """Ray Data LLM's name for `LLMProcessorConfig`: the same fields, run by llmbatch's engine."""
 
     __slots__ = ()
-
-
-def check_placement_group(owner: str, value: dict[str, Any]) -> dict[str, Any]:
-    """Ray's placement group config checked as Ray checks it, in its normal form:
-    ``{"bundle_per_worker": {...} | None, "bundles": [{...}] | None, "strategy": ...}``."""
-    unknown = sorted(set(value) - {"bundle_per_worker", "bundles", "strategy"})
-    if unknown:
-        raise ValueError(
-            f"{owner} has unknown key(s) {unknown}; accepted: bundle_per_worker, bundles, strategy"
-        )
-    per_worker, bundles = value.get("bundle_per_worker"), value.get("bundles")
-    if (per_worker is None) == (bundles is None):
-        raise ValueError(
-            f"{owner} must give exactly one of 'bundle_per_worker' (one bundle per engine "
-            "worker, repeated tensor_parallel_size times) and 'bundles' (the full list)"
-        )
-    strategy = value.get("strategy", "PACK")
-    if strategy not in PLACEMENT_STRATEGIES:
-        raise ValueError(
-            f"{owner}['strategy']={strategy!r}; accepted: {', '.join(PLACEMENT_STRATEGIES)}"
-        )
-    if bundles is not None and not isinstance(bundles, list | tuple):
-        raise ValueError(f"{owner}['bundles'] must be a list of resource dicts, got {bundles!r}")
-    return {
-        "bundle_per_worker": None if per_worker is None else _bundle(owner, per_worker),
-        "bundles": None if bundles is None else [_bundle(owner, b) for b in bundles],
-        "strategy": strategy,
-    }
-
-
-def _bundle(owner: str, bundle: Any) -> dict[str, float]:
-    if not isinstance(bundle, dict):
-        raise ValueError(f"{owner}: a bundle must be a dict of resources, got {bundle!r}")
-    for key, amount in bundle.items():
-        if not isinstance(amount, int | float) or isinstance(amount, bool) or amount < 0:
-            raise ValueError(
-                f"{owner}: resource {key!r} must be a non-negative number, got {amount!r}"
-            )
-    return {"CPU": 0.0, "GPU": 0.0, **{k: float(v) for k, v in bundle.items()}}

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 
 from llmbatch.integrations.ray import cluster_gpus, ray_data
 from llmbatch.llm.config import EngineProcessorConfig, ProcessorConfig
+from llmbatch.llm.placement import placement_group_resources
 from llmbatch.llm.user_stages import RowFn
 
 logger = logging.getLogger("llmbatch")
@@ -45,31 +45,6 @@ class ProcessorActor:
 
         tables = list(run_stages(self._stages, iter([batch])))
         return pa.concat_tables(tables, promote_options="permissive")
-
-
-def placement_group_resources(placement_group: dict[str, Any], workers: int) -> dict[str, Any]:
-    """An actor's Ray resources from a placement group config: the bundles' totals (its engine
-    group runs in the one actor, so the bundles are packed on one node)."""
-    bundles = placement_group["bundles"] or [placement_group["bundle_per_worker"]] * workers
-    totals: Counter[str] = Counter()
-    for bundle in bundles:
-        totals.update(bundle)
-    resources: dict[str, Any] = {}
-    cpus, gpus = totals.pop("CPU", 0), totals.pop("GPU", 0)
-    if cpus:
-        resources["num_cpus"] = cpus
-    if gpus:
-        resources["num_gpus"] = gpus
-    if +totals:
-        resources["resources"] = dict(+totals)
-    if len(bundles) > 1 and placement_group["strategy"] in ("SPREAD", "STRICT_SPREAD"):
-        logger.warning(
-            "placement_group_config strategy %s: an engine replica runs in one Ray actor, so "
-            "its %d bundles are asked for together, on one node",
-            placement_group["strategy"],
-            len(bundles),
-        )
-    return resources
 
 
 def _engine_resources(processor: Any) -> tuple[dict[str, Any], ProcessorConfig]:
