@@ -44,6 +44,33 @@ logger = logging.getLogger("llmbatch")
 
 # Engine arguments taken from the command line, with vLLM's option names (--max-model-len, ...).
 ENGINE_OPTIONS = [f.name for f in dataclasses.fields(EngineArgs) if f.name != "model"]
+_ENGINE_HELP = {
+    "tokenizer": "Another tokenizer source than the model.",
+    "dtype": "auto, float32, bfloat16 or float16.",
+    "seed": "Seed of the sampling of requests that give no seed.",
+    "max_model_len": "Longest prompt + answer; default: the model's, capped by the KV cache.",
+    "max_num_batched_tokens": "Tokens per engine step.",
+    "max_num_seqs": "Sequences running at once.",
+    "enable_chunked_prefill": "Split long prompts over steps.",
+    "enable_prefix_caching": "Reuse the KV cache of shared prompt prefixes.",
+    "reserve_output_kv": "Admit requests only while the KV cache keeps room for running outputs.",
+    "gpu_memory_utilization": "Share of GPU memory the engine may fill.",
+    "block_size": "Tokens per KV cache block (a power of two).",
+    "kv_cache_dtype": "auto, fp8 / fp8_e4m3 or fp8_e5m2.",
+    "enforce_eager": "No CUDA graphs.",
+    "cuda_graph_max_tokens": "Steps with prompt tokens replay CUDA graphs up to this many tokens.",
+    "async_scheduling": "Launch step N+1 before step N's tokens are read back.",
+    "tensor_parallel_size": "GPUs one model is sharded over.",
+    "pipeline_parallel_size": "1 only.",
+    "kv_cache_memory_bytes": "KV cache size (on CPU).",
+    "num_gpu_blocks_override": "A fixed number of KV cache blocks.",
+    "trust_remote_code": "Let transformers run the model's own code.",
+    "revision": "The model's revision on the Hub.",
+    "load_format": "auto, safetensors, pt, or dummy (random weights).",
+    "max_logprobs": "Largest logprobs / top_logprobs a request may ask for.",
+    "device": "auto, cpu, cuda or cuda:N.",
+    "attention_backend": "auto, torch or triton.",
+}
 _OUTPUT_FORMAT_VERSION = "openai-batch-output-1"
 
 
@@ -107,14 +134,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         option = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
-        default = f" (default: {field.default})"
+        text = f"{_ENGINE_HELP.get(field.name, '')} (default: {field.default})".strip()
         if _accepts(kind, bool):
             engine.add_argument(
-                option, action=argparse.BooleanOptionalAction, default=None, help=default.strip()
+                option, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
             value_type = int if _accepts(kind, int) else float if _accepts(kind, float) else str
-            engine.add_argument(option, type=value_type, default=None, help=default.strip())
+            engine.add_argument(option, type=value_type, default=None, help=text)
 
 
 def _accepts(kind: Any, wanted: type) -> bool:

@@ -57,10 +57,11 @@ def error_kind(error: str) -> str:
 
 
 def errors_of(table: pa.Table) -> list[str | None]:
-    """The error column of a table as Python values (all None when it has none yet)."""
+    """The error column of a table as Python values (all None when it has none yet). An empty
+    error is no error: Ray Data LLM writes "" for good rows, and ported code passes that on."""
     if ERROR not in table.column_names:
         return [None] * table.num_rows
-    return table.column(ERROR).to_pylist()
+    return [error or None for error in table.column(ERROR).to_pylist()]
 
 
 def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:

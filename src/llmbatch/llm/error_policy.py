@@ -45,15 +45,17 @@ class RowFailed(RuntimeError):
 
 
 class ErrorPolicy:
-    """The two stages that apply the policy: `mark` goes first and notes which rows arrive with
-    an error, `apply` goes last. Rows keep their order through every stage in between, so the
-    notes are read back row by row."""
+    """The stages that apply the policy: `mark` goes first and notes which rows arrive with an
+    error, `expose` goes before postprocess (which, as in Ray, sees ``__inference_error__``) and
+    `apply` goes last. Rows keep their order through every stage in between, so the notes are
+    read back row by row."""
 
     def __init__(self, stop_on_error: bool, error_column: bool) -> None:
         self.stop_on_error = stop_on_error
         self.error_column = error_column
         self._arrived_failed: deque[bool] = deque()
         self.mark = _MarkArrivingErrors(self._arrived_failed)
+        self.expose = _ExposeErrors()
         self.apply = _ApplyErrorPolicy(self)
 
     @property
@@ -76,6 +78,15 @@ class _MarkArrivingErrors:
             table = as_table(block)
             self._notes.extend(error is not None for error in errors_of(table))
             yield table
+
+
+class _ExposeErrors:
+    name = "inference_error"
+
+    def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        for block in blocks:
+            table = as_table(block)
+            yield _with_ray_error_column(table, errors_of(table))
 
 
 class _ApplyErrorPolicy:

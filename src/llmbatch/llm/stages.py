@@ -81,8 +81,11 @@ def build_engine_stages(
     )
     if plan.detokenize:
         stages.append(DetokenizeStage(_tokenizer(engine, plan.detokenize_source)))
+    policy = ErrorPolicy(plan.stop_on_error, plan.error_column)
+    if policy.error_column:
+        stages.append(policy.expose)
     stages.append(OutputStage(postprocess, start_run, config.max_error_rate))  # type: ignore[attr-defined]
-    return _with_error_policy(stages, ErrorPolicy(plan.stop_on_error, plan.error_column))
+    return _with_error_policy(stages, policy)
 
 
 def build_http_stages(
