@@ -61,7 +61,11 @@ def run(args: argparse.Namespace) -> None:
             ],
             sampling_params=dict(temperature=0.3, max_tokens=args.max_tokens, detokenize=False),
         ),
-        postprocess=lambda row: dict(customer=row["Customer Id"], resp=row["generated_text"]),
+        postprocess=lambda row: dict(
+            customer=row["Customer Id"],
+            resp=row["generated_text"],
+            failed=row["__inference_error__"] != "",
+        ),
     )
     processed = processor(ds).materialize()
     print(processed.take(3))

@@ -14,7 +14,8 @@ class RunSummary:
     Rates are over the run's wall time less the engine's start-up (0 when it was already
     loaded), so they measure processing, not model loading. `preemptions` counts the times a
     request gave its KV cache up to others and was recomputed (many of them: the KV cache is
-    too small for max_num_seqs sequences of these lengths).
+    too small for max_num_seqs sequences of these lengths). `retries` counts the HTTP
+    processor's requests sent again after a failed attempt.
     """
 
     rows: int
