@@ -5,12 +5,7 @@ from llmbatch.llm import vLLMEngineProcessorConfig, build_processor  # or build_
 ```
 """
 
-from llmbatch.llm.config import (
-    LLMProcessorConfig,
-    ProcessorConfig,
-    StagePlan,
-    vLLMEngineProcessorConfig,
-)
+from llmbatch.llm.config import LLMProcessorConfig, ProcessorConfig, vLLMEngineProcessorConfig
 from llmbatch.llm.engine_stage import Superseded
 from llmbatch.llm.error_policy import RowFailed
 from llmbatch.llm.http_config import HttpRequestProcessorConfig
@@ -37,7 +32,6 @@ __all__ = [
     "RowFailed",
     "RunSummary",
     "SGLangEngineProcessorConfig",
-    "StagePlan",
     "Superseded",
     "TokenizerStageConfig",
     "build_llm_processor",

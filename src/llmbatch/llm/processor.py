@@ -129,7 +129,7 @@ class Processor:
             dataset,
             lambda blocks: run_stages(stages, blocks),
             self._identity,
-            self._prepare,
+            self.prepare,
         )
 
     def summary(self) -> RunSummary | None:
@@ -216,7 +216,9 @@ class Processor:
             code_identity(self.postprocess),
         )
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Loads what a run needs (the engine) now, so that a missing or broken model fails
+        before any row is read."""
         if self._engine is not None:
             self._engine.load()
             crash_point("engine_loaded")

@@ -37,7 +37,7 @@ class ProcessorActor:
         # Held for the actor's life, so one engine serves every batch; loaded now, so Ray
         # counts the load as the actor's start-up.
         self._processor.__enter__()
-        self._processor._prepare()
+        self._processor.prepare()
         self._stages = self._processor.stages()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
