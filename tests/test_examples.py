@@ -16,18 +16,6 @@ from image_testing import http_server
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_text_then_vision_part_in_one_process(tiny_vl_dir, smollm2_dir):
-    command = [sys.executable, "tutorial_both.py", "--vision-model", tiny_vl_dir, "--generated"]
-    command += ["--rows", "3", "--max-tokens", "4"]
-    done = subprocess.run(command, cwd=EXAMPLES, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.index("== text part ==") < done.stdout.index("== vision part ==")
-    summaries = [line.split() for line in done.stdout.splitlines() if line.startswith("rows ")]
-    errors = [line.split() for line in done.stdout.splitlines() if line.startswith("error rows")]
-    assert summaries == [["rows", "3"], ["rows", "3"]]
-    assert errors == [["error", "rows", "0"], ["error", "rows", "0"]]
-
-
 def run_example(*command: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent / "src")}
     return subprocess.run(
@@ -38,6 +26,25 @@ def run_example(*command: str, timeout: int = 600) -> subprocess.CompletedProces
         text=True,
         timeout=timeout,
     )
+
+
+def test_text_then_vision_part_in_one_process(tiny_vl_dir, smollm2_dir):
+    done = run_example(
+        "tutorial_both.py",
+        "--vision-model",
+        tiny_vl_dir,
+        "--generated",
+        "--rows",
+        "3",
+        "--max-tokens",
+        "4",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.index("== text part ==") < done.stdout.index("== vision part ==")
+    summaries = [line.split() for line in done.stdout.splitlines() if line.startswith("rows ")]
+    errors = [line.split() for line in done.stdout.splitlines() if line.startswith("error rows")]
+    assert summaries == [["rows", "3"], ["rows", "3"]]
+    assert errors == [["error", "rows", "0"], ["error", "rows", "0"]]
 
 
 def test_the_ray_2_60_pipeline(smollm2_dir):

@@ -79,8 +79,8 @@ class PreprocessStage:
     """First stage: cuts the input into ``batch_size`` tables and merges ``preprocess(row)``
     into each row (its columns are added, or replace same-named originals).
 
-    With ``has_image``, each row's message images are loaded (several rows at once, in threads)
-    and taken out of ``messages``: the image parts become ``{"type": "image"}``, every content
+    With ``has_image``, each row's message images (or its ``multimodal_data`` images) are loaded
+    (several rows at once, in threads) and taken out of the row: the image parts become ``{"type": "image"}``, every content
     becomes a list of parts (the form that multimodal chat templates take and that Arrow can
     store for all rows alike), and the RGB images go to an intermediate column. A row whose image
     cannot be read becomes an error row. Without ``has_image``, a row holding an image stops the
