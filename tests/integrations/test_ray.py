@@ -9,7 +9,12 @@ ray = pytest.importorskip("ray")
 
 import llmbatch.data  # noqa: E402
 from llmbatch._fixtures import customers  # noqa: E402
-from llmbatch.llm import build_llm_processor, vLLMEngineProcessorConfig  # noqa: E402
+from llmbatch.llm import (  # noqa: E402
+    HttpRequestProcessorConfig,
+    build_llm_processor,
+    build_processor,
+    vLLMEngineProcessorConfig,
+)
 
 NUM_ROWS = 6
 MAX_TOKENS = 5
@@ -95,3 +100,58 @@ def test_a_bad_row_is_an_error_row_on_ray_too(ray_cluster, smollm2_dir, engine_k
     rows = sorted(processor(ray.data.range(3)).take_all(), key=lambda row: row["id"])
     assert [row["error"] is None for row in rows] == [True, False, True]
     assert rows[1]["error"].startswith("sampling_params: ValueError: temperature")
+
+
+def test_a_2_60_pipeline_on_ray(ray_cluster, smollm2_dir, engine_kwargs):
+    config = vLLMEngineProcessorConfig(
+        model_source=smollm2_dir,
+        engine_kwargs=engine_kwargs,
+        batch_size=4,
+        concurrency=(1, 1),
+        chat_template_stage={"enabled": True},
+        should_continue_on_error=True,
+        placement_group_config={"bundle_per_worker": {"CPU": 1}},
+    )
+
+    def preprocess(row):
+        temperature = -1.0 if row["id"] == 1 else 0.0
+        return dict(
+            messages=[{"role": "user", "content": f"Number {row['id']}:"}],
+            sampling_params=dict(temperature=temperature, max_tokens=2),
+        )
+
+    processor = build_processor(config, preprocess=preprocess)
+    rows = sorted(processor(ray.data.range(3)).take_all(), key=lambda row: row["id"])
+    assert [row["__inference_error__"] == "" for row in rows] == [True, False, True]
+    assert rows[1]["__inference_error__"] == rows[1]["error"]
+    assert rows[0]["num_input_tokens"] == len(rows[0]["prompt_token_ids"])
+    assert rows[1]["generated_text"] == "" and rows[1]["request_id"] == -1
+
+
+def test_the_http_processor_on_ray(ray_cluster, tmp_path):
+    import http.server
+    import json
+
+    from image_testing import http_server
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps({"echo": payload["n"] * 2}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with http_server(Echo) as url:
+        config = HttpRequestProcessorConfig(url=url, batch_size=4, concurrency=(1, 1))
+        processor = build_processor(
+            config,
+            preprocess=lambda row: {"payload": {"n": row["id"]}},
+            postprocess=lambda row: {"id": row["id"], "twice": row["http_response"]["echo"]},
+        )
+        rows = sorted(processor(ray.data.range(6)).take_all(), key=lambda row: row["id"])
+    assert [row["twice"] for row in rows] == [0, 2, 4, 6, 8, 10]

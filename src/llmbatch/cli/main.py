@@ -1,4 +1,4 @@
-"""The `llmbatch` command: `llmbatch run job.yaml` and `llmbatch demo`."""
+"""The `llmbatch` command: `llmbatch run job.yaml`, `llmbatch run-batch` and `llmbatch demo`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when more than this fraction of the rows are error rows (e.g. 0.5)",
     )
 
+    from llmbatch.cli.run_batch import add_arguments
+
+    run_batch = commands.add_parser(
+        "run-batch",
+        help="run an OpenAI batch file (vLLM's run-batch), resumable",
+        description="Runs the requests of an OpenAI batch file (JSON lines of {custom_id, "
+        "method, url, body} for /v1/chat/completions and /v1/completions) and writes one "
+        "answer line per request, in input order. A killed run continues when run again.",
+    )
+    add_arguments(run_batch)
+
     demo = commands.add_parser(
         "demo", help="the Ray Data LLM tutorial on SmolLM2 and generated customers"
     )
@@ -63,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let answers take any form (by default they must match MM-DD-YYYY)",
     )
+    parser.commands = commands.choices  # type: ignore[attr-defined]
     return parser
 
 
@@ -130,11 +142,28 @@ def demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_batch_command(args: argparse.Namespace) -> int:
+    from llmbatch.cli.run_batch import run_batch_command as run
+
+    return run(args)
+
+
+_COMMANDS = {"run": run_command, "run-batch": run_batch_command, "demo": demo_command}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `llmbatch` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    from llmbatch.cli.run_batch import check_unknown, normalize_argv
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run-batch"]:
+        argv = normalize_argv(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        check_unknown(parser.commands[args.command], extras)  # type: ignore[attr-defined]
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    command = run_command if args.command == "run" else demo_command
+    command = _COMMANDS[args.command]
     try:
         return command(args)
     except JOB_ERRORS as exc:

@@ -119,6 +119,16 @@ def rows_to_process(path: PathLike, total_rows: int | None, filesystem: Any = No
     return max(total_rows - manifest.committed_rows(), 0)
 
 
+def committed_files(path: PathLike, filesystem: Any = None) -> list[str] | None:
+    """The files of a finished resumable write in ``path``, in input order (their paths on the
+    folder's filesystem); None while the write is not finished."""
+    folder = OutputFolder.create(path, filesystem)
+    manifest = Manifest.load(folder)
+    if manifest is None or not manifest.complete:
+        return None
+    return [folder.path_of(shard.name) for shard in sorted(manifest.shards, key=lambda s: s.start)]
+
+
 def clear_for_plain_write(
     path: PathLike, file_format: str, filesystem: Any, overwrite: bool
 ) -> None:

@@ -26,6 +26,9 @@ from llmbatch.data.blocks import conform, unify_schemas
 from llmbatch.data.files import OutputFolder, PathLike
 
 _ROWS_PER_JSON_CHUNK = 1024
+# Lines of text, one per row: the ``text`` column written as it is.
+TEXT_FORMAT = "text"
+TEXT_COLUMN = "text"
 
 
 class _FileWriter(Protocol):
@@ -129,6 +132,8 @@ def _open_writer(
         return pq.ParquetWriter(stream, schema, **options)
     if file_format == "csv":
         return _CsvWriter(stream, schema, options)
+    if file_format == TEXT_FORMAT:
+        return _TextLinesWriter(stream)
     return _JsonLinesWriter(stream)
 
 
@@ -201,6 +206,27 @@ class _JsonLinesWriter:
                 for row in batch.to_pylist()
             )
             self._stream.write(lines.encode())
+
+    def close(self) -> None:
+        """The stream is closed by the folder, which then renames the file."""
+
+
+class _TextLinesWriter:
+    """The ``text`` column as lines, each written as it is (e.g. JSON built by the caller)."""
+
+    def __init__(self, stream: pa.NativeFile) -> None:
+        self._stream = stream
+
+    def write(self, table: pa.Table) -> None:
+        if TEXT_COLUMN not in table.column_names:
+            raise ValueError(
+                f"the {TEXT_FORMAT!r} format writes the {TEXT_COLUMN!r} column; the table has "
+                f"{table.column_names}"
+            )
+        lines = table.column(TEXT_COLUMN).to_pylist()
+        if any(line is None or "\n" in line for line in lines):
+            raise ValueError(f"{TEXT_COLUMN!r} values must be single lines of text")
+        self._stream.write("".join(line + "\n" for line in lines).encode())
 
     def close(self) -> None:
         """The stream is closed by the folder, which then renames the file."""

@@ -15,6 +15,13 @@ PROMPT = "prompt"
 SAMPLING_PARAMS = "sampling_params"
 PROMPT_TOKEN_IDS = "prompt_token_ids"
 ERROR = "error"
+# Ray Data LLM 2.60's error column (with should_continue_on_error=True): "" for a good row.
+INFERENCE_ERROR = "__inference_error__"
+TOKENIZATION_KWARGS = "tokenization_kwargs"
+MULTIMODAL_DATA = "multimodal_data"
+# The HTTP processor's request and answer.
+PAYLOAD = "payload"
+HTTP_RESPONSE = "http_response"
 # A row's decoded images (after preprocess) and processed image inputs (after tokenize).
 IMAGES = "__llmbatch_images"
 MULTI_MODAL = "__llmbatch_multi_modal"
@@ -31,6 +38,12 @@ GENERATION_TYPES: dict[str, pa.DataType] = {
 }
 # A list (one entry per sample) on tables where a row asked for n > 1 answers
 PER_SAMPLE_COLUMNS = ("generated_text", "generated_tokens", "num_generated_tokens", "finish_reason")
+# Written as Ray Data LLM 2.60 writes them (processors built with build_processor).
+RAY_GENERATION_TYPES: dict[str, pa.DataType] = {
+    "prompt_token_ids": pa.list_(pa.int64()),
+    "request_id": pa.int64(),
+    "params": pa.string(),
+}
 # Only on tables where a row asked for logprobs in its sampling params.
 LOGPROBS = "logprobs"
 LOGPROBS_TYPE = pa.list_(
@@ -60,10 +73,11 @@ def error_kind(error: str) -> str:
 
 
 def errors_of(table: pa.Table) -> list[str | None]:
-    """The error column of a table as Python values (all None when it has none yet)."""
+    """The error column of a table as Python values (all None when it has none yet). An empty
+    error is no error: Ray Data LLM writes "" for good rows, and ported code passes that on."""
     if ERROR not in table.column_names:
         return [None] * table.num_rows
-    return table.column(ERROR).to_pylist()
+    return [error or None for error in table.column(ERROR).to_pylist()]
 
 
 def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:

@@ -31,6 +31,7 @@ class EngineHolder:
         self._current_stats = current_stats
         self._engine: EngineClient | None = None
         self._processor: Any = None
+        self._other_tokenizers: dict[tuple[str, bool], Any] = {}
         self._lock = threading.Lock()
         self._processor_lock = threading.Lock()
         self._supersede_current: Callable[[], None] | None = None
@@ -71,6 +72,28 @@ class EngineHolder:
                         f"has_image=True, but {exc}, or set has_image=False for text-only rows"
                     ) from None
             return self._processor
+
+    def tokenizer_of(self, source: str, with_images: bool = False) -> Any:
+        """The tokenizer (with images: the processor) of another model than the engine's, for
+        a stage whose config names its own ``model_source``; loaded once."""
+        with self._processor_lock:
+            key = (source, with_images)
+            if key not in self._other_tokenizers:
+                from transformers import AutoTokenizer
+
+                from llmbatch.models.processor import load_processor
+                from llmbatch.models.source import resolve_model_folder
+
+                args = self._engine_args
+                folder = resolve_model_folder(source, with_weights=False)
+                self._other_tokenizers[key] = (
+                    load_processor(folder, args.trust_remote_code)
+                    if with_images
+                    else AutoTokenizer.from_pretrained(
+                        folder, trust_remote_code=args.trust_remote_code
+                    )
+                )
+            return self._other_tokenizers[key]
 
     def acquire(self, supersede: Callable[[], None]) -> EngineClient:
         """The engine for a new run; a run still holding it is told to stop (`supersede`)."""

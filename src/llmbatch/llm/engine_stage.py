@@ -22,7 +22,9 @@ from llmbatch.llm.columns import (
     PER_SAMPLE_COLUMNS,
     PROMPT,
     PROMPT_TOKEN_IDS,
+    RAY_GENERATION_TYPES,
     SAMPLING_PARAMS,
+    TOKENIZATION_KWARGS,
     as_table,
     column_values,
     drop_intermediate_columns,
@@ -46,6 +48,7 @@ class _Slot:
     """One row in the stage's order window."""
 
     request_id: str
+    number: int
     prompt: str | list[int] | None = None
     params: SamplingParams | None = None
     multi_modal: MultiModalInputs | None = None
@@ -71,6 +74,9 @@ def sampling_params_of(value: Any) -> SamplingParams:
     return SamplingParams.from_dict({k: v for k, v in value.items() if v is not None})
 
 
+ParamsParser = Callable[[Any], "SamplingParams"]
+
+
 class Superseded(RuntimeError):
     """Raised by a run's output when a later run of the same processor took over the engine."""
 
@@ -81,7 +87,9 @@ class EngineStage:
     At most ``max_pending_requests`` requests are inside the engine at once; once
     ``max_concurrent_batches * batch_size`` finished rows wait for an earlier row, no new rows are
     read until the head of the order is done. Memory therefore stays bounded whatever the row
-    lengths.
+    lengths. `parse_params` turns a row's ``sampling_params`` into the engine's; with
+    `ray_columns`, rows also get ``prompt_token_ids``, ``request_id`` and ``params`` as Ray
+    Data LLM 2.60 writes them.
     """
 
     name = "engine"
@@ -94,6 +102,8 @@ class EngineStage:
         batch_size: int,
         max_pending_requests: int | None,
         max_concurrent_batches: int,
+        parse_params: ParamsParser | None = None,
+        ray_columns: bool = False,
     ) -> None:
         self.acquire = acquire
         self.release = release
@@ -101,6 +111,8 @@ class EngineStage:
         self.batch_size = batch_size
         self.max_pending_requests = max_pending_requests
         self.max_waiting = max_concurrent_batches * batch_size
+        self.parse_params = parse_params or sampling_params_of
+        self.ray_columns = ray_columns
 
     def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
         run = _Run(self, blocks)
@@ -159,14 +171,23 @@ class _Run:
             prompts = column_values(table, PROMPT)
             params = column_values(table, SAMPLING_PARAMS)
             multi_modal = column_values(table, MULTI_MODAL)
+            tokenization = column_values(table, TOKENIZATION_KWARGS)
             slots = []
             for i in range(table.num_rows):
-                slot = _Slot(request_id=f"{self.prefix}{next(self.counter)}", error=errors[i])
+                number = next(self.counter)
+                slot = _Slot(request_id=f"{self.prefix}{number}", number=number, error=errors[i])
+                if slot.error is None and tokenization[i] is not None and token_ids[i] is None:
+                    slot.error = format_error(
+                        TOKENIZATION_KWARGS,
+                        ValueError(
+                            "the row gives tokenization_kwargs but the tokenize stage is off"
+                        ),
+                    )
                 if slot.error is None:
                     slot.prompt = token_ids[i] if token_ids[i] is not None else prompts[i]
                     slot.multi_modal = MultiModalInputs.from_record(multi_modal[i])
                     try:
-                        slot.params = sampling_params_of(params[i])
+                        slot.params = self.stage.parse_params(params[i])
                     except (TypeError, ValueError) as exc:
                         slot.error = format_error(SAMPLING_PARAMS, exc)
                 slots.append(slot)
@@ -254,6 +275,9 @@ class _Run:
             if per_sample and name in PER_SAMPLE_COLUMNS:
                 kind = pa.list_(kind)
             table = set_column(table, name, pa.array(values, type=kind))
+        if self.stage.ray_columns:
+            for name, values in _ray_columns(slots).items():
+                table = set_column(table, name, pa.array(values, type=RAY_GENERATION_TYPES[name]))
         if any(s.params is not None and s.params.logprobs is not None for s in slots):
             kind = pa.list_(LOGPROBS_TYPE) if per_sample else LOGPROBS_TYPE
             table = set_column(table, LOGPROBS, pa.array(_logprobs(slots, per_sample), type=kind))
@@ -304,6 +328,16 @@ def _logprobs(slots: list[_Slot], per_sample: bool) -> list[Any]:
         else:
             values.append(steps(slot.output.logprobs))
     return values
+
+
+def _ray_columns(slots: list[_Slot]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {name: [] for name in RAY_GENERATION_TYPES}
+    for slot in slots:
+        done = slot.error is None and slot.output is not None
+        columns["prompt_token_ids"].append(list(slot.output.prompt_token_ids) if done else None)
+        columns["request_id"].append(slot.number if done else None)
+        columns["params"].append(repr(slot.params) if done else None)
+    return columns
 
 
 def _generation_columns(slots: list[_Slot], per_sample: bool) -> dict[str, list[Any]]:

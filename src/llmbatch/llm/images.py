@@ -73,16 +73,46 @@ def find_image_part(messages: Any) -> str | None:
     return None
 
 
-def check_no_images(messages: Any) -> None:
-    """Raises ValueError when `messages` hold an image: a processor without has_image would
-    otherwise render the image part as text, or drop it."""
+def check_no_images(messages: Any, multimodal_data: Any = None) -> None:
+    """Raises ValueError when `messages` hold an image or a row gives `multimodal_data`: a
+    processor without has_image would otherwise render the image part as text, or drop it."""
     where = find_image_part(messages)
+    if where is None and multimodal_data is not None:
+        where = "multimodal_data"
     if where is not None:
         raise ValueError(
-            f"a row's messages hold an image ({where}) but the processor config has "
-            "has_image=False: set has_image=True (with a vision-language model such as "
-            "Qwen/Qwen2.5-VL-3B-Instruct) to run image inputs, or leave the images out"
+            f"a row holds an image ({where}) but the processor config has "
+            "has_image=False: set has_image=True or prepare_multimodal_stage=True (with a "
+            "vision-language model such as Qwen/Qwen2.5-VL-3B-Instruct) to run image inputs, "
+            "or leave the images out"
         )
+
+
+def load_multimodal_data(value: Any, timeout: float = IMAGE_FETCH_TIMEOUT_S) -> list[Image.Image]:
+    """The images of a row's ``multimodal_data`` (vLLM's ``{"image": X or [X, ...]}``), loaded
+    in order (RGB). Raises ImageInputError naming the image and why, ValueError for another
+    modality."""
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise ImageInputError(
+            f"multimodal_data must be a dict such as {{'image': [...]}}, got {type(value).__name__}"
+        )
+    others = sorted(k for k, v in value.items() if k != "image" and v is not None)
+    if others:
+        raise ImageInputError(f"multimodal_data holds {others}: only 'image' inputs are supported")
+    images = value.get("image")
+    if images is None:
+        return []
+    if not isinstance(images, list | tuple):
+        images = [images]
+    loaded = []
+    for i, image in enumerate(images):
+        try:
+            loaded.append(load_image(image, timeout))
+        except ImageInputError as exc:
+            raise ImageInputError(f"multimodal_data['image'][{i}]: {exc}") from exc
+    return loaded
 
 
 def as_content_parts(messages: Any) -> Any:

@@ -14,7 +14,8 @@ class RunSummary:
     Rates are over the run's wall time less the engine's start-up (0 when it was already
     loaded), so they measure processing, not model loading. `preemptions` counts the times a
     request gave its KV cache up to others and was recomputed (many of them: the KV cache is
-    too small for max_num_seqs sequences of these lengths).
+    too small for max_num_seqs sequences of these lengths). `retries` counts the HTTP
+    processor's requests sent again after a failed attempt.
     """
 
     rows: int
@@ -29,6 +30,7 @@ class RunSummary:
     rows_per_s: float
     output_tokens_per_s: float
     finished: bool
+    retries: int = 0
 
     def format(self) -> str:
         """A few aligned lines for a terminal."""
@@ -39,6 +41,7 @@ class RunSummary:
             ("input tokens", f"{self.input_tokens} ({self.cached_input_tokens} from prefix cache)"),
             ("output tokens", f"{self.output_tokens}"),
             ("preemptions", f"{self.preemptions}"),
+            *([("retried requests", f"{self.retries}")] if self.retries else []),
             (
                 "wall time",
                 f"{self.wall_time_s:.2f} s (engine start-up {self.engine_startup_s:.2f} s)",
@@ -62,6 +65,7 @@ class RunStats:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     preemptions: int = 0
+    retries: int = 0
     engine_startup_s: float = 0.0
 
     def summary(self) -> RunSummary:
@@ -81,4 +85,5 @@ class RunStats:
             rows_per_s=self.rows / busy,
             output_tokens_per_s=self.output_tokens / busy,
             finished=self.finished_at is not None,
+            retries=self.retries,
         )

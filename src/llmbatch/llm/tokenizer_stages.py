@@ -11,9 +11,11 @@ from llmbatch.llm.columns import (
     IMAGES,
     MESSAGES,
     MULTI_MODAL,
+    MULTIMODAL_DATA,
     PROMPT,
     PROMPT_TOKEN_IDS,
     SAMPLING_PARAMS,
+    TOKENIZATION_KWARGS,
     as_table,
     column_values,
     errors_of,
@@ -59,11 +61,13 @@ def uses_chat_template(apply_chat_template: bool, messages: Any) -> bool:
 
 class ChatTemplateStage:
     """``messages`` -> ``prompt`` through the chat template of `tokenizer` (the model's processor
-    when rows hold images), with the generation prompt added; rows without messages must give
+    when rows hold images), with ``chat_template_kwargs`` passed to the template. The
+    generation prompt is added, unless the last message is the assistant's: then the template
+    continues it (a prefill the answer goes on from). Rows without messages must give
     ``prompt`` themselves.
 
-    Without ``has_image``, a row whose messages hold an image stops the job with an error that
-    says to set has_image=True.
+    Without ``has_image``, a row whose messages hold an image (or that gives
+    ``multimodal_data``) stops the job with an error that says to set has_image=True.
     """
 
     name = "chat_template"
@@ -74,11 +78,13 @@ class ChatTemplateStage:
         apply: bool,
         chat_template: str | None,
         has_image: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ):
         self._tokenizer = tokenizer
         self._apply = apply
         self._chat_template = chat_template
         self._has_image = has_image
+        self._kwargs = dict(chat_template_kwargs or {})
 
     def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
         tokenizer = self._tokenizer()
@@ -87,11 +93,12 @@ class ChatTemplateStage:
             errors = errors_of(table)
             messages = column_values(table, MESSAGES)
             prompts = column_values(table, PROMPT)
+            multimodal = column_values(table, MULTIMODAL_DATA)
             for i in range(table.num_rows):
                 if errors[i] is not None:
                     continue
                 if not self._has_image:
-                    check_no_images(messages[i])
+                    check_no_images(messages[i], multimodal[i])
                 try:
                     prompts[i] = self._prompt_of(tokenizer, messages[i], prompts[i])
                 except Exception as exc:
@@ -102,11 +109,15 @@ class ChatTemplateStage:
 
     def _prompt_of(self, tokenizer: Any, messages: Any, prompt: Any) -> str:
         if uses_chat_template(self._apply, messages):
+            cleaned = _clean_messages(messages)
+            prefill = cleaned[-1]["role"] == "assistant"
+            options = {
+                "add_generation_prompt": not prefill,
+                "continue_final_message": prefill,
+                **self._kwargs,
+            }
             return tokenizer.apply_chat_template(
-                _clean_messages(messages),
-                chat_template=self._chat_template,
-                add_generation_prompt=True,
-                tokenize=False,
+                cleaned, chat_template=self._chat_template, tokenize=False, **options
             )
         if prompt is None:
             hint = (
@@ -124,10 +135,11 @@ class TokenizeStage:
     """``prompt`` -> ``prompt_token_ids``, a whole table per tokenizer call.
 
     Templated prompts already hold their special tokens; raw prompts get the tokenizer's
-    (e.g. BOS), as the engine would add them. Given the model's `processor`, a row with images
-    is tokenized with them: each image placeholder is expanded to the image's tokens and the
-    processed images go to an intermediate column for the engine; a row the processor rejects
-    becomes an error row.
+    (e.g. BOS), as the engine would add them. A row's ``tokenization_kwargs``
+    (``add_special_tokens``, ``truncation``, ``max_length``) are passed to the tokenizer.
+    Given the model's `processor`, a row with images is tokenized with them: each image
+    placeholder is expanded to the image's tokens and the processed images go to an
+    intermediate column for the engine; a row the processor rejects becomes an error row.
     """
 
     name = "tokenize"
@@ -153,28 +165,27 @@ class TokenizeStage:
             token_ids: list[list[int] | None] = [None] * table.num_rows
             if processor is not None:
                 multi_modal = self._with_images(processor, table, prompts, errors, token_ids)
-            templated = [uses_chat_template(self._apply_chat_template, m) for m in messages]
-            for from_template in (True, False):
-                rows = [
-                    i
-                    for i in range(table.num_rows)
-                    if errors[i] is None
-                    and prompts[i] is not None
-                    and token_ids[i] is None
-                    and templated[i] == from_template
-                ]
-                if not rows:
+            kwargs = column_values(table, TOKENIZATION_KWARGS)
+            groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+            for i in range(table.num_rows):
+                if errors[i] is not None or prompts[i] is None or token_ids[i] is not None:
                     continue
-                encoded = tokenizer(
-                    [prompts[i] for i in rows], add_special_tokens=not from_template
-                )["input_ids"]
+                templated = uses_chat_template(self._apply_chat_template, messages[i])
+                try:
+                    options = tokenization_options(kwargs[i], templated)
+                except (TypeError, ValueError) as exc:
+                    errors[i] = format_error(self.name, exc)
+                    continue
+                groups.setdefault(tuple(sorted(options.items())), []).append(i)
+            for options, rows in groups.items():
+                encoded = tokenizer([prompts[i] for i in rows], **dict(options))["input_ids"]
                 for i, ids in zip(rows, encoded):
                     token_ids[i] = ids
             table = set_column(table, PROMPT_TOKEN_IDS, pa.array(token_ids, pa.list_(pa.int64())))
             if processor is not None:
                 table = set_column(table, MULTI_MODAL, multi_modal_to_arrow(multi_modal))
-                table = with_errors(table.drop_columns([IMAGES]), errors)
-            yield table
+                table = table.drop_columns([IMAGES])
+            yield with_errors(table, errors)
 
     def _with_images(
         self,
@@ -199,6 +210,38 @@ class TokenizeStage:
             except Exception as exc:
                 errors[i] = format_error(self.name, exc)
         return multi_modal
+
+
+_TOKENIZATION_TYPES: dict[str, type] = {
+    "add_special_tokens": bool,
+    "truncation": bool,
+    "max_length": int,
+}
+
+
+def tokenization_options(given: Any, templated: bool) -> dict[str, Any]:
+    """The tokenizer's options for one prompt: special tokens for raw prompts only (a templated
+    prompt holds them), then the row's ``tokenization_kwargs``."""
+    options: dict[str, Any] = {"add_special_tokens": not templated}
+    if given is None:
+        return options
+    if not isinstance(given, dict):
+        raise TypeError(f"{TOKENIZATION_KWARGS!r} must be a dict, got {type(given).__name__}")
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = sorted(set(given) - set(_TOKENIZATION_TYPES))
+    if unknown:
+        raise ValueError(
+            f"unknown {TOKENIZATION_KWARGS} {unknown}; accepted: {', '.join(_TOKENIZATION_TYPES)}"
+        )
+    for key, value in given.items():
+        expected = _TOKENIZATION_TYPES[key]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise TypeError(
+                f"{TOKENIZATION_KWARGS}[{key!r}] must be {expected.__name__}, got {value!r}"
+            )
+    if given.get("truncation") and "max_length" not in given:
+        raise ValueError(f"{TOKENIZATION_KWARGS}: truncation=True needs max_length")
+    return {**options, **given}
 
 
 class DetokenizeStage:

@@ -14,6 +14,7 @@ from llmbatch.llm.columns import (
     ERROR,
     IMAGES,
     MESSAGES,
+    MULTIMODAL_DATA,
     SAMPLING_PARAMS,
     as_table,
     column_values,
@@ -33,6 +34,7 @@ from llmbatch.llm.images import (
     as_content_parts,
     check_no_images,
     load_message_images,
+    load_multimodal_data,
 )
 from llmbatch.llm.summary import RunStats
 
@@ -79,8 +81,8 @@ class PreprocessStage:
     """First stage: cuts the input into ``batch_size`` tables and merges ``preprocess(row)``
     into each row (its columns are added, or replace same-named originals).
 
-    With ``has_image``, each row's message images are loaded (several rows at once, in threads)
-    and taken out of ``messages``: the image parts become ``{"type": "image"}``, every content
+    With ``has_image``, each row's message images (or its ``multimodal_data`` images) are loaded
+    (several rows at once, in threads) and taken out of the row: the image parts become ``{"type": "image"}``, every content
     becomes a list of parts (the form that multimodal chat templates take and that Arrow can
     store for all rows alike), and the RGB images go to an intermediate column. A row whose image
     cannot be read becomes an error row. Without ``has_image``, a row holding an image stops the
@@ -110,7 +112,7 @@ class PreprocessStage:
         if not self._has_image:
             for result in results or ():
                 if result is not None:
-                    check_no_images(result.get(MESSAGES))
+                    check_no_images(result.get(MESSAGES), result.get(MULTIMODAL_DATA))
             return table if results is None else _merge(table, results, errors)
         if results is None:
             results = [{} if error is None else None for error in errors]
@@ -119,16 +121,25 @@ class PreprocessStage:
             None if res is None else res.get(MESSAGES, originals[i])
             for i, res in enumerate(results)
         ]
+        given = column_values(table, MULTIMODAL_DATA)
+        multimodal = [
+            None if res is None else res.pop(MULTIMODAL_DATA, given[i])
+            for i, res in enumerate(results)
+        ]
         images: list[list[Any] | None] = [None] * table.num_rows
-        for i, loaded in enumerate(pool.map(_load_row_images, messages)):
+        for i, loaded in enumerate(pool.map(_load_row_images, messages, multimodal)):
             if results[i] is None:
                 continue
             if isinstance(loaded, ImageInputError):
                 errors[i] = format_error("images", loaded)
                 results[i] = None
-            elif messages[i] is not None:
-                results[i][MESSAGES], images[i] = loaded
+            elif messages[i] is not None or multimodal[i] is not None:
+                stored, images[i] = loaded
+                if messages[i] is not None:
+                    results[i][MESSAGES] = stored
         table = _merge(table, results, errors)
+        if MULTIMODAL_DATA in table.column_names:
+            table = table.drop_columns([MULTIMODAL_DATA])
         return set_column(table, IMAGES, images_to_arrow(images))
 
     def _run_fn(self, table: pa.Table, errors: list[str | None]) -> list[Row | None]:
@@ -153,11 +164,21 @@ class PreprocessStage:
         return results
 
 
-def _load_row_images(messages: Any) -> tuple[Any, list[Any]] | ImageInputError:
+def _load_row_images(
+    messages: Any, multimodal_data: Any = None
+) -> tuple[Any, list[Any]] | ImageInputError:
     """A row's messages in stored form (content as parts, images as placeholders) and its
-    images; the error instead when an image cannot be loaded."""
+    images (those of its messages, or of its ``multimodal_data``); the error instead when an
+    image cannot be loaded."""
     try:
+        if multimodal_data is not None and messages is not None:
+            raise ImageInputError(
+                "the row gives both messages and multimodal_data: put its images in the "
+                "messages' content, or give multimodal_data with a prompt that holds the image "
+                "placeholders"
+            )
         messages, images = load_message_images(messages)
+        images += load_multimodal_data(multimodal_data)
     except ImageInputError as exc:
         return exc
     return as_content_parts(messages), images
