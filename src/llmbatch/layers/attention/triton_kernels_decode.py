@@ -12,14 +12,13 @@ captured in a CUDA graph.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
 import triton.language as tl
 
 from llmbatch.layers.attention.base import AttentionMetadata
-from llmbatch.layers.attention.triton_kernels_cache import load_paged_tile
+from llmbatch.layers.attention.triton_kernels_cache import cap_scores, load_paged_tile, score_scale
 
 MIN_KEYS_PER_SPLIT = 256
 MAX_SPLITS = 32
@@ -42,8 +41,9 @@ def _decode_attention_kernel(
     block_tables_ptr,
     query_start_loc_ptr,
     seq_lens_ptr,
-    scale_log2,
+    qk_scale,
     sliding_window,
+    softcap,
     num_heads,
     num_splits,
     stride_q_token,
@@ -61,6 +61,7 @@ def _decode_attention_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     USE_WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
     WRITE_PARTIALS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     FP16_DOTS: tl.constexpr,
@@ -112,7 +113,9 @@ def _decode_attention_kernel(
             value_cache_ptr, block_table_row, keys, key_valid, kv_head, dims, dim_valid,
             stride_cache_block, stride_cache_slot, stride_cache_head, PAGE_SIZE,
         ).to(q.dtype)  # fmt: skip
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if SOFTCAP:
+            scores = cap_scores(scores, softcap)
         scores = tl.where(key_valid[None, :], scores, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, 1))
         probs = tl.exp2(scores - new_max[:, None])
@@ -218,6 +221,7 @@ def decode_attention(
     scale: float,
     sliding_window: int | None,
     num_splits: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention of each sequence's single query token over its cached keys.
 
@@ -252,8 +256,9 @@ def decode_attention(
         meta.block_tables,
         meta.query_start_loc,
         meta.seq_lens,
-        scale * math.log2(math.e),
+        score_scale(scale, softcap),
         sliding_window or 0,
+        softcap or 0.0,
         num_heads,
         num_splits,
         q.stride(0),
@@ -271,6 +276,7 @@ def decode_attention(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         USE_WINDOW=sliding_window is not None,
+        SOFTCAP=softcap is not None,
         WRITE_PARTIALS=write_partials,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         FP16_DOTS=q.dtype == torch.bfloat16 and kv_cache.dtype.itemsize == 1,
