@@ -27,7 +27,7 @@ from llmbatch.layers.attention import triton_kernels_decode, triton_kernels_pref
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.layers.attention.torch_backend import TorchAttentionBackend
 from llmbatch.layers.attention.triton_backend import TritonAttentionBackend
-from llmbatch.layers.triton import apply_rotary, gumbel_argmax, rms_norm, silu_and_mul
+from llmbatch.layers.triton import act_and_mul, apply_rotary, gumbel_argmax, rms_norm
 
 DTYPE = torch.bfloat16
 # the KV cache's dtype (--kv-cache-dtype): bf16 unless an fp8 format is asked for
@@ -201,7 +201,7 @@ def fused_op_rows(num_tokens: int = 8192) -> list[tuple[str, ...]]:
         ),
         (
             "silu_and_mul 8k x 14336",
-            lambda: silu_and_mul(gate_up),
+            lambda: act_and_mul(gate_up),
             torch_silu_and_mul,
             1.5 * gate_up.numel() * item,
         ),

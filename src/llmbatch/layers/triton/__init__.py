@@ -1,8 +1,8 @@
 """Fused Triton kernels for the layers around attention, and for sampling, for CUDA tensors."""
 
-from llmbatch.layers.triton.activation import silu_and_mul
+from llmbatch.layers.triton.activation import act_and_mul
 from llmbatch.layers.triton.gumbel import gumbel_argmax
 from llmbatch.layers.triton.rms_norm import rms_norm
 from llmbatch.layers.triton.rotary import apply_rotary
 
-__all__ = ["apply_rotary", "gumbel_argmax", "rms_norm", "silu_and_mul"]
+__all__ = ["act_and_mul", "apply_rotary", "gumbel_argmax", "rms_norm"]
