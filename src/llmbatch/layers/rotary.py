@@ -84,8 +84,9 @@ def _inverse_frequencies(
         # beyond it. A position is rotated with the factors of a context that ends at it, so a
         # token's cached keys never depend on the tokens after it (prefix caching, chunking and
         # preemption stay exact); transformers agrees while a sequence fits the original length.
-        original = params.get("original_max_position_embeddings") or getattr(
-            config, "original_max_position_embeddings"
+        original = (
+            params.get("original_max_position_embeddings")
+            or config.original_max_position_embeddings
         )
         long_inv_freq = init(config, None, seq_len=original + 1, **extra)[0]
         inv_freq = torch.where((positions >= original)[:, None], long_inv_freq, inv_freq)
