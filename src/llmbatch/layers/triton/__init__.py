@@ -1,8 +1,10 @@
-"""Fused Triton kernels for the layers around attention, and for sampling, for CUDA tensors."""
+"""Fused Triton kernels for the layers around attention, mixture-of-experts and sampling, for
+CUDA tensors."""
 
 from llmbatch.layers.triton.activation import act_and_mul
 from llmbatch.layers.triton.gumbel import gumbel_argmax
+from llmbatch.layers.triton.moe import fused_experts
 from llmbatch.layers.triton.rms_norm import rms_norm
 from llmbatch.layers.triton.rotary import apply_rotary
 
-__all__ = ["act_and_mul", "apply_rotary", "gumbel_argmax", "rms_norm"]
+__all__ = ["act_and_mul", "apply_rotary", "fused_experts", "gumbel_argmax", "rms_norm"]
