@@ -18,8 +18,9 @@ from transformers import (
 
 from llmbatch.layers.attention import get_attention_backend
 from llmbatch.models.base import CausalLM
-from llmbatch.models.registry import build_model
+from llmbatch.models.registry import build_model, resolve_model_impl
 from llmbatch.models.source import resolve_model_folder
+from llmbatch.models.transformers_fallback import TransformersCausalLM, load_transformers_model
 from llmbatch.models.weights import (
     DTYPES,
     LOAD_FORMATS,
@@ -144,10 +145,13 @@ def load_model(
     revision: str | None = None,
     load_format: str = "auto",
     seed: int = 0,
+    model_impl: str = "auto",
 ) -> LoadedModel:
     """Loads a model folder, a .gguf file (converted once, then cached) or a Hub id.
 
     ``load_format="dummy"`` needs only config.json and draws weights from ``seed``.
+    ``model_impl``: "llmbatch" (our own code), "transformers" (the model's transformers code on
+    our paged attention) or "auto" (our own code where it exists).
     """
     check_dtype(dtype)
     if load_format not in LOAD_FORMATS:
@@ -159,14 +163,22 @@ def load_model(
     config = read_config(folder, trust_remote_code)
     tokenizer = _load_tokenizer(folder, trust_remote_code, required=not dummy)
     torch_dtype = resolve_dtype(dtype, config, device)
-    with torch.device(device), _default_dtype(torch_dtype):
-        net = build_model(config, backend)
-    net.to(device)
-    net.requires_grad_(False)
-    if dummy:
-        init_dummy_weights(net, seed)
+    if resolve_model_impl(config, model_impl, trust_remote_code) == "transformers":
+        hf_model = load_transformers_model(
+            folder, config, torch_dtype, device, not dummy, trust_remote_code
+        )
+        net = TransformersCausalLM(hf_model, backend)
+        if dummy:
+            init_dummy_weights(net, seed)
     else:
-        net.load_weights(iterate_weights(checkpoint_files(folder, load_format)))
+        with torch.device(device), _default_dtype(torch_dtype):
+            net = build_model(config, backend)
+        net.to(device)
+        net.requires_grad_(False)
+        if dummy:
+            init_dummy_weights(net, seed)
+        else:
+            net.load_weights(iterate_weights(checkpoint_files(folder, load_format)))
     net.eval()
     return LoadedModel(
         model=net,
