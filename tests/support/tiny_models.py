@@ -8,13 +8,19 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
+    Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 VOCAB_SIZE = 128
@@ -56,6 +62,70 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
                 "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 32,
             },
+        ),
+    }
+
+
+# shorter than every parity prompt, so that the sliding layers cut their context
+TINY_WINDOW = 6
+_FAMILY_COMMON = dict(
+    _COMMON, num_hidden_layers=3, num_key_value_heads=2, max_position_embeddings=256
+)
+
+
+def family_configs() -> dict[str, PretrainedConfig]:
+    """One config per family with its own code beyond Llama's, its special features switched
+    on: sliding windows shorter than the prompts, soft-capping (small caps, so that they bite),
+    LongRoPE factors with a partial rotary, several experts with top-2 routing."""
+    gemma = dict(_FAMILY_COMMON, head_dim=16, query_pre_attn_scalar=24, pad_token_id=0)
+    return {
+        "gemma2-softcap-window": Gemma2Config(
+            **gemma,
+            sliding_window=TINY_WINDOW,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+        ),
+        "gemma3-local-global-rope": Gemma3TextConfig(
+            **gemma,
+            sliding_window=TINY_WINDOW,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 4.0},
+            },
+        ),
+        "phi3-longrope-partial-window": Phi3Config(
+            **_FAMILY_COMMON,
+            pad_token_id=0,
+            sliding_window=TINY_WINDOW,
+            original_max_position_embeddings=128,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "short_factor": [1.0 + 0.1 * i for i in range(6)],
+                "long_factor": [2.0 + 0.3 * i for i in range(6)],
+                "partial_rotary_factor": 0.75,
+            },
+        ),
+        "mixtral-top2-window": MixtralConfig(
+            **_FAMILY_COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=TINY_WINDOW
+        ),
+        "qwen3-moe-top2": Qwen3MoeConfig(
+            **_FAMILY_COMMON,
+            head_dim=16,
+            num_experts=6,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+            mlp_only_layers=[1],
+        ),
+        "qwen2-moe-shared-expert": Qwen2MoeConfig(
+            **_FAMILY_COMMON,
+            num_experts=6,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            norm_topk_prob=False,
         ),
     }
 
