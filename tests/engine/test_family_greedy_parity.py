@@ -5,8 +5,7 @@ with prefix caching on and sequences preempted and recomputed."""
 from __future__ import annotations
 
 import pytest
-from engine_testing import hf_greedy
-from tiny_models import TINY_WINDOW, family_configs, random_prompts, save_tiny_model
+from tiny_models import TINY_WINDOW, family_configs, hf_greedy, random_prompts, save_tiny_model
 
 from llmbatch import LLM, SamplingParams
 

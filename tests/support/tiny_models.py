@@ -170,3 +170,28 @@ def save_tiny_model(folder: Path, config: PretrainedConfig, **save_kwargs) -> Pr
 def random_prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(3, VOCAB_SIZE, (n,), generator=generator).tolist() for n in lengths]
+
+
+def hf_greedy(
+    model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int]
+) -> list[list[int]]:
+    """transformers generate(), greedy, all prompts in one left-padded batch with an attention
+    mask; each output cut after its first EOS."""
+    width = max(len(p) for p in prompts)
+    pad = eos_ids[0] if eos_ids else 0
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        generated = model.generate(
+            input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos_ids or None,
+        )
+    outputs = []
+    for row in generated[:, width:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        outputs.append(row[:cut])
+    return outputs

@@ -92,8 +92,8 @@ def _load_tokenizer(
             f"{folder} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}): "
             "copy the model's tokenizer files into it"
         )
-    extra = {"trust_remote_code": True} if trust_remote_code else {}
-    return AutoTokenizer.from_pretrained(folder, **extra)
+    # given either way: left out, transformers asks on the terminal whether to run remote code
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
 def _as_list(token_ids: int | list[int] | None) -> list[int]:
@@ -118,9 +118,18 @@ def eos_token_ids_of(
 
 def read_config(folder: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """The folder's config.json as transformers reads it; a ValueError for a quantized
-    checkpoint, which llmbatch cannot run."""
-    extra = {"trust_remote_code": True} if trust_remote_code else {}
-    config = AutoConfig.from_pretrained(folder, **extra)
+    checkpoint, which llmbatch cannot run, and for one whose config is the checkpoint's own
+    code while trust_remote_code is off."""
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if trust_remote_code or "trust_remote_code" not in str(exc):
+            raise
+        raise ValueError(
+            f"{folder} defines its model in its own Python code (config.json's auto_map), which "
+            "transformers runs only with trust_remote_code=True: set it in engine_kwargs if you "
+            "trust that code"
+        ) from exc
     quantization = getattr(config, "quantization_config", None)
     if quantization:
         method = (

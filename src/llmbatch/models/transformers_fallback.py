@@ -233,6 +233,12 @@ class TransformersCausalLM(CausalLM):
                 )
         except UnsupportedTransformersModel as exc:
             raise UnsupportedTransformersModel(f"{name} cannot run on llmbatch: {exc}") from None
+        except Exception as exc:
+            raise UnsupportedTransformersModel(
+                f"{name} cannot run on llmbatch: its code failed with an external attention "
+                f"function and no attention mask ({type(exc).__name__}: {exc}); models that "
+                "build their own mask or position bias (e.g. ALiBi) are not supported"
+            ) from exc
         finally:
             state.probing = False
             for module in self.hf_model.modules():
@@ -338,7 +344,8 @@ def load_transformers_model(
 
     register_attention()
     check_transformers_support(config, trust_remote_code)
-    extra = {"trust_remote_code": True} if trust_remote_code else {}
+    # given either way: left out, transformers asks on the terminal whether to run remote code
+    extra = {"trust_remote_code": trust_remote_code}
     if with_weights:
         model = AutoModelForCausalLM.from_pretrained(
             folder,
