@@ -67,6 +67,26 @@ def text_config_of(config: PretrainedConfig) -> PretrainedConfig:
     return text
 
 
+def rotary_tables(
+    config: PretrainedConfig, head_dim: int, layer_types: list[str]
+) -> dict[str, RotaryEmbedding]:
+    """The rotary table of each kind of layer: Gemma 3 configs give each kind its own rope
+    parameters (older ones: ``rope_local_base_freq`` for the sliding layers), Gemma 2 one for
+    all."""
+    kinds = list(dict.fromkeys(layer_types))
+    params = getattr(config, "rope_parameters", None) or {}
+    if all(isinstance(params.get(kind), dict) for kind in kinds):
+        return {kind: RotaryEmbedding(config, head_dim, kind) for kind in kinds}
+    shared = RotaryEmbedding(config, head_dim)
+    tables = dict.fromkeys(kinds, shared)
+    local_base = getattr(config, "rope_local_base_freq", None)
+    if local_base is not None and "sliding_attention" in tables:
+        local = copy.copy(config)
+        local.rope_parameters = {"rope_type": "default", "rope_theta": local_base}
+        tables["sliding_attention"] = RotaryEmbedding(local, head_dim)
+    return tables
+
+
 class GemmaDecoderLayer(nn.Module):
     def __init__(self, self_attn: DecoderAttention, mlp: GatedMLP, config: PretrainedConfig):
         super().__init__()
@@ -134,18 +154,7 @@ class GemmaModel(nn.Module):
             for window in sliding_windows_of(config)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, float32_weight=True)
-        # one table per kind of layer where the config gives each kind its own rope parameters
-        per_kind = all(
-            isinstance((getattr(config, "rope_parameters", None) or {}).get(kind), dict)
-            for kind in self.layer_types
-        )
-        shared = None if per_kind else RotaryEmbedding(config, head_dim)
-        self.rotary = nn.ModuleDict(
-            {
-                kind: shared or RotaryEmbedding(config, head_dim, kind)
-                for kind in dict.fromkeys(self.layer_types)
-            }
-        )
+        self.rotary = nn.ModuleDict(rotary_tables(config, head_dim, self.layer_types))
 
     def forward(
         self,
