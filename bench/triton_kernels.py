@@ -243,8 +243,9 @@ def moe_rows() -> list[tuple[str, ...]]:
             x = torch.randn(num_tokens, hidden, device="cuda", dtype=DTYPE)
             logits = torch.randn(num_tokens, num_experts, device="cuda")
             weights, ids = route(logits, top_k, renormalize=True)
-            triton_ms = median_ms(lambda: fused_experts(x, w13, w2, weights, ids))
-            torch_ms = median_ms(lambda: experts_reference(x, w13, w2, weights, ids))
+            inputs = (x, w13, w2, weights, ids)
+            triton_ms = median_ms(functools.partial(fused_experts, *inputs))
+            torch_ms = median_ms(functools.partial(experts_reference, *inputs))
             used = ids.unique().numel()
             weight_bytes = used * (w13[0].numel() + w2[0].numel()) * DTYPE.itemsize
             flops = 2 * num_tokens * top_k * 3 * hidden * intermediate
