@@ -18,6 +18,7 @@ from tiny_models import (
 )
 from transformers import (
     BloomConfig,
+    GPT2Config,
     GPTNeoXConfig,
     GraniteConfig,
     Lfm2Config,
@@ -56,6 +57,17 @@ FALLBACK_CONFIGS = {
     ),
     # LayerNorm, fused QKV, rotary on a quarter of each head, parallel residual
     "gpt_neox": GPTNeoXConfig(**_COMMON, rotary_pct=0.25, use_parallel_residual=True),
+    # learned absolute positions (from each token's own position), a head that reads more
+    # than the last hidden state from its decoder's output
+    "gpt2": GPT2Config(
+        vocab_size=VOCAB_SIZE,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
 }
 ENGINE_KWARGS = dict(kv_cache_memory_bytes=16 << 20, max_num_seqs=8)
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS)

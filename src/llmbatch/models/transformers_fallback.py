@@ -35,6 +35,16 @@ _IGNORED_KWARGS = frozenset(
 _HONOURED_KWARGS = frozenset({"sliding_window", "softcap"})
 
 
+class _HiddenStatesOnly(BaseModelOutputWithPast):
+    """A base model's output holding only its last hidden state; any other field a model's head
+    reads (cross-attentions, caches, ...) is None."""
+
+    def __getattr__(self, name: str) -> None:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
 class UnsupportedTransformersModel(ValueError):
     """A transformers model whose code cannot run on llmbatch's paged attention."""
 
@@ -297,7 +307,7 @@ class TransformersCausalLM(CausalLM):
         model's forward then applies its own head to it."""
 
         def forward(*args: object, **kwargs: object) -> BaseModelOutputWithPast:
-            return BaseModelOutputWithPast(last_hidden_state=hidden)
+            return _HiddenStatesOnly(last_hidden_state=hidden)
 
         self.base.forward = forward
         try:
@@ -309,25 +319,27 @@ class TransformersCausalLM(CausalLM):
         return {name: tuple(param.shape) for name, param in self.hf_model.named_parameters()}
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Weights named as the transformers model names its parameters."""
-        params = dict(self.hf_model.named_parameters())
-        missing = set(params)
+        """Weights named as the transformers model names its parameters (a tied parameter under
+        any of its names)."""
+        params = dict(self.hf_model.named_parameters(remove_duplicate=False))
+        missing = {id(param): name for name, param in self.hf_model.named_parameters()}
         unexpected = []
         for name, tensor in weights:
-            if name not in params:
+            param = params.get(name)
+            if param is None:
                 unexpected.append(name)
                 continue
-            if tuple(tensor.shape) != tuple(params[name].shape):
+            if tuple(tensor.shape) != tuple(param.shape):
                 raise ValueError(
                     f"weight {name} has shape {tuple(tensor.shape)}, but the model's is "
-                    f"{tuple(params[name].shape)}"
+                    f"{tuple(param.shape)}"
                 )
-            params[name].data.copy_(tensor)
-            missing.discard(name)
+            param.data.copy_(tensor)
+            missing.pop(id(param), None)
         if unexpected:
             raise ValueError(f"weights this model does not use: {sorted(unexpected)}")
         if missing:
-            raise ValueError(f"weights the model needs are missing: {sorted(missing)}")
+            raise ValueError(f"weights the model needs are missing: {sorted(missing.values())}")
 
 
 def load_transformers_model(
