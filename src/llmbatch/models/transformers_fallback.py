@@ -94,14 +94,12 @@ def paged_attention(
     state = layer.state
     if state.probing:
         return _probe(state, module, query, key, value, attention_mask, kwargs)
-    q = query[0].transpose(0, 1)
-    k = key[0].transpose(0, 1)
-    v = value[0].transpose(0, 1)
+    q, k, v = _tokens_first(query), _tokens_first(key), _tokens_first(value)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out = state.backend.forward(
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
+        q,
+        k,
+        v,
         state.kv_caches[layer.index],
         state.meta,
         scale,
@@ -109,6 +107,13 @@ def paged_attention(
         kwargs.get("softcap"),
     )
     return out[None], None
+
+
+def _tokens_first(x: torch.Tensor) -> torch.Tensor:
+    """``[1, heads, T, D]`` -> ``[T, heads, D]``: usually a view, as most models make their heads
+    a transposed view of ``[T, heads * D]``."""
+    x = x[0].transpose(0, 1)
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def _probe(
