@@ -193,6 +193,23 @@ def test_remote_code_needs_trust_remote_code(tmp_path):
         LLM(str(tmp_path), load_format="dummy")
 
 
+def test_auto_picks_own_code_where_it_exists(tmp_path):
+    from llmbatch.engine.config import resolve_config
+
+    for name, config in [
+        ("qwen2", tiny_configs()["qwen2-bias-tied"]),
+        ("olmo2", FALLBACK_CONFIGS["olmo2"]),
+    ]:
+        config.save_pretrained(tmp_path / name)
+    resolved = {
+        name: resolve_config(EngineArgs(model=str(tmp_path / name), load_format="dummy"))
+        for name in ("qwen2", "olmo2")
+    }
+    assert resolved["qwen2"].model_impl == "llmbatch"
+    assert resolved["olmo2"].model_impl == "transformers"
+    assert resolved["olmo2"].max_model_len == FALLBACK_CONFIGS["olmo2"].max_position_embeddings
+
+
 def test_model_impl_is_checked(tmp_path):
     save_tiny_model(tmp_path, FALLBACK_CONFIGS["olmo2"])
     with pytest.raises(ValueError, match="model_impl='vllm' is not supported; accepted: 'auto'"):
