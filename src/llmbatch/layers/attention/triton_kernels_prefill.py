@@ -174,12 +174,17 @@ def _prefill_attention_kernel(
     )
 
 
-def _tile_shape(queries_per_kv: int, device: torch.device) -> tuple[int, int, int, int]:
+def _tile_shape(
+    queries_per_kv: int, device: torch.device, head_dim: int = 128
+) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for this GQA group size on this device."""
     group_rows = max(16, triton.next_power_of_2(queries_per_kv))
     if device.type != "cuda":
         # The interpreter: small tiles keep it quick and still cross tile boundaries in tests.
         return group_rows, 16, 1, 1
+    if head_dim > 128:
+        # Gemma's 256-wide heads: half the rows and keys keep the tiles in registers
+        return max(32, group_rows), 32, 4, 2
     return max(64, group_rows), 64, 4, 2
 
 
@@ -198,7 +203,7 @@ def prefill_attention(
     out = torch.zeros_like(q)
     if num_tokens == 0 or meta.num_seqs == 0:
         return out
-    block_m, block_n, num_warps, num_stages = _tile_shape(queries_per_kv, q.device)
+    block_m, block_n, num_warps, num_stages = _tile_shape(queries_per_kv, q.device, head_dim)
     block_q = block_m // queries_per_kv
     key_cache, value_cache = kv_cache[0], kv_cache[1]
     grid = (num_tokens // block_q + meta.num_seqs, num_kv_heads)
