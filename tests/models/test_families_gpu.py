@@ -7,7 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 from paged_runner import PagedRunner, assert_logits_close, run_chunked
-from tiny_models import family_configs, hf_greedy, random_prompts, save_tiny_model, tiny_tokenizer
+from tiny_models import (
+    fallback_configs,
+    family_configs,
+    hf_greedy,
+    random_prompts,
+    save_tiny_model,
+    tiny_tokenizer,
+)
 from transformers import AutoModelForCausalLM, Gemma2Config, Qwen3MoeConfig
 
 from llmbatch import LLM, SamplingParams
@@ -159,9 +166,7 @@ def test_engine_with_cuda_graphs_matches_transformers(family, tmp_path):
 
 def test_transformers_fallback_on_cuda(tmp_path):
     """model_impl='transformers' on the GPU: Triton attention, no CUDA graphs, same tokens."""
-    from test_transformers_fallback import FALLBACK_CONFIGS
-
-    hf_model = save_tiny_model(tmp_path, FALLBACK_CONFIGS["granite"])
+    hf_model = save_tiny_model(tmp_path, fallback_configs()["granite"])
     prompts = random_prompts([9, 17, 40, 64], seed=5)
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     expected = hf_greedy(hf_model, prompts, params.max_tokens, eos_ids=[])

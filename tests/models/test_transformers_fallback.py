@@ -10,21 +10,14 @@ import pytest
 from tiny_models import (
     TINY_WINDOW,
     VOCAB_SIZE,
+    fallback_configs,
     family_configs,
     hf_greedy,
     random_prompts,
     save_tiny_model,
     tiny_configs,
 )
-from transformers import (
-    BloomConfig,
-    GPT2Config,
-    GPTNeoXConfig,
-    GraniteConfig,
-    Lfm2Config,
-    Olmo2Config,
-    T5Config,
-)
+from transformers import BloomConfig, Lfm2Config, T5Config
 
 import llmbatch.data as data
 from llmbatch import LLM, SamplingParams
@@ -33,42 +26,6 @@ from llmbatch.llm import build_llm_processor, vLLMEngineProcessorConfig
 from llmbatch.models import load_model
 
 NEW_TOKENS = 16
-_COMMON = dict(
-    vocab_size=VOCAB_SIZE,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=256,
-    bos_token_id=1,
-    eos_token_id=2,
-)
-FALLBACK_CONFIGS = {
-    # per-head q/k norms over the whole projection, norms after the sub-layers
-    "olmo2": Olmo2Config(**_COMMON, num_key_value_heads=2),
-    # embedding, residual and attention multipliers, logits divided in the model's head
-    "granite": GraniteConfig(
-        **_COMMON,
-        num_key_value_heads=2,
-        embedding_multiplier=3.0,
-        residual_multiplier=0.5,
-        attention_multiplier=0.3,
-        logits_scaling=4.0,
-    ),
-    # LayerNorm, fused QKV, rotary on a quarter of each head, parallel residual
-    "gpt_neox": GPTNeoXConfig(**_COMMON, rotary_pct=0.25, use_parallel_residual=True),
-    # learned absolute positions (from each token's own position), a head that reads more
-    # than the last hidden state from its decoder's output
-    "gpt2": GPT2Config(
-        vocab_size=VOCAB_SIZE,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        n_positions=256,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-}
 ENGINE_KWARGS = dict(kv_cache_memory_bytes=16 << 20, max_num_seqs=8)
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS)
 
@@ -83,9 +40,9 @@ def greedy_tokens(folder: str, prompts: list[list[int]], **engine_kwargs) -> lis
         return [output.outputs[0].token_ids for output in llm.generate(prompts, GREEDY)]
 
 
-@pytest.mark.parametrize("architecture", list(FALLBACK_CONFIGS))
+@pytest.mark.parametrize("architecture", list(fallback_configs()))
 def test_processor_greedy_matches_transformers_with_prefix_caching(architecture, tmp_path):
-    hf_model = save_tiny_model(tmp_path, FALLBACK_CONFIGS[architecture])
+    hf_model = save_tiny_model(tmp_path, fallback_configs()[architecture])
     shared = random_prompts([20], seed=7)[0]  # more than one 16-token block, in every row
     prompts = [shared + tail for tail in random_prompts([1, 5, 9, 14, 3], seed=8)]
     expected = hf_greedy(hf_model, prompts, NEW_TOKENS, eos_ids=[2])
@@ -110,7 +67,7 @@ def test_processor_greedy_matches_transformers_with_prefix_caching(architecture,
 
 @pytest.mark.slow
 def test_chunked_prefill_and_preemption(tmp_path):
-    hf_model = save_tiny_model(tmp_path, FALLBACK_CONFIGS["granite"])
+    hf_model = save_tiny_model(tmp_path, fallback_configs()["granite"])
     prompts = random_prompts([9, 17, 23, 30, 12, 26], seed=3)
     expected = hf_greedy(hf_model, prompts, NEW_TOKENS, eos_ids=[2])
     assert max(map(len, expected)) == NEW_TOKENS
@@ -162,7 +119,11 @@ def test_own_code_and_transformers_code_agree(tmp_path):
         ),
         (
             Lfm2Config(
-                **_COMMON | dict(num_hidden_layers=3),
+                vocab_size=VOCAB_SIZE,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=3,
+                num_attention_heads=4,
                 num_key_value_heads=2,
                 layer_types=["conv", "full_attention", "conv"],
             ),
@@ -198,7 +159,7 @@ def test_auto_picks_own_code_where_it_exists(tmp_path):
 
     for name, config in [
         ("qwen2", tiny_configs()["qwen2-bias-tied"]),
-        ("olmo2", FALLBACK_CONFIGS["olmo2"]),
+        ("olmo2", fallback_configs()["olmo2"]),
     ]:
         config.save_pretrained(tmp_path / name)
     resolved = {
@@ -207,11 +168,11 @@ def test_auto_picks_own_code_where_it_exists(tmp_path):
     }
     assert resolved["qwen2"].model_impl == "llmbatch"
     assert resolved["olmo2"].model_impl == "transformers"
-    assert resolved["olmo2"].max_model_len == FALLBACK_CONFIGS["olmo2"].max_position_embeddings
+    assert resolved["olmo2"].max_model_len == fallback_configs()["olmo2"].max_position_embeddings
 
 
 def test_model_impl_is_checked(tmp_path):
-    save_tiny_model(tmp_path, FALLBACK_CONFIGS["olmo2"])
+    save_tiny_model(tmp_path, fallback_configs()["olmo2"])
     with pytest.raises(ValueError, match="model_impl='vllm' is not supported; accepted: 'auto'"):
         EngineArgs(model=str(tmp_path), model_impl="vllm")
     with pytest.raises(ValueError, match="Olmo2ForCausalLM.*has no llmbatch implementation"):

@@ -10,9 +10,13 @@ from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
     Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
+    Olmo2Config,
     Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
@@ -126,6 +130,47 @@ def family_configs() -> dict[str, PretrainedConfig]:
             moe_intermediate_size=32,
             shared_expert_intermediate_size=48,
             norm_topk_prob=False,
+        ),
+    }
+
+
+def fallback_configs() -> dict[str, PretrainedConfig]:
+    """Architectures without llmbatch code, each with what its transformers code does beyond
+    Llama, for the transformers fallback."""
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return {
+        # per-head q/k norms over the whole projection, norms after the sub-layers
+        "olmo2": Olmo2Config(**common, num_key_value_heads=2),
+        # embedding, residual and attention multipliers, logits divided in the model's head
+        "granite": GraniteConfig(
+            **common,
+            num_key_value_heads=2,
+            embedding_multiplier=3.0,
+            residual_multiplier=0.5,
+            attention_multiplier=0.3,
+            logits_scaling=4.0,
+        ),
+        # LayerNorm, fused QKV, rotary on a quarter of each head, parallel residual
+        "gpt_neox": GPTNeoXConfig(**common, rotary_pct=0.25, use_parallel_residual=True),
+        # learned absolute positions (from each token's own position), a head that reads more
+        # than the last hidden state from its decoder's output
+        "gpt2": GPT2Config(
+            vocab_size=VOCAB_SIZE,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=1,
+            eos_token_id=2,
         ),
     }
 
