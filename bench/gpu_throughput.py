@@ -5,6 +5,8 @@
 Workloads and peers are those of BENCHMARKS.md; one table is printed last. transformers runs on a
 prefix of each workload (its static batches take minutes on the full sets): its rates are
 per-second figures over the requests it ran, which is what the comparison needs.
+``--variants "" model_impl=transformers`` times the model's transformers code on llmbatch's
+engine (the fallback for architectures without llmbatch code) next to llmbatch's own.
 """
 
 from __future__ import annotations
@@ -61,6 +63,47 @@ SHAPES = {
         tie_word_embeddings=True,
         rms_norm_eps=1e-6,
     ),
+    # 30.5B parameters, 3.3B active: 128 experts of 768, 8 a token (61 GB in bf16)
+    "qwen3-30b-a3b": dict(
+        architectures=["Qwen3MoeForCausalLM"],
+        model_type="qwen3_moe",
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        norm_topk_prob=True,
+        vocab_size=151936,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+    ),
+    # head_dim 256, soft caps 50 (attention) and 30 (logits), 4,096-token windows on every
+    # other layer; transformers runs it with eager attention (its sdpa path cannot cap scores)
+    "gemma2-9b": dict(
+        architectures=["Gemma2ForCausalLM"],
+        model_type="gemma2",
+        hf_attention="eager",
+        hidden_size=3584,
+        num_hidden_layers=42,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=256,
+        intermediate_size=14336,
+        vocab_size=256000,
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+    ),
 }
 
 
@@ -69,12 +112,13 @@ def make_hf_model(shape: str):
 
     kwargs = dict(SHAPES[shape])
     model_type = kwargs.pop("model_type")
+    attention = kwargs.pop("hf_attention", "sdpa")
     config = AutoConfig.for_model(model_type, **kwargs)
     config.pad_token_id = 0
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(
-            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+            config, dtype=torch.bfloat16, attn_implementation=attention
         )
     return model.eval(), config
 
@@ -222,6 +266,12 @@ def main() -> None:
     parser.add_argument("--workloads", default="seed,sharegpt,short,decode")
     parser.add_argument("--peers", default="generate,generate_batch")
     parser.add_argument("--peer-requests", type=int, default=512)
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="llmbatch runs the first N requests of each workload (default: all of them)",
+    )
     parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's")
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -267,6 +317,8 @@ def main() -> None:
     vocab = SHAPES[args.shape]["vocab_size"]
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if "seed" in names else None
     workloads = {name: build(name, vocab, tokenizer) for name in names}
+    if args.requests is not None:
+        workloads = {name: w.head(args.requests) for name, w in workloads.items()}
     rows: list[dict] = []
 
     hf_model, hf_config = make_hf_model(args.shape)

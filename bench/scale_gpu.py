@@ -39,6 +39,7 @@ def make_model_folder(folder: Path, shape: str, tokenizer_dir: str) -> None:
     from transformers import AutoConfig
 
     kwargs = dict(SHAPES[shape])
+    kwargs.pop("hf_attention", None)  # the transformers peer's, not the model's
     AutoConfig.for_model(kwargs.pop("model_type"), **kwargs).save_pretrained(folder)
     for name in TOKENIZER_FILES:
         if (Path(tokenizer_dir) / name).exists():

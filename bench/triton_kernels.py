@@ -27,7 +27,8 @@ from llmbatch.layers.attention import triton_kernels_decode, triton_kernels_pref
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.layers.attention.torch_backend import TorchAttentionBackend
 from llmbatch.layers.attention.triton_backend import TritonAttentionBackend
-from llmbatch.layers.triton import apply_rotary, gumbel_argmax, rms_norm, silu_and_mul
+from llmbatch.layers.moe import experts_reference, route
+from llmbatch.layers.triton import act_and_mul, apply_rotary, fused_experts, gumbel_argmax, rms_norm
 
 DTYPE = torch.bfloat16
 # the KV cache's dtype (--kv-cache-dtype): bf16 unless an fp8 format is asked for
@@ -201,7 +202,7 @@ def fused_op_rows(num_tokens: int = 8192) -> list[tuple[str, ...]]:
         ),
         (
             "silu_and_mul 8k x 14336",
-            lambda: silu_and_mul(gate_up),
+            lambda: act_and_mul(gate_up),
             torch_silu_and_mul,
             1.5 * gate_up.numel() * item,
         ),
@@ -223,6 +224,45 @@ def fused_op_rows(num_tokens: int = 8192) -> list[tuple[str, ...]]:
                 rate(bytes_moved, "GB/s", triton_ms),
             )
         )
+    return rows
+
+
+# (experts, top-k, hidden, intermediate) of an MoE layer
+MOE_SHAPES = {"qwen3-30b-a3b": (128, 8, 2048, 768), "mixtral-8x7b": (8, 2, 4096, 14336)}
+
+
+def moe_rows() -> list[tuple[str, ...]]:
+    """One MoE layer's experts: the fused kernels (pairs sorted by expert, one grouped GEMM per
+    projection) against the per-expert torch loop; the rate is the weights of the experts used
+    read once (decode-sized batches) or the FLOPs done (larger ones)."""
+    rows = []
+    for shape, (num_experts, top_k, hidden, intermediate) in MOE_SHAPES.items():
+        w13 = torch.randn(num_experts, 2 * intermediate, hidden, device="cuda", dtype=DTYPE) * 0.02
+        w2 = torch.randn(num_experts, hidden, intermediate, device="cuda", dtype=DTYPE) * 0.02
+        for num_tokens in (16, 256, 2048, 8192):
+            x = torch.randn(num_tokens, hidden, device="cuda", dtype=DTYPE)
+            logits = torch.randn(num_tokens, num_experts, device="cuda")
+            weights, ids = route(logits, top_k, renormalize=True)
+            inputs = (x, w13, w2, weights, ids)
+            triton_ms = median_ms(functools.partial(fused_experts, *inputs))
+            torch_ms = median_ms(functools.partial(experts_reference, *inputs))
+            used = ids.unique().numel()
+            weight_bytes = used * (w13[0].numel() + w2[0].numel()) * DTYPE.itemsize
+            flops = 2 * num_tokens * top_k * 3 * hidden * intermediate
+            rate_text = (
+                rate(weight_bytes, "GB/s", triton_ms)
+                if num_tokens * top_k <= 16 * num_experts
+                else rate(flops, "TFLOP/s", triton_ms)
+            )
+            rows.append(
+                (
+                    f"{shape} experts, {num_tokens} tokens",
+                    f"{triton_ms:.3f}",
+                    f"{torch_ms:.3f}",
+                    f"{torch_ms / triton_ms:.1f}x",
+                    rate_text,
+                )
+            )
     return rows
 
 
@@ -379,6 +419,9 @@ def main() -> None:
         "--sampling", action="store_true", help="also time sampling (fused against torch ops)"
     )
     parser.add_argument(
+        "--moe", action="store_true", help="also time the fused MoE experts against torch's loop"
+    )
+    parser.add_argument(
         "--kv-cache-dtype", choices=sorted(CACHE_DTYPE), default="auto", help="the KV cache's dtype"
     )
     parser.add_argument(
@@ -395,6 +438,8 @@ def main() -> None:
         print_table(header, attention_rows())
     if args.sampling:
         print_table(("float32 logits", *header[1:]), sampling_rows())
+    if args.moe:
+        print_table(("bf16 MoE layer", *header[1:]), moe_rows())
     if args.gemm:
         print_table(("matmuls of a step", "ms", "weights read"), gemm_rows(args.gemm))
     if args.sweep:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_testing import PARITY_NEW_TOKENS, GreedyReference, hf_greedy, parity_conversations
+from engine_testing import PARITY_NEW_TOKENS, GreedyReference, parity_conversations
+from tiny_models import hf_greedy
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 

@@ -1,18 +1,11 @@
-"""Engine-test material: chat prompts, transformers references, tiny model configs (saved as
-random-weight folders by tests/support/tiny_models.py)."""
+"""Engine-test material: chat prompts, tiny model configs (saved as random-weight folders by
+tests/support/tiny_models.py, whose hf_greedy gives transformers' references)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from transformers import (
-    MistralConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-    Qwen2Config,
-    Qwen3Config,
-)
+from transformers import MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 
 # Small enough that several engines fit a test machine; large enough for every prompt here.
 ENGINE_KWARGS = dict(kv_cache_memory_bytes=256 << 20, max_num_seqs=64)
@@ -73,31 +66,6 @@ def parity_conversations() -> list[list[dict[str, str]]]:
 class GreedyReference:
     prompts: list[list[int]]
     outputs: list[list[int]]
-
-
-def hf_greedy(
-    model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int]
-) -> list[list[int]]:
-    """transformers generate(), greedy, all prompts in one left-padded batch with an attention
-    mask; each output cut after its first EOS."""
-    width = max(len(p) for p in prompts)
-    pad = eos_ids[0] if eos_ids else 0
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    with torch.no_grad():
-        generated = model.generate(
-            input_ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=eos_ids or None,
-        )
-    outputs = []
-    for row in generated[:, width:].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
-        outputs.append(row[:cut])
-    return outputs
 
 
 TINY_VOCAB = 2048

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_testing import TINY_CONFIGS, TINY_VOCAB, hf_greedy
-from tiny_models import save_tiny_model
+from engine_testing import TINY_CONFIGS, TINY_VOCAB
+from tiny_models import hf_greedy, save_tiny_model
 
 from llmbatch import LLM, SamplingParams
 

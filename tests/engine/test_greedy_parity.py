@@ -5,14 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from engine_testing import (
-    ENGINE_KWARGS,
-    PARITY_NEW_TOKENS,
-    TINY_CONFIGS,
-    TINY_VOCAB,
-    hf_greedy,
-)
-from tiny_models import save_tiny_model
+from engine_testing import ENGINE_KWARGS, PARITY_NEW_TOKENS, TINY_CONFIGS, TINY_VOCAB
+from tiny_models import hf_greedy, save_tiny_model
 
 from llmbatch import LLM, SamplingParams
 

@@ -21,6 +21,7 @@ class Case:
     block_size: int
     seqs: list[tuple[int, int]]  # (tokens already cached, new tokens) per sequence
     sliding_window: int | None = None
+    softcap: float | None = None
 
 
 CASES = {
@@ -34,11 +35,20 @@ CASES = {
     "sliding-window-prefill": Case(4, 2, 32, 4, [(0, 30), (10, 12), (0, 5)], sliding_window=7),
     "sliding-window-decode": Case(4, 1, 32, 8, [(30, 1), (6, 1), (7, 1), (100, 1)], 8),
     "sliding-window-mixed": Case(6, 2, 16, 4, [(9, 1), (20, 6), (0, 11)], sliding_window=5),
+    # Gemma 2's soft-capped scores (a small cap, so that capping changes them), with and
+    # without a window, in prefills, chunks and decodes
+    "softcap-mixed": Case(4, 2, 32, 4, [(0, 13), (9, 1), (6, 7), (0, 1)], softcap=2.0),
+    "softcap-window-decode": Case(8, 2, 16, 8, [(30, 1), (3, 1)], sliding_window=6, softcap=1.5),
 }
 
 
 def naive_attention(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, window: int | None
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scale: float,
+    window: int | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """The last len(q) tokens of one sequence attending over all its keys, in float64."""
     query_len, num_heads, _ = q.shape
@@ -51,7 +61,10 @@ def naive_attention(
         for h in range(num_heads):
             k = keys[visible, h // group].double()
             v = values[visible, h // group].double()
-            weights = torch.softmax(k @ q[i, h].double() * scale, dim=0)
+            scores = k @ q[i, h].double() * scale
+            if softcap is not None:
+                scores = softcap * torch.tanh(scores / softcap)
+            weights = torch.softmax(scores, dim=0)
             out[i, h] = weights @ v
     return out
 
@@ -109,12 +122,14 @@ def test_matches_naive_attention(name):
     q, k, v, cache, meta, full_kv, _ = make_step(case, torch.float32, seed=len(name))
     scale = case.head_dim**-0.5
     out = get_attention_backend("torch").forward(
-        q, k, v, cache, meta, scale, sliding_window=case.sliding_window
+        q, k, v, cache, meta, scale, sliding_window=case.sliding_window, softcap=case.softcap
     )
     assert out.shape == q.shape
     start = 0
     for (_, new), kv in zip(case.seqs, full_kv):
-        expected = naive_attention(q[start : start + new], kv[0], kv[1], scale, case.sliding_window)
+        expected = naive_attention(
+            q[start : start + new], kv[0], kv[1], scale, case.sliding_window, case.softcap
+        )
         torch.testing.assert_close(
             out[start : start + new].double(), expected, rtol=1e-5, atol=1e-5
         )

@@ -31,6 +31,7 @@ class AttentionCase:
     block_size: int = 16
     dtype: torch.dtype = torch.float32
     sliding_window: int | None = None
+    softcap: float | None = None
     decode_splits: int | None = None
     padding_tokens: int = 0
     padding_seqs: int = 0  # sequences with no query tokens, after the real ones (captured steps)
@@ -142,9 +143,10 @@ def build_batch(
 
 
 def reference_attention(
-    batch: PagedBatch, scale: float, sliding_window: int | None
+    batch: PagedBatch, scale: float, sliding_window: int | None, softcap: float | None = None
 ) -> torch.Tensor:
-    """Per sequence, in float32: causal softmax attention with the query offset, GQA, window."""
+    """Per sequence, in float32: causal softmax attention with the query offset, GQA, window and
+    soft-capped scores."""
     outputs = []
     start = 0
     num_heads = batch.q.shape[1]
@@ -157,6 +159,8 @@ def reference_attention(
         keys = keys.float().repeat_interleave(group, dim=1)
         values = values.float().repeat_interleave(group, dim=1)
         scores = torch.einsum("qhd,khd->hqk", q, keys) * scale
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
         positions = torch.arange(seq_len - query_len, seq_len, device=q.device)[:, None]
         key_positions = torch.arange(seq_len, device=q.device)[None, :]
         allowed = key_positions <= positions
@@ -179,15 +183,16 @@ def run_case(case: AttentionCase, device: str) -> dict[str, float]:
 
     batch = build_batch(case, device)
     scale = case.head_dim**-0.5
+    window, softcap = case.sliding_window, case.softcap
     torch_out = TorchAttentionBackend().forward(
-        batch.q, batch.k, batch.v, batch.kv_cache.clone(), batch.meta, scale, case.sliding_window
+        batch.q, batch.k, batch.v, batch.kv_cache.clone(), batch.meta, scale, window, softcap
     )
     backend = TritonAttentionBackend(decode_splits=case.decode_splits)
     out = backend.forward(
-        batch.q, batch.k, batch.v, batch.kv_cache, batch.meta, scale, case.sliding_window
+        batch.q, batch.k, batch.v, batch.kv_cache, batch.meta, scale, window, softcap
     )
     num_real = sum(case.query_lens)
-    expected = reference_attention(batch, scale, case.sliding_window)
+    expected = reference_attention(batch, scale, window, softcap)
     return {
         "attention_error": (out[:num_real].float() - expected).abs().max().item(),
         "torch_backend_error": (out[:num_real] - torch_out[:num_real]).float().abs().max().item(),
@@ -241,6 +246,17 @@ INTERPRETED_CASES = [
         padding_tokens=1,
     ),
     AttentionCase("decode_mha_fp16", [1, 1, 1], [3, 31, 64], heads=(4, 4), dtype=torch.float16),
+    # Gemma 2: soft-capped scores (a cap small enough to change them), alone and with a window
+    AttentionCase("mixed_softcap_gqa2", [12, 1, 5], [12, 20, 37], heads=(4, 2), softcap=2.0),
+    AttentionCase(
+        "decode_softcap_window_split2",
+        [1, 1],
+        [9, 50],
+        heads=(4, 2),
+        sliding_window=16,
+        softcap=1.5,
+        decode_splits=2,
+    ),
     # As a captured prompt step pads it: tokens of no sequence, sequences of no token.
     AttentionCase(
         "mixed_padded_as_captured",
@@ -338,6 +354,10 @@ def test_bad_window_and_split_count_are_rejected() -> None:
         )
     with pytest.raises(ValueError, match="decode_splits"):
         TritonAttentionBackend(decode_splits=0)
+    with pytest.raises(ValueError, match="softcap must be > 0"):
+        TritonAttentionBackend().forward(
+            batch.q, batch.k, batch.v, batch.kv_cache, batch.meta, 0.1, softcap=0.0
+        )
 
 
 GPU_CASES = [
@@ -393,6 +413,27 @@ GPU_CASES = [
         dtype=torch.bfloat16,
         padding_tokens=18,
         padding_seqs=252,
+    ),
+    # Gemma-2-9B heads: head_dim 256, scores soft-capped at 50, a 4096-token window on half
+    # the layers (here a shorter one, so that it cuts the contexts)
+    AttentionCase(
+        "gemma2_9b_mixed_softcap_window",
+        [300, 1, 1, 40],
+        [812, 1500, 16, 40],
+        heads=(16, 8),
+        head_dim=256,
+        dtype=torch.bfloat16,
+        sliding_window=512,
+        softcap=50.0,
+    ),
+    AttentionCase(
+        "gemma2_9b_decode_softcap",
+        [1] * 8,
+        [30 + 211 * i for i in range(8)],
+        heads=(16, 8),
+        head_dim=256,
+        dtype=torch.bfloat16,
+        softcap=50.0,
     ),
     # fp8 caches, written by the kernel (rounded as torch rounds) and read back into bf16.
     AttentionCase(

@@ -66,12 +66,31 @@ def check_rms_norm(
     }
 
 
-def check_silu_and_mul(device: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict:
-    from llmbatch.layers.triton import silu_and_mul
+def check_act_and_mul(
+    device: str, shape: tuple[int, ...], dtype: torch.dtype, activation: str = "silu"
+) -> dict:
+    from llmbatch.layers.triton import act_and_mul
 
     x = random(shape, dtype, device, seed=3)
     gate, up = x.float().chunk(2, dim=-1)
-    return {"out": mismatch(silu_and_mul(x), torch.nn.functional.silu(gate) * up)}
+    if activation == "silu":
+        expected = torch.nn.functional.silu(gate) * up
+    else:
+        expected = torch.nn.functional.gelu(gate, approximate="tanh") * up
+    return {"out": mismatch(act_and_mul(x, activation), expected)}
+
+
+def check_gemma_rms_norm(device: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict:
+    """Gemma's order: a float32 scale applied before rounding to the model's dtype."""
+    from llmbatch.layers.triton import rms_norm
+
+    x = random(shape, dtype, device, seed=0)
+    residual = random(shape, dtype, device, seed=2)
+    weight = 1 + 0.3 * random(shape[-1:], torch.float32, device, seed=1)
+    summed = (x + residual).float()
+    expected = summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+    normed, _ = rms_norm(x, weight, 1e-6, residual=residual, round_before_weight=False)
+    return {"normed": mismatch(normed, expected.to(dtype))}
 
 
 def rotary_tables(max_position: int, rotary_dim: int, device: str) -> tuple[torch.Tensor, ...]:
@@ -203,8 +222,12 @@ INTERPRETED_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
     "rms_norm_fp32": lambda d: check_rms_norm(d, (2, 3, 96), torch.float32, with_residual=False),
     "rms_norm_residual_fp32": lambda d: check_rms_norm(d, (5, 64), torch.float32, True),
     "rms_norm_residual_fp16": lambda d: check_rms_norm(d, (4, 200), torch.float16, True),
-    "silu_and_mul_fp32": lambda d: check_silu_and_mul(d, (3, 2 * 1100), torch.float32),
-    "silu_and_mul_fp16": lambda d: check_silu_and_mul(d, (2, 3, 2 * 40), torch.float16),
+    "gemma_rms_norm_fp16": lambda d: check_gemma_rms_norm(d, (4, 200), torch.float16),
+    "silu_and_mul_fp32": lambda d: check_act_and_mul(d, (3, 2 * 1100), torch.float32),
+    "silu_and_mul_fp16": lambda d: check_act_and_mul(d, (2, 3, 2 * 40), torch.float16),
+    "gelu_tanh_and_mul_fp32": lambda d: check_act_and_mul(
+        d, (3, 2 * 300), torch.float32, "gelu_pytorch_tanh"
+    ),
     "rotary_gqa_fp32": lambda d: check_rotary(d, 6, (6, 2), 64, 64, torch.float32),
     "rotary_partial_fp16": lambda d: check_rotary(d, 5, (4, 4), 64, 32, torch.float16),
     "gumbel_argmax_split_vocab": lambda d: check_gumbel_argmax(d, 3, 3000, torch.float32),
@@ -247,7 +270,7 @@ def test_the_cpu_bitmask_path_matches_the_rule(words: int) -> None:
 
 
 def test_bad_shapes_are_rejected_with_a_clear_error() -> None:
-    from llmbatch.layers.triton import apply_rotary, gumbel_argmax, rms_norm, silu_and_mul
+    from llmbatch.layers.triton import act_and_mul, apply_rotary, gumbel_argmax, rms_norm
 
     x = torch.randn(4, 64)
     with pytest.raises(ValueError, match="weight must have shape"):
@@ -255,7 +278,9 @@ def test_bad_shapes_are_rejected_with_a_clear_error() -> None:
     with pytest.raises(ValueError, match="residual must match"):
         rms_norm(x, torch.ones(64), 1e-6, residual=torch.randn(4, 32))
     with pytest.raises(ValueError, match="gate and up"):
-        silu_and_mul(torch.randn(4, 63))
+        act_and_mul(torch.randn(4, 63))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        act_and_mul(torch.randn(4, 64), "relu")
     q, k = torch.randn(4, 2, 64), torch.randn(4, 1, 64)
     cos, sin = rotary_tables(16, 64, "cpu")
     with pytest.raises(ValueError, match="rotary_dim <= head_dim"):
@@ -274,7 +299,11 @@ def test_bad_shapes_are_rejected_with_a_clear_error() -> None:
 GPU_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
     "rms_norm_residual_llama8b": lambda d: check_rms_norm(d, (1000, 4096), torch.bfloat16, True),
     "rms_norm_qwen": lambda d: check_rms_norm(d, (333, 896), torch.bfloat16, False),
-    "silu_and_mul_llama8b": lambda d: check_silu_and_mul(d, (512, 2 * 14336), torch.bfloat16),
+    "silu_and_mul_llama8b": lambda d: check_act_and_mul(d, (512, 2 * 14336), torch.bfloat16),
+    "gelu_tanh_and_mul_gemma2_9b": lambda d: check_act_and_mul(
+        d, (512, 2 * 14336), torch.bfloat16, "gelu_pytorch_tanh"
+    ),
+    "gemma_rms_norm_gemma2_9b": lambda d: check_gemma_rms_norm(d, (700, 3584), torch.bfloat16),
     "rotary_llama8b": lambda d: check_rotary(d, 1000, (32, 8), 128, 128, torch.bfloat16),
     "rotary_qwen_14_2": lambda d: check_rotary(d, 777, (14, 2), 64, 64, torch.bfloat16),
     "gumbel_argmax_llama_vocab": lambda d: check_gumbel_argmax(d, 512, 128256, torch.float32),

@@ -158,11 +158,14 @@ def test_bad_dtype_lists_the_accepted_ones(qwen2_folder):
         load_model(str(qwen2_folder), dtype=torch.int8)
 
 
-def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+def test_own_code_only_names_the_architectures_it_has(tmp_path):
     GPT2Config(architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="GPT2LMHeadModel.*not supported") as error:
-        load_model(str(tmp_path), load_format="dummy")
+    with pytest.raises(
+        ValueError, match="GPT2LMHeadModel.*has no llmbatch implementation"
+    ) as error:
+        load_model(str(tmp_path), load_format="dummy", model_impl="llmbatch")
     assert all(name in str(error.value) for name in SUPPORTED_ARCHITECTURES)
+    assert "model_impl='transformers'" in str(error.value)
 
 
 def test_missing_path_that_is_no_hub_id(tmp_path):
@@ -232,5 +235,5 @@ def test_unsupported_activation_is_named(tmp_path):
     config = tiny_configs()["mistral-sliding-window"]
     config.hidden_act = "gelu"
     config.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="hidden_act 'gelu' is not supported"):
+    with pytest.raises(ValueError, match="activation 'gelu' is not supported; supported: silu"):
         load_model(str(tmp_path), load_format="dummy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
-from tiny_models import save_tiny_model, tiny_configs
+from tiny_models import family_configs, random_prompts, save_tiny_model, tiny_configs
 
 from llmbatch import LLM, SamplingParams
 
@@ -55,6 +55,20 @@ def test_qwen2_tp2_matches_unsharded(qwen2_odd_vocab):
     sharded = generated_tokens(qwen2_odd_vocab, prompts, 2)
     assert sharded == generated_tokens(qwen2_odd_vocab, prompts, 1)
     assert all(0 <= t < 125 for tokens in sharded for t in tokens)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family", ["gemma2-softcap-window", "phi3-longrope-partial-window", "qwen2-moe-shared-expert"]
+)
+def test_families_tp2_match_unsharded(family, tmp_path):
+    """Soft-capping and sliding windows on sharded heads; Phi-3's fused checkpoint projections
+    sliced per rank; experts and the shared expert sharded by their intermediate features."""
+    save_tiny_model(tmp_path, family_configs()[family])
+    prompts = random_prompts([5, 17, 30, 9], seed=2)
+    assert generated_tokens(str(tmp_path), prompts, 2) == generated_tokens(
+        str(tmp_path), prompts, 1
+    )
 
 
 def test_size_that_does_not_divide_heads_is_rejected(qwen2_odd_vocab):

@@ -8,13 +8,23 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
+    Olmo2Config,
+    Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 VOCAB_SIZE = 128
@@ -60,6 +70,111 @@ def tiny_configs() -> dict[str, PretrainedConfig]:
     }
 
 
+# shorter than every parity prompt, so that the sliding layers cut their context
+TINY_WINDOW = 6
+_FAMILY_COMMON = dict(
+    _COMMON, num_hidden_layers=3, num_key_value_heads=2, max_position_embeddings=256
+)
+
+
+def family_configs() -> dict[str, PretrainedConfig]:
+    """One config per family with its own code beyond Llama's, its special features switched
+    on: sliding windows shorter than the prompts, soft-capping (small caps, so that they bite),
+    LongRoPE factors with a partial rotary, several experts with top-2 routing."""
+    gemma = dict(_FAMILY_COMMON, head_dim=16, query_pre_attn_scalar=24, pad_token_id=0)
+    return {
+        "gemma2-softcap-window": Gemma2Config(
+            **gemma,
+            sliding_window=TINY_WINDOW,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+        ),
+        "gemma3-local-global-rope": Gemma3TextConfig(
+            **gemma,
+            sliding_window=TINY_WINDOW,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 4.0},
+            },
+        ),
+        "phi3-longrope-partial-window": Phi3Config(
+            **_FAMILY_COMMON,
+            pad_token_id=0,
+            sliding_window=TINY_WINDOW,
+            original_max_position_embeddings=128,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "short_factor": [1.0 + 0.1 * i for i in range(6)],
+                "long_factor": [2.0 + 0.3 * i for i in range(6)],
+                "partial_rotary_factor": 0.75,
+            },
+        ),
+        "mixtral-top2-window": MixtralConfig(
+            **_FAMILY_COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=TINY_WINDOW
+        ),
+        "qwen3-moe-top2": Qwen3MoeConfig(
+            **_FAMILY_COMMON,
+            head_dim=16,
+            num_experts=6,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+            mlp_only_layers=[1],
+        ),
+        "qwen2-moe-shared-expert": Qwen2MoeConfig(
+            **_FAMILY_COMMON,
+            num_experts=6,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            norm_topk_prob=False,
+        ),
+    }
+
+
+def fallback_configs() -> dict[str, PretrainedConfig]:
+    """Architectures without llmbatch code, each with what its transformers code does beyond
+    Llama, for the transformers fallback."""
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return {
+        # per-head q/k norms over the whole projection, norms after the sub-layers
+        "olmo2": Olmo2Config(**common, num_key_value_heads=2),
+        # embedding, residual and attention multipliers, logits divided in the model's head
+        "granite": GraniteConfig(
+            **common,
+            num_key_value_heads=2,
+            embedding_multiplier=3.0,
+            residual_multiplier=0.5,
+            attention_multiplier=0.3,
+            logits_scaling=4.0,
+        ),
+        # LayerNorm, fused QKV, rotary on a quarter of each head, parallel residual
+        "gpt_neox": GPTNeoXConfig(**common, rotary_pct=0.25, use_parallel_residual=True),
+        # learned absolute positions (from each token's own position), a head that reads more
+        # than the last hidden state from its decoder's output
+        "gpt2": GPT2Config(
+            vocab_size=VOCAB_SIZE,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    }
+
+
 def tiny_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """A word-level tokenizer: token i is the word "w{i}" (0-2: unk, bos, eos)."""
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, vocab_size)}
@@ -100,3 +215,28 @@ def save_tiny_model(folder: Path, config: PretrainedConfig, **save_kwargs) -> Pr
 def random_prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(3, VOCAB_SIZE, (n,), generator=generator).tolist() for n in lengths]
+
+
+def hf_greedy(
+    model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int]
+) -> list[list[int]]:
+    """transformers generate(), greedy, all prompts in one left-padded batch with an attention
+    mask; each output cut after its first EOS."""
+    width = max(len(p) for p in prompts)
+    pad = eos_ids[0] if eos_ids else 0
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        generated = model.generate(
+            input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos_ids or None,
+        )
+    outputs = []
+    for row in generated[:, width:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        outputs.append(row[:cut])
+    return outputs

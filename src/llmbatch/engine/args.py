@@ -14,6 +14,7 @@ from llmbatch.engine.structured_outputs import check_backend
 from llmbatch.layers.attention import ATTENTION_BACKENDS
 from llmbatch.layers.attention.base import KV_CACHE_DTYPES
 from llmbatch.models.loader import check_dtype
+from llmbatch.models.registry import MODEL_IMPLS
 from llmbatch.models.weights import LOAD_FORMATS
 
 
@@ -59,6 +60,10 @@ class EngineArgs:
     - attention_backend: "auto" (triton on CUDA, torch on CPU), "torch" or "triton".
     - structured_outputs_config: {"backend": "auto" | "guidance"}: the grammar engine of
       requests with structured outputs (llguidance, which vLLM calls "guidance").
+    - model_impl (vLLM's name): "auto" (llmbatch's own code where it exists, else the model's
+      transformers code), "llmbatch" or "transformers" (the model's transformers code with
+      llmbatch's paged KV cache and attention: any decoder-only causal LM whose code takes an
+      external attention function; one device, no CUDA graphs).
     """
 
     model: str
@@ -88,6 +93,7 @@ class EngineArgs:
     device: str = "auto"
     attention_backend: str = "auto"
     structured_outputs_config: dict[str, Any] | None = None
+    model_impl: str = "auto"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -158,6 +164,7 @@ def _check_values(a: EngineArgs) -> None:
     _one_of("kv_cache_dtype", a.kv_cache_dtype, ("auto", *KV_CACHE_DTYPES))
     _one_of("load_format", a.load_format, LOAD_FORMATS)
     _one_of("attention_backend", a.attention_backend, ("auto", *ATTENTION_BACKENDS))
+    _one_of("model_impl", a.model_impl, MODEL_IMPLS)
     for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes"):
         value = getattr(a, name)
         _require(value is None or value >= 1, f"{name} must be a positive integer, got {value}")

@@ -10,7 +10,7 @@ import torch
 from llmbatch.engine.args import EngineArgs
 from llmbatch.layers.attention.base import KV_CACHE_DTYPES
 from llmbatch.models.loader import read_config, resolve_dtype
-from llmbatch.models.registry import max_positions_of
+from llmbatch.models.registry import max_positions_of, resolve_model_impl
 from llmbatch.models.source import resolve_model_folder
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
@@ -49,6 +49,8 @@ class EngineConfig:
     device: str
     """"cpu", "cuda" or "cuda:N"."""
     attention_backend: str
+    model_impl: str
+    """"llmbatch" (our own model code) or "transformers" (the model's transformers code)."""
     max_model_len: int
     max_num_batched_tokens: int
     max_num_seqs: int
@@ -61,8 +63,8 @@ class EngineConfig:
     kv_cache_memory_bytes: int | None
     num_gpu_blocks_override: int | None
     cuda_graphs: bool
-    """Steps replay captured CUDA graphs (a CUDA device, the triton backend, one rank, and
-    enforce_eager off)."""
+    """Steps replay captured CUDA graphs (a CUDA device, the triton backend, one rank, our own
+    model code, and enforce_eager off)."""
     cuda_graph_max_tokens: int
     async_scheduling: bool
     tensor_parallel_size: int
@@ -147,8 +149,16 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         backend = "triton" if device.startswith("cuda") else "torch"
     elif backend == "triton" and not device.startswith("cuda"):
         raise ValueError("attention_backend='triton' needs a CUDA device; use 'torch' or 'auto'")
+    model_impl = resolve_model_impl(hf_config, args.model_impl, args.trust_remote_code)
+    if model_impl == "transformers" and args.tensor_parallel_size > 1:
+        raise ValueError(
+            f"tensor_parallel_size={args.tensor_parallel_size}: a model run with its transformers "
+            "code (model_impl='transformers') runs on one device; use tensor_parallel_size=1 "
+            "and concurrency for more devices"
+        )
     max_num_seqs = args.max_num_seqs or _default_max_num_seqs(device, args.max_num_batched_tokens)
-    max_model_len, max_batched = _resolve_lengths(args, max_num_seqs, max_positions_of(hf_config))
+    max_positions = max_positions_of(hf_config, model_impl)
+    max_model_len, max_batched = _resolve_lengths(args, max_num_seqs, max_positions)
     return EngineConfig(
         args=args,
         model=folder,
@@ -157,6 +167,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         kv_cache_dtype=kv_cache_dtype,
         device=device,
         attention_backend=backend,
+        model_impl=model_impl,
         max_model_len=max_model_len,
         max_num_batched_tokens=max_batched,
         max_num_seqs=max_num_seqs,
@@ -165,6 +176,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
             and backend == "triton"
             and not args.enforce_eager
             and args.tensor_parallel_size == 1
+            # transformers' code may sync with the host (e.g. dynamic rope), which capture forbids
+            and model_impl == "llmbatch"
         ),
         async_scheduling=(
             args.async_scheduling

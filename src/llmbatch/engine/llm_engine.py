@@ -48,6 +48,7 @@ def load_model_for(config: EngineConfig) -> LoadedModel:
         trust_remote_code=config.trust_remote_code,
         load_format=config.load_format,
         seed=config.seed,
+        model_impl=config.model_impl,
     )
 
 

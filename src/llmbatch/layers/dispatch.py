@@ -18,5 +18,5 @@ def _triton_ops() -> ModuleType | None:
 
 
 def triton_ops_for(x: torch.Tensor) -> ModuleType | None:
-    """The Triton ops module (rms_norm, silu_and_mul, apply_rotary) when ``x`` lives on CUDA."""
+    """The Triton ops module (rms_norm, act_and_mul, apply_rotary) when ``x`` lives on CUDA."""
     return _triton_ops() if x.is_cuda else None

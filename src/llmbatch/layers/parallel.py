@@ -21,19 +21,33 @@ def cdiv(a: int, b: int) -> int:
 
 class RowParallelLinear(nn.Module):
     """``y = x W^T + b`` where each rank holds a slice of the input features; the bias is added
-    once, after the sum."""
+    once, after the sum. With ``reduce_results=False`` it returns this rank's partial product,
+    for a caller that adds it to other partial sums before one all-reduce."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, tp: TensorParallel) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        tp: TensorParallel,
+        reduce_results: bool = True,
+    ) -> None:
         super().__init__()
         tp.check_divides(in_features, "input features of a row-parallel projection")
+        if bias and not reduce_results:
+            raise ValueError("a row-parallel projection with a bias must reduce its results")
         self.tp = tp
+        self.reduce_results = reduce_results
         self.weight = nn.Parameter(torch.empty(out_features, in_features // tp.size))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
             return F.linear(x, self.weight, self.bias)
-        out = self.tp.all_reduce(F.linear(x, self.weight))
+        out = F.linear(x, self.weight)
+        if not self.reduce_results:
+            return out
+        out = self.tp.all_reduce(out)
         return out if self.bias is None else out + self.bias
 
 

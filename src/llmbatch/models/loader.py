@@ -18,8 +18,9 @@ from transformers import (
 
 from llmbatch.layers.attention import get_attention_backend
 from llmbatch.models.base import CausalLM
-from llmbatch.models.registry import build_model
+from llmbatch.models.registry import build_model, resolve_model_impl
 from llmbatch.models.source import resolve_model_folder
+from llmbatch.models.transformers_fallback import TransformersCausalLM, load_transformers_model
 from llmbatch.models.weights import (
     DTYPES,
     LOAD_FORMATS,
@@ -91,8 +92,8 @@ def _load_tokenizer(
             f"{folder} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}): "
             "copy the model's tokenizer files into it"
         )
-    extra = {"trust_remote_code": True} if trust_remote_code else {}
-    return AutoTokenizer.from_pretrained(folder, **extra)
+    # given either way: left out, transformers asks on the terminal whether to run remote code
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
 def _as_list(token_ids: int | list[int] | None) -> list[int]:
@@ -117,9 +118,18 @@ def eos_token_ids_of(
 
 def read_config(folder: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """The folder's config.json as transformers reads it; a ValueError for a quantized
-    checkpoint, which llmbatch cannot run."""
-    extra = {"trust_remote_code": True} if trust_remote_code else {}
-    config = AutoConfig.from_pretrained(folder, **extra)
+    checkpoint, which llmbatch cannot run, and for one whose config is the checkpoint's own
+    code while trust_remote_code is off."""
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if trust_remote_code or "trust_remote_code" not in str(exc):
+            raise
+        raise ValueError(
+            f"{folder} defines its model in its own Python code (config.json's auto_map), which "
+            "transformers runs only with trust_remote_code=True: set it in engine_kwargs if you "
+            "trust that code"
+        ) from exc
     quantization = getattr(config, "quantization_config", None)
     if quantization:
         method = (
@@ -144,10 +154,13 @@ def load_model(
     revision: str | None = None,
     load_format: str = "auto",
     seed: int = 0,
+    model_impl: str = "auto",
 ) -> LoadedModel:
     """Loads a model folder, a .gguf file (converted once, then cached) or a Hub id.
 
     ``load_format="dummy"`` needs only config.json and draws weights from ``seed``.
+    ``model_impl``: "llmbatch" (our own code), "transformers" (the model's transformers code on
+    our paged attention) or "auto" (our own code where it exists).
     """
     check_dtype(dtype)
     if load_format not in LOAD_FORMATS:
@@ -159,14 +172,22 @@ def load_model(
     config = read_config(folder, trust_remote_code)
     tokenizer = _load_tokenizer(folder, trust_remote_code, required=not dummy)
     torch_dtype = resolve_dtype(dtype, config, device)
-    with torch.device(device), _default_dtype(torch_dtype):
-        net = build_model(config, backend)
-    net.to(device)
-    net.requires_grad_(False)
-    if dummy:
-        init_dummy_weights(net, seed)
+    if resolve_model_impl(config, model_impl, trust_remote_code) == "transformers":
+        hf_model = load_transformers_model(
+            folder, config, torch_dtype, device, not dummy, trust_remote_code
+        )
+        net = TransformersCausalLM(hf_model, backend)
+        if dummy:
+            init_dummy_weights(net, seed)
     else:
-        net.load_weights(iterate_weights(checkpoint_files(folder, load_format)))
+        with torch.device(device), _default_dtype(torch_dtype):
+            net = build_model(config, backend)
+        net.to(device)
+        net.requires_grad_(False)
+        if dummy:
+            init_dummy_weights(net, seed)
+        else:
+            net.load_weights(iterate_weights(checkpoint_files(folder, load_format)))
     net.eval()
     return LoadedModel(
         model=net,

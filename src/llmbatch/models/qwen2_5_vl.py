@@ -20,7 +20,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 
 from llmbatch.layers.attention.base import AttentionBackend, AttentionMetadata
 from llmbatch.layers.mrope import MRotaryEmbedding
-from llmbatch.models.llama import LlamaForCausalLM, WeightSlot, head_dim_of
+from llmbatch.models.decoder import head_dim_of
+from llmbatch.models.llama import LlamaForCausalLM
 from llmbatch.models.mrope import mrope_positions
 
 # checkpoint name prefix as transformers 5 saves it -> as the Hub's checkpoints name it
@@ -123,31 +124,17 @@ class Qwen2_5_VLForConditionalGeneration(LlamaForCausalLM):
     ) -> torch.Tensor:
         """Like ``CausalLM.forward``, with positions ``[3, T]`` (``[T]`` for text alone) and
         ``inputs_embeds`` ``[T, hidden_size]``, when given, in place of ``input_ids``' embeddings."""
-        model = self.model
-        if len(kv_caches) != len(model.layers):
-            raise ValueError(f"got {len(kv_caches)} KV caches for {len(model.layers)} layers")
-        hidden = self.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds
-        rotate = model.rotary.at(positions, hidden.dtype)
-        residual = None
-        for layer, kv_cache in zip(model.layers, kv_caches):
-            hidden, residual = layer(hidden, residual, rotate, kv_cache, meta)
-        return model.norm.add_and_norm(hidden, residual)[0]
+        return self.model(input_ids, positions, kv_caches, meta, inputs_embeds)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Loads the Hub's layout or the one transformers 5 saves (``model.language_model.*``,
-        ``model.visual.*``); raises if any weight is missing."""
-        super().load_weights(self._hub_named(weights))
-
-    @staticmethod
-    def _hub_named(
-        weights: Iterable[tuple[str, torch.Tensor]],
+    def checkpoint_tensors(
+        self, weights: Iterable[tuple[str, torch.Tensor]]
     ) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in weights:
-            if not name.endswith(".inv_freq"):  # rotary tables come from the config
-                yield hub_checkpoint_name(name), tensor
-
-    def _checkpoint_layout(self) -> dict[str, WeightSlot]:
-        layout = super()._checkpoint_layout()
-        for name, param in self.visual.named_parameters(prefix="visual"):
-            layout[name] = WeightSlot(param, 0, tuple(param.shape), None)
-        return layout
+        """The Hub's layout or the one transformers 5 saves (``model.language_model.*``,
+        ``model.visual.*``), in the Hub's names; the vision tower's parameters load whole on
+        every rank."""
+        hub_named = (
+            (hub_checkpoint_name(name), tensor)
+            for name, tensor in weights
+            if not name.endswith(".inv_freq")  # rotary tables come from the config
+        )
+        return super().checkpoint_tensors(hub_named)

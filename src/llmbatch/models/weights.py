@@ -82,9 +82,9 @@ def iterate_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 @torch.no_grad()
 def init_dummy_weights(model: CausalLM, seed: int) -> None:
-    """Normal(0, 0.02) weights and biases and unit RMS norm scales, the same for the same seed and
-    device type. Whole checkpoint tensors are drawn, so every tensor-parallel shard holds its
-    slice of the same model."""
+    """Normal(0, 0.02) weights and biases, and norms that leave their input's scale (unit scales,
+    zero shifts), the same for the same seed and device type. Whole checkpoint tensors are
+    drawn, so every tensor-parallel shard holds its slice of the same model."""
     param = next(model.parameters())
     generator = torch.Generator(param.device).manual_seed(seed)
 
@@ -95,10 +95,17 @@ def init_dummy_weights(model: CausalLM, seed: int) -> None:
 
     model.load_weights(draws())
     for module in model.modules():
-        if _is_rms_norm(module):
+        if _is_norm(module):
             module.weight.fill_(1.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
 
 
-def _is_rms_norm(module: torch.nn.Module) -> bool:
-    """Ours, or one of a transformers module (e.g. a vision tower) that a model reuses."""
-    return isinstance(module, RMSNorm) or type(module).__name__.endswith("RMSNorm")
+def _is_norm(module: torch.nn.Module) -> bool:
+    """Ours, or one of a transformers module (a vision tower, a model run with its transformers
+    code)."""
+    if isinstance(module, RMSNorm | torch.nn.LayerNorm):
+        return True
+    return type(module).__name__.endswith(("RMSNorm", "LayerNorm")) and isinstance(
+        getattr(module, "weight", None), torch.Tensor
+    )

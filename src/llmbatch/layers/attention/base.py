@@ -60,5 +60,8 @@ class AttentionBackend(Protocol):
         meta: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-        ...
+        """``sliding_window``: a query at position p sees keys after ``p - sliding_window``.
+        ``softcap``: scores ``s = scale * q.k`` become ``softcap * tanh(s / softcap)`` before the
+        softmax (Gemma 2's logit soft-capping)."""

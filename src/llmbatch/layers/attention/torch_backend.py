@@ -52,23 +52,56 @@ def gather_context(
     return rows[:, :num_tokens].to(dtype)
 
 
+def scaled_dot_product(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    softcap: float | None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """q ``[B, H, Tq, D]``, keys/values ``[B, KVH, Tk, D]`` (H a multiple of KVH), ``mask`` True
+    where a key is visible -> ``[B, H, Tq, D]``.
+
+    With ``softcap``, scores become ``softcap * tanh(scores / softcap)`` before masking, in the
+    order transformers' eager attention computes them (sdpa cannot cap scores).
+    """
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=True
+        )
+    group = q.shape[1] // keys.shape[1]
+    keys = keys.repeat_interleave(group, dim=1)
+    values = values.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q, keys.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if is_causal:
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, values)
+
+
 def _attend(
     q: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
     mask: torch.Tensor | None,
     scale: float,
+    softcap: float | None,
     is_causal: bool = False,
 ) -> torch.Tensor:
     """q ``[B, Tq, H, D]``, keys/values ``[B, Tk, KVH, D]`` -> ``[B, Tq, H, D]``."""
-    out = F.scaled_dot_product_attention(
+    out = scaled_dot_product(
         q.transpose(1, 2),
         keys.transpose(1, 2),
         values.transpose(1, 2),
-        attn_mask=mask,
-        is_causal=is_causal,
-        scale=scale,
-        enable_gqa=True,
+        mask,
+        scale,
+        softcap,
+        is_causal,
     )
     return out.transpose(1, 2)
 
@@ -81,6 +114,7 @@ def decode_attention(
     max_seq_len: int,
     scale: float,
     sliding_window: int | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """One query token per sequence (its last), all sequences in one masked computation.
 
@@ -97,12 +131,13 @@ def decode_attention(
     num_kv_heads = keys.shape[2]
     # The query heads sharing a KV head become that head's query rows: one product per KV head.
     grouped_q = q.reshape(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    out = F.scaled_dot_product_attention(
+    out = scaled_dot_product(
         grouped_q,
         keys.transpose(1, 2),
         values.transpose(1, 2),
-        attn_mask=visible[:, None, None, :],
-        scale=scale,
+        visible[:, None, None, :],
+        scale,
+        softcap,
     )
     return out.reshape(num_seqs, num_heads, head_dim)
 
@@ -116,6 +151,7 @@ def prefill_attention(
     seq_len: int,
     scale: float,
     sliding_window: int | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """The last ``len(q)`` tokens of one sequence of ``seq_len``, causal over the whole context.
 
@@ -131,13 +167,13 @@ def prefill_attention(
         keys = gather_context(kv_cache[0], block_table[None], seq_len, q.dtype)
         values = gather_context(kv_cache[1], block_table[None], seq_len, q.dtype)
     if context_len == 0 and (sliding_window is None or sliding_window >= seq_len):
-        return _attend(q[None], keys, values, None, scale, is_causal=True)[0]
+        return _attend(q[None], keys, values, None, scale, softcap, is_causal=True)[0]
     query_positions = torch.arange(context_len, seq_len, device=q.device)[:, None]
     key_positions = torch.arange(seq_len, device=q.device)
     visible = key_positions <= query_positions
     if sliding_window is not None:
         visible &= key_positions > query_positions - sliding_window
-    return _attend(q[None], keys, values, visible, scale)[0]
+    return _attend(q[None], keys, values, visible, scale, softcap)[0]
 
 
 class TorchAttentionBackend:
@@ -154,6 +190,7 @@ class TorchAttentionBackend:
         meta: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
         if meta.is_decode_only:
@@ -167,9 +204,10 @@ class TorchAttentionBackend:
                 meta.max_seq_len,
                 scale,
                 sliding_window,
+                softcap,
             )
             return out
-        return self._mixed(q, k, v, kv_cache, meta, scale, sliding_window)
+        return self._mixed(q, k, v, kv_cache, meta, scale, sliding_window, softcap)
 
     def _mixed(
         self,
@@ -180,6 +218,7 @@ class TorchAttentionBackend:
         meta: AttentionMetadata,
         scale: float,
         sliding_window: int | None,
+        softcap: float | None,
     ) -> torch.Tensor:
         out = torch.zeros_like(q)
         starts = list(accumulate(meta.query_lens_cpu, initial=0))
@@ -196,6 +235,7 @@ class TorchAttentionBackend:
                 max_seq_len,
                 scale,
                 sliding_window,
+                softcap,
             )
         for i, query_len in enumerate(meta.query_lens_cpu):
             if query_len <= 1:
@@ -210,5 +250,6 @@ class TorchAttentionBackend:
                 meta.seq_lens_cpu[i],
                 scale,
                 sliding_window,
+                softcap,
             )
         return out

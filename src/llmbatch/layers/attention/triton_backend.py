@@ -37,12 +37,15 @@ class TritonAttentionBackend:
         meta: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
-        _check_inputs(q, k, v, kv_cache, meta, sliding_window)
+        _check_inputs(q, k, v, kv_cache, meta, sliding_window, softcap)
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
         if meta.is_decode_only:
-            return decode_attention(q, kv_cache, meta, scale, sliding_window, self.decode_splits)
-        return prefill_attention(q, kv_cache, meta, scale, sliding_window)
+            return decode_attention(
+                q, kv_cache, meta, scale, sliding_window, self.decode_splits, softcap
+            )
+        return prefill_attention(q, kv_cache, meta, scale, sliding_window, softcap)
 
 
 def _check_inputs(
@@ -52,6 +55,7 @@ def _check_inputs(
     kv_cache: torch.Tensor,
     meta: AttentionMetadata,
     sliding_window: int | None,
+    softcap: float | None,
 ) -> None:
     if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape:
         raise ValueError(
@@ -89,3 +93,5 @@ def _check_inputs(
         )
     if sliding_window is not None and sliding_window < 1:
         raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be > 0 or None, got {softcap}")

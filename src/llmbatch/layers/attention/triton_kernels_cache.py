@@ -1,4 +1,5 @@
-"""Paged KV cache access in Triton: writing a step's K/V into its slots, reading a tile of keys back."""
+"""Paged KV cache access in Triton: writing a step's K/V into its slots, reading a tile of keys
+back; and the score soft-capping both attention kernels share."""
 
 from __future__ import annotations
 
@@ -104,3 +105,20 @@ def load_paged_tile(
         + dims[None, :]
     )
     return tl.load(cache_ptr + offsets, mask=key_valid[:, None] & dim_valid[None, :], other=0.0)
+
+
+LOG2_E = 1.4426950408889634
+
+
+def score_scale(scale: float, softcap: float | None) -> float:
+    """What the kernels multiply ``q.k`` by: the softmax runs in base 2, so ``log2(e)`` is folded
+    in here, or applied after capping when scores are soft-capped."""
+    return scale if softcap is not None else scale * LOG2_E
+
+
+@triton.jit
+def cap_scores(scores, softcap):
+    """``softcap * tanh(scores / softcap)``, in the base-2 units of the softmax."""
+    # tanh(x) = 2 sigmoid(2x) - 1: one formula the interpreter and every GPU run the same way
+    capped = softcap * (2.0 * tl.sigmoid(2.0 * scores / softcap) - 1.0)
+    return capped * 1.4426950408889634

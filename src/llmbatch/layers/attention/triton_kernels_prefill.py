@@ -9,14 +9,12 @@ the batch still fills ``QUERIES_PER_KV`` rows of the tensor-core product.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from llmbatch.layers.attention.base import AttentionMetadata
-from llmbatch.layers.attention.triton_kernels_cache import load_paged_tile
+from llmbatch.layers.attention.triton_kernels_cache import cap_scores, load_paged_tile, score_scale
 
 # Integers that change from step to step: specializing on them (== 1, divisible by 16) would
 # compile new variants in the middle of a job.
@@ -42,11 +40,11 @@ def _find_sequence(query_start_loc_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def _attend_key_tile(
-    acc, row_max, row_sum, q, positions, tile_start, kv_end, sliding_window, scale_log2,
+    acc, row_max, row_sum, q, positions, tile_start, kv_end, sliding_window, qk_scale, softcap,
     key_cache_ptr, value_cache_ptr, block_table_row, kv_head, dims, dim_valid,
     stride_cache_block, stride_cache_slot, stride_cache_head,
     PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-    USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One online-softmax step of the query rows over keys ``tile_start + [0, BLOCK_N)``."""
     keys = tile_start + tl.arange(0, BLOCK_N)
@@ -59,7 +57,9 @@ def _attend_key_tile(
         value_cache_ptr, block_table_row, keys, key_valid, kv_head, dims, dim_valid,
         stride_cache_block, stride_cache_slot, stride_cache_head, PAGE_SIZE,
     ).to(q.dtype)  # fmt: skip
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if SOFTCAP:
+        scores = cap_scores(scores, softcap)
     if MASKED:
         allowed = key_valid[None, :] & (keys[None, :] <= positions[:, None])
         if USE_WINDOW:
@@ -84,8 +84,9 @@ def _prefill_attention_kernel(
     block_tables_ptr,
     query_start_loc_ptr,
     seq_lens_ptr,
-    scale_log2,
+    qk_scale,
     sliding_window,
+    softcap,
     num_seqs,
     stride_q_token,
     stride_q_head,
@@ -103,6 +104,7 @@ def _prefill_attention_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     USE_WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     FP16_DOTS: tl.constexpr,
 ):
@@ -148,17 +150,17 @@ def _prefill_attention_kernel(
         unmasked_end = (context_len + first_query + 1) // BLOCK_N * BLOCK_N
     for tile_start in range(kv_start, unmasked_end, BLOCK_N):
         acc, row_max, row_sum = _attend_key_tile(
-            acc, row_max, row_sum, q, positions, tile_start, kv_end, sliding_window, scale_log2,
-            key_cache_ptr, value_cache_ptr, block_table_row, kv_head, dims, dim_valid,
+            acc, row_max, row_sum, q, positions, tile_start, kv_end, sliding_window, qk_scale,
+            softcap, key_cache_ptr, value_cache_ptr, block_table_row, kv_head, dims, dim_valid,
             stride_cache_block, stride_cache_slot, stride_cache_head,
-            PAGE_SIZE, BLOCK_N, False, USE_WINDOW, DOT_PRECISION,
+            PAGE_SIZE, BLOCK_N, False, USE_WINDOW, SOFTCAP, DOT_PRECISION,
         )  # fmt: skip
     for tile_start in range(unmasked_end, kv_end, BLOCK_N):
         acc, row_max, row_sum = _attend_key_tile(
-            acc, row_max, row_sum, q, positions, tile_start, kv_end, sliding_window, scale_log2,
-            key_cache_ptr, value_cache_ptr, block_table_row, kv_head, dims, dim_valid,
+            acc, row_max, row_sum, q, positions, tile_start, kv_end, sliding_window, qk_scale,
+            softcap, key_cache_ptr, value_cache_ptr, block_table_row, kv_head, dims, dim_valid,
             stride_cache_block, stride_cache_slot, stride_cache_head,
-            PAGE_SIZE, BLOCK_N, True, USE_WINDOW, DOT_PRECISION,
+            PAGE_SIZE, BLOCK_N, True, USE_WINDOW, SOFTCAP, DOT_PRECISION,
         )  # fmt: skip
 
     out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
@@ -172,12 +174,17 @@ def _prefill_attention_kernel(
     )
 
 
-def _tile_shape(queries_per_kv: int, device: torch.device) -> tuple[int, int, int, int]:
+def _tile_shape(
+    queries_per_kv: int, device: torch.device, head_dim: int = 128
+) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for this GQA group size on this device."""
     group_rows = max(16, triton.next_power_of_2(queries_per_kv))
     if device.type != "cuda":
         # The interpreter: small tiles keep it quick and still cross tile boundaries in tests.
         return group_rows, 16, 1, 1
+    if head_dim > 128:
+        # Gemma's 256-wide heads: half the rows and keys keep the tiles in registers
+        return max(32, group_rows), 32, 4, 2
     return max(64, group_rows), 64, 4, 2
 
 
@@ -187,6 +194,7 @@ def prefill_attention(
     meta: AttentionMetadata,
     scale: float,
     sliding_window: int | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of every query row over its sequence's cached keys (see base.py)."""
     num_tokens, num_heads, head_dim = q.shape
@@ -195,7 +203,7 @@ def prefill_attention(
     out = torch.zeros_like(q)
     if num_tokens == 0 or meta.num_seqs == 0:
         return out
-    block_m, block_n, num_warps, num_stages = _tile_shape(queries_per_kv, q.device)
+    block_m, block_n, num_warps, num_stages = _tile_shape(queries_per_kv, q.device, head_dim)
     block_q = block_m // queries_per_kv
     key_cache, value_cache = kv_cache[0], kv_cache[1]
     grid = (num_tokens // block_q + meta.num_seqs, num_kv_heads)
@@ -207,8 +215,9 @@ def prefill_attention(
         meta.block_tables,
         meta.query_start_loc,
         meta.seq_lens,
-        scale * math.log2(math.e),
+        score_scale(scale, softcap),
         sliding_window or 0,
+        softcap or 0.0,
         meta.num_seqs,
         q.stride(0),
         q.stride(1),
@@ -226,6 +235,7 @@ def prefill_attention(
         BLOCK_N=block_n,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         USE_WINDOW=sliding_window is not None,
+        SOFTCAP=softcap is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         FP16_DOTS=q.dtype == torch.bfloat16 and kv_cache.dtype.itemsize == 1,
         num_warps=num_warps,

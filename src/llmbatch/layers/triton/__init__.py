@@ -1,9 +1,18 @@
-"""Fused Triton kernels for the layers around attention, and for sampling, for CUDA tensors."""
+"""Fused Triton kernels for the layers around attention, mixture-of-experts and sampling, for
+CUDA tensors."""
 
-from llmbatch.layers.triton.activation import silu_and_mul
+from llmbatch.layers.triton.activation import act_and_mul
 from llmbatch.layers.triton.bitmask import apply_token_bitmask_
 from llmbatch.layers.triton.gumbel import gumbel_argmax
+from llmbatch.layers.triton.moe import fused_experts
 from llmbatch.layers.triton.rms_norm import rms_norm
 from llmbatch.layers.triton.rotary import apply_rotary
 
-__all__ = ["apply_rotary", "apply_token_bitmask_", "gumbel_argmax", "rms_norm", "silu_and_mul"]
+__all__ = [
+    "act_and_mul",
+    "apply_rotary",
+    "apply_token_bitmask_",
+    "fused_experts",
+    "gumbel_argmax",
+    "rms_norm",
+]

@@ -21,6 +21,7 @@ def _rms_norm_kernel(
     hidden_size,
     eps,
     HAS_RESIDUAL: tl.constexpr,
+    ROUND_BEFORE_WEIGHT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -36,8 +37,10 @@ def _rms_norm_kernel(
         tl.store(residual_out_ptr + row * stride_residual_out + cols, summed, mask=mask)
         x = summed.to(tl.float32)
     variance = tl.sum(x * x, 0) / hidden_size
-    # Rounded to the model dtype before the weight, as transformers' RMSNorm does.
-    normed = (x * tl.rsqrt(variance + eps)).to(out_ptr.dtype.element_ty).to(tl.float32)
+    normed = x * tl.rsqrt(variance + eps)
+    if ROUND_BEFORE_WEIGHT:
+        # rounded to the model dtype before the weight, as transformers' Llama RMSNorm does
+        normed = normed.to(out_ptr.dtype.element_ty).to(tl.float32)
     weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(
         out_ptr + row * stride_out + cols,
@@ -47,9 +50,15 @@ def _rms_norm_kernel(
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    round_before_weight: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm of ``x`` over its last dimension, computed in float32.
+    """RMSNorm of ``x`` over its last dimension, computed in float32; the normalized row is
+    rounded to ``x``'s dtype before the weight multiplies it (Llama) or after (Gemma:
+    ``round_before_weight=False``).
 
     With ``residual``, normalizes ``x + residual`` and returns ``(normed, x + residual)``, the
     second being the residual stream for the next layer; without it, returns ``normed``.
@@ -81,6 +90,7 @@ def rms_norm(
             hidden_size,
             eps,
             HAS_RESIDUAL=residual is not None,
+            ROUND_BEFORE_WEIGHT=round_before_weight,
             BLOCK=block,
             num_warps=min(max(block // 256, 1), 16),
         )
