@@ -52,7 +52,7 @@ def test_fp8_cache_holds_4x_the_tokens_and_keeps_the_models_predictions(
             logits = hf_smollm2(ids).logits[0, len(prompt) - 1 : -1].float()
         reference = torch.log_softmax(logits, dim=-1)
         errors = [
-            abs(entry[token] - reference[step, token].item())
+            abs(entry[token].logprob - reference[step, token].item())
             for step, (token, entry) in enumerate(zip(out.token_ids, out.logprobs))
         ]
         assert sum(errors) / len(errors) <= max_mean_error

@@ -225,6 +225,7 @@ class LLMEngine:
         self._scheduler.waiting.clear()
         self._scheduler.running.clear()
         self._runner.close()
+        self._builder.model = None  # the last reference to the model
 
     def __enter__(self) -> LLMEngine:
         return self
