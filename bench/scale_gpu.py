@@ -131,7 +131,7 @@ def tensor_parallel_rows(folder: str, args) -> list[dict]:
     for a, b in zip(results[1], results[2]):
         for step_a, step_b in zip(a.logprobs, b.logprobs):
             shared = set(step_a) & set(step_b)
-            worst = max([worst, *(abs(step_a[t] - step_b[t]) for t in shared)])
+            worst = max([worst, *(abs(step_a[t].logprob - step_b[t].logprob) for t in shared)])
     rows[-1]["check"] = f"greedy tokens equal: {same}; max |dlogprob| top-5: {worst:.3f}"
     return rows
 
