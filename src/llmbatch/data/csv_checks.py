@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -24,13 +26,26 @@ class BadLineCollector:
     path: str
     mode: str
     lines: list[tuple[int | None, str]] = field(default_factory=list)
+    line_of: Any = None  # maps pyarrow's line numbers to the file's, when lines were cut
 
     def __call__(self, row: Any) -> str:
         if self.mode == "fail":
             return "error"
+        number = row.number
+        if number is not None and self.line_of is not None:
+            number = self.line_of(number)
         message = f"expected {row.expected_columns} columns, got {row.actual_columns}: {row.text!r}"
-        self.lines.append((row.number, message))
+        self.lines.append((number, message))
         return "skip"
+
+    def unterminated_quote(self, number: int, line: bytes) -> None:
+        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+        if self.mode == "fail":
+            raise ValueError(
+                f"Cannot read CSV {self.path}: line {number} opens a quote it does not close: "
+                f'{text!r}; fix that line, or read with on_bad_lines="error_row" or "skip"'
+            )
+        self.lines.append((number, f"a quote opened on this line is not closed: {text!r}"))
 
     def error_rows(self, schema: pa.Schema) -> pa.Table | None:
         """One row per bad line: every column null, ``error`` naming the line (error_row)."""
@@ -42,7 +57,7 @@ class BadLineCollector:
             return None
         errors = [
             f"read_csv: malformed line: line {number} of {self.path}: {message}"
-            for number, message in self.lines
+            for number, message in sorted(self.lines, key=lambda line: line[0] or 0)
         ]
         columns = {
             name: pa.nulls(len(errors), schema.field(name).type)
@@ -125,3 +140,118 @@ def _first_invalid_utf8(open_stream: Any) -> tuple[int, int]:
             offset += len(chunk)
             lines += chunk.count(b"\n")
     return offset, lines
+
+
+# Encodings in which a quote and a line break are the bytes they are in ASCII.
+_ASCII_COMPATIBLE = frozenset({"utf-8", "ascii", "latin-1", "iso8859-1", "cp1252", "utf-8-sig"})
+_CHUNK_BYTES = 1 << 20
+
+
+def resynchronises(read_options: pacsv.ReadOptions, parse_options: pacsv.ParseOptions) -> bool:
+    """Whether unterminated quotes can be cut out line by line: quoted values may not span
+    lines, there is no escape character, and the encoding keeps ASCII's quote and newline."""
+    try:
+        encoding = codecs.lookup(read_options.encoding or "utf8").name
+    except LookupError:
+        return False
+    return (
+        bool(parse_options.quote_char)
+        and not parse_options.newlines_in_values
+        and not parse_options.escape_char
+        and encoding in _ASCII_COMPATIBLE
+    )
+
+
+def lines_before_rows(read_options: pacsv.ReadOptions) -> int:
+    """Lines of a file that come before its first row (skipped lines and the header)."""
+    header = 0 if read_options.column_names or read_options.autogenerate_column_names else 1
+    return read_options.skip_rows + header + read_options.skip_rows_after_names
+
+
+class QuoteResync(io.RawIOBase):
+    """The bytes of a CSV file less its lines whose quotes do not close on the same line.
+
+    Without this, pyarrow reads everything after an unterminated quote as one value, and every
+    later row is lost in one malformed line. Each cut line goes to ``bad_lines`` under its
+    number in the file, and ``original_line`` maps a line number of what pyarrow reads back to
+    the file's. Quotes are counted per line (a doubled quote counts twice, so it keeps the
+    parity), with numpy over whole chunks.
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        quote_char: str,
+        skip_lines: int,
+        bad_lines: BadLineCollector,
+        check_head: Any = None,
+    ) -> None:
+        self._stream = stream
+        self._quote = ord(quote_char)
+        self._skip = skip_lines
+        self._bad_lines = bad_lines
+        self._check_head = check_head
+        self._line = 0  # lines of the file already passed through or cut
+        self._pending = b""
+        self._ready = bytearray()
+        self._done = False
+        self.cut: list[int] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._ready and not self._done:
+            self._fill()
+        size = min(len(buffer), len(self._ready))
+        buffer[:size] = self._ready[:size]
+        del self._ready[:size]
+        return size
+
+    def original_line(self, number: int) -> int:
+        """The line of the file that pyarrow calls line ``number``."""
+        for cut in self.cut:
+            if cut <= number:
+                number += 1
+            else:
+                break
+        return number
+
+    def _fill(self) -> None:
+        chunk = self._stream.read(_CHUNK_BYTES)
+        if self._check_head is not None:
+            self._check_head(chunk)
+            self._check_head = None
+        if not chunk:
+            self._done = True
+            data, self._pending = self._pending, b""
+        else:
+            data = self._pending + chunk
+            end = data.rfind(b"\n") + 1
+            data, self._pending = data[:end], data[end:]
+        if data:
+            self._ready += self._keep_closed_quotes(data)
+
+    def _keep_closed_quotes(self, data: bytes) -> bytes:
+        raw = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(raw == 10) + 1
+        if not len(ends) or ends[-1] != len(raw):
+            ends = np.append(ends, len(raw))
+        quotes = np.concatenate([[0], np.cumsum(raw == self._quote)])
+        starts = np.concatenate([[0], ends[:-1]])
+        odd = (quotes[ends] - quotes[starts]) % 2 == 1
+        numbers = self._line + 1 + np.arange(len(ends))
+        odd &= numbers > self._skip
+        self._line += len(ends)
+        if not odd.any():
+            return data
+        kept = []
+        cursor = 0
+        for index in np.flatnonzero(odd):
+            start, stop = int(starts[index]), int(ends[index])
+            kept.append(data[cursor:start])
+            cursor = stop
+            self.cut.append(int(numbers[index]))
+            self._bad_lines.unterminated_quote(int(numbers[index]), data[start:stop])
+        kept.append(data[cursor:])
+        return b"".join(kept)
