@@ -96,9 +96,9 @@ def sorted_indices(table: pa.Table, keys: list[str], descending: list[bool]) -> 
     order = pc.sort_indices(
         table.select(keys),
         sort_keys=[
-            (name, "descending" if flag else "ascending") for name, flag in zip(keys, descending)
+            (name, "descending" if flag else "ascending", "at_end")
+            for name, flag in zip(keys, descending)
         ],
-        null_placement="at_end",
     )
     return order.to_numpy()
 
