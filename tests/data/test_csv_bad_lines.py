@@ -124,3 +124,23 @@ def test_an_unterminated_quote_fails_or_is_skipped_as_asked(tmp_path):
     with pytest.raises(ValueError, match="line 11 opens a quote it does not close"):
         data.read_csv(path, on_bad_lines="fail").take_all()
     assert data.read_csv(path, on_bad_lines="skip").count() == 39
+
+
+def test_values_written_over_several_lines_are_kept_beside_a_broken_quote(tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text(
+        'id,text,n\n1,"one line",1\n2,"two\nlines, with a comma",2\n3,"say ""hi""",3\n'
+        '4,"never closed,4\n5,plain,5\n6,"three\nmore\nlines",6\n7,last,7\n'
+    )
+    rows = data.read_csv(path).take_all()
+    good = {row["id"]: row["text"] for row in rows if row.get("error") is None}
+    assert good == {
+        1: "one line",
+        2: "two\nlines, with a comma",
+        3: 'say "hi"',
+        5: "plain",
+        6: "three\nmore\nlines",
+        7: "last",
+    }
+    (error,) = [row["error"] for row in rows if row.get("error")]
+    assert "line 6 of" in error and "never closed" in error

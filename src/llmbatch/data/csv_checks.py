@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import csv
 import io
 import logging
 from dataclasses import dataclass, field
@@ -148,15 +149,14 @@ _CHUNK_BYTES = 1 << 20
 
 
 def resynchronises(read_options: pacsv.ReadOptions, parse_options: pacsv.ParseOptions) -> bool:
-    """Whether unterminated quotes can be cut out line by line: quoted values may not span
-    lines, there is no escape character, and the encoding keeps ASCII's quote and newline."""
+    """Whether unterminated quotes can be found line by line: there is a quote character and
+    no escape character, and the encoding keeps ASCII's quote and newline bytes."""
     try:
         encoding = codecs.lookup(read_options.encoding or "utf8").name
     except LookupError:
         return False
     return (
         bool(parse_options.quote_char)
-        and not parse_options.newlines_in_values
         and not parse_options.escape_char
         and encoding in _ASCII_COMPATIBLE
     )
@@ -169,29 +169,42 @@ def lines_before_rows(read_options: pacsv.ReadOptions) -> int:
 
 
 class QuoteResync(io.RawIOBase):
-    """The bytes of a CSV file less its lines whose quotes do not close on the same line.
+    """The bytes of a CSV file less its lines that open a quote they never close.
 
     Without this, pyarrow reads everything after an unterminated quote as one value, and every
-    later row is lost in one malformed line. Each cut line goes to ``bad_lines`` under its
-    number in the file, and ``original_line`` maps a line number of what pyarrow reads back to
-    the file's. Quotes are counted per line (a doubled quote counts twice, so it keeps the
-    parity), with numpy over whole chunks.
+    later row is lost in one malformed line. A line with an odd number of quotes (a doubled
+    quote counts twice, keeping the parity) opens a quoted value that goes on to the next such
+    line; when the record they make has the header's number of fields it is a value written
+    over several lines and is kept, otherwise (or when no closing line comes within
+    ``max_record_bytes``) the opening line is cut out. Each cut line goes to ``bad_lines``
+    under its number in the file, and ``original_line`` maps pyarrow's line numbers back.
+    Quotes are counted with numpy over whole chunks; records are split by Python's csv module.
     """
 
     def __init__(
         self,
         stream: Any,
-        quote_char: str,
-        skip_lines: int,
+        parse_options: pacsv.ParseOptions,
+        read_options: pacsv.ReadOptions,
         bad_lines: BadLineCollector,
         check_head: Any = None,
     ) -> None:
         self._stream = stream
-        self._quote = ord(quote_char)
-        self._skip = skip_lines
+        self._quote = ord(parse_options.quote_char)
+        self._dialect = {
+            "delimiter": parse_options.delimiter,
+            "quotechar": parse_options.quote_char,
+            "doublequote": parse_options.double_quote,
+        }
+        self._skip = lines_before_rows(read_options)
+        self._header_line = read_options.skip_rows + 1
+        self._fields: int | None = (
+            len(read_options.column_names) if read_options.column_names else None
+        )
+        self._max_record = max(read_options.block_size, 1)
         self._bad_lines = bad_lines
         self._check_head = check_head
-        self._line = 0  # lines of the file already passed through or cut
+        self._line = 0  # lines of the file passed on or cut
         self._pending = b""
         self._ready = bytearray()
         self._done = False
@@ -222,36 +235,70 @@ class QuoteResync(io.RawIOBase):
         if self._check_head is not None:
             self._check_head(chunk)
             self._check_head = None
-        if not chunk:
-            self._done = True
-            data, self._pending = self._pending, b""
-        else:
-            data = self._pending + chunk
+        at_end = not chunk
+        data = self._pending + chunk
+        if not at_end:
             end = data.rfind(b"\n") + 1
             data, self._pending = data[:end], data[end:]
+        else:
+            self._pending = b""
         if data:
-            self._ready += self._keep_closed_quotes(data)
+            kept, undecided = self._resolve(data, at_end)
+            self._ready += kept
+            self._pending = undecided + self._pending
+        self._done = at_end and not self._pending
 
-    def _keep_closed_quotes(self, data: bytes) -> bytes:
+    def _resolve(self, data: bytes, at_end: bool) -> tuple[bytes, bytes]:
+        """What of ``data`` (whole lines) goes on to pyarrow, and the tail still undecided
+        (from a line that opens a quote whose closing line has not been read yet)."""
         raw = np.frombuffer(data, dtype=np.uint8)
         ends = np.flatnonzero(raw == 10) + 1
         if not len(ends) or ends[-1] != len(raw):
             ends = np.append(ends, len(raw))
-        quotes = np.concatenate([[0], np.cumsum(raw == self._quote)])
         starts = np.concatenate([[0], ends[:-1]])
-        odd = (quotes[ends] - quotes[starts]) % 2 == 1
-        numbers = self._line + 1 + np.arange(len(ends))
-        odd &= numbers > self._skip
-        self._line += len(ends)
-        if not odd.any():
-            return data
-        kept = []
+        quotes = np.concatenate([[0], np.cumsum(raw == self._quote)])
+        odd = np.flatnonzero((quotes[ends] - quotes[starts]) % 2 == 1).tolist()
+        first = self._line + 1
+        if self._fields is None and first <= self._header_line < first + len(ends):
+            index = self._header_line - first
+            self._fields = self._count_fields(data[starts[index] : ends[index]])
+        kept: list[bytes] = []
         cursor = 0
-        for index in np.flatnonzero(odd):
-            start, stop = int(starts[index]), int(ends[index])
+        position = 0
+        while position < len(odd):
+            opener = odd[position]
+            if first + opener <= self._skip:
+                position += 1
+                continue
+            start = int(starts[opener])
+            if position + 1 < len(odd):
+                stop = int(ends[odd[position + 1]])
+                if stop - start <= self._max_record and self._is_record(data[start:stop]):
+                    position += 2
+                    continue
+            elif not at_end and len(data) - start <= self._max_record:
+                kept.append(data[cursor:start])
+                self._line += opener
+                return b"".join(kept), data[start:]
             kept.append(data[cursor:start])
-            cursor = stop
-            self.cut.append(int(numbers[index]))
-            self._bad_lines.unterminated_quote(int(numbers[index]), data[start:stop])
+            cursor = int(ends[opener])
+            self._cut(first + opener, data[start:cursor])
+            position += 1
         kept.append(data[cursor:])
-        return b"".join(kept)
+        self._line += len(ends)
+        return b"".join(kept), b""
+
+    def _cut(self, number: int, line: bytes) -> None:
+        self.cut.append(number)
+        self.cut.sort()
+        self._bad_lines.unterminated_quote(number, line)
+
+    def _count_fields(self, line: bytes) -> int:
+        rows = list(csv.reader(io.StringIO(line.decode("utf-8", "replace")), **self._dialect))
+        return len(rows[0]) if rows else 0
+
+    def _is_record(self, text: bytes) -> bool:
+        """Whether ``text`` (lines from an opening to a closing quote) is one record with the
+        header's number of fields."""
+        rows = list(csv.reader(io.StringIO(text.decode("utf-8", "replace")), **self._dialect))
+        return len(rows) == 1 and (self._fields is None or len(rows[0]) == self._fields)

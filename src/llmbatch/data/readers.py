@@ -20,7 +20,6 @@ from llmbatch.data.csv_checks import (
     QuoteResync,
     check_bad_lines_mode,
     check_text_columns,
-    lines_before_rows,
     resynchronises,
     with_bad_line_handler,
 )
@@ -93,8 +92,8 @@ def read_csv(
             if resynchronises(read, parse):
                 stream = QuoteResync(
                     raw,
-                    parse.quote_char,
-                    lines_before_rows(read),
+                    parse,
+                    read,
                     bad_lines,
                     lambda head: check_text("read_csv", file.path, "CSV", head[:4096]),
                 )
