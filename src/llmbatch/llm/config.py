@@ -21,6 +21,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_pending_requests": (int, type(None)),
     "max_concurrent_batches": (int,),
     "max_error_rate": (float, int, type(None)),
+    "max_engine_restarts": (int,),
+    "engine_stall_timeout_s": (float, int),
 }
 
 
@@ -57,6 +59,13 @@ class LLMProcessorConfig:
             for new rows.
         max_concurrent_batches: how many ``batch_size`` tables of finished rows may wait for an
             earlier, slower row (output keeps input order); feeding pauses beyond that.
+        max_engine_restarts: an engine (or replica) that dies is started again and its requests
+            run again; after this many restarts in a row with no request finishing (not
+            counting those that narrow down a request that kills it every time, which becomes
+            an error row) the job stops, keeping every row already written.
+        engine_stall_timeout_s: an engine that makes no progress for this long stops the job
+            with an error showing every thread's stack (default 30 minutes, longer than any
+            start-up).
     """
 
     model_source: str
@@ -73,6 +82,8 @@ class LLMProcessorConfig:
     max_pending_requests: int | None = None
     max_concurrent_batches: int = 8
     max_error_rate: float | None = None
+    max_engine_restarts: int = 3
+    engine_stall_timeout_s: float = 1800.0
 
     def __new__(cls, *args: Any, **kwargs: Any) -> LLMProcessorConfig:
         # Checked here because the generated __init__ would only say "unexpected keyword".
@@ -107,6 +118,16 @@ class LLMProcessorConfig:
         if self.max_pending_requests is not None:
             self._check_positive("max_pending_requests", self.max_pending_requests)
         self._check_concurrency()
+        if self.max_engine_restarts < 0:
+            raise ValueError(
+                f"{type(self).__name__}.max_engine_restarts must be >= 0, got "
+                f"{self.max_engine_restarts}"
+            )
+        if self.engine_stall_timeout_s <= 0:
+            raise ValueError(
+                f"{type(self).__name__}.engine_stall_timeout_s must be > 0 seconds, got "
+                f"{self.engine_stall_timeout_s}"
+            )
         rate = self.max_error_rate
         if rate is not None and not 0 <= rate <= 1:
             raise ValueError(

@@ -11,7 +11,7 @@ from llmbatch.data.dataset import Dataset, resumable
 from llmbatch.data.identity import code_identity, digest, value_identity
 from llmbatch.integrations.ray import is_ray_dataset
 from llmbatch.llm.config import LLMProcessorConfig
-from llmbatch.llm.engine_holder import EngineHolder
+from llmbatch.llm.engine_holder import EngineHolder, recovery_policy
 from llmbatch.llm.ray_stages import process_ray_dataset
 from llmbatch.llm.stages import Stage, build_stages, run_stages
 from llmbatch.llm.summary import RunStats, RunSummary
@@ -71,7 +71,11 @@ class Processor:
         self.preprocess = preprocess
         self.postprocess = postprocess
         self._engine = EngineHolder(
-            self.engine_args, config.concurrency, config.has_image, self._current_stats
+            self.engine_args,
+            config.concurrency,
+            config.has_image,
+            self._current_stats,
+            recovery_policy(config),
         )
         self._stats: RunStats | None = None
         _warn_single_host_fields(config)

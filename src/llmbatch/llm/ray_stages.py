@@ -35,14 +35,20 @@ class EngineReplicaActor:
         preprocess: RowFn | None,
         postprocess: RowFn | None,
     ) -> None:
-        from llmbatch.llm.engine_holder import EngineHolder
+        from llmbatch.llm.engine_holder import EngineHolder, recovery_policy
         from llmbatch.llm.stages import build_stages
 
         processor_config = LLMProcessorConfig(**config)
         self._stats = RunStats()
         # Held for the actor's life, so one engine serves every batch; loaded now, so Ray
         # counts the load as the actor's start-up.
-        self._engine = EngineHolder(engine_args, 1, processor_config.has_image, self._run_stats)
+        self._engine = EngineHolder(
+            engine_args,
+            1,
+            processor_config.has_image,
+            self._run_stats,
+            recovery_policy(processor_config),
+        )
         self._engine.keep_loaded = True
         self._engine.load()
         self._stages = build_stages(
