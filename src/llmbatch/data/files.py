@@ -7,6 +7,7 @@ http(s) URLs are read with the standard library, so no extra package is needed f
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import shutil
@@ -129,6 +130,18 @@ def _resolve(path: str, filesystem: Any) -> list[SourceFile]:
     if not found:
         raise FileNotFoundError(f"Folder {path!r} holds no files")
     return [SourceFile(display(file), fs, file) for file in found]
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) of an output folder ran out while writing."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+    )
 
 
 def _filesystem_for(
@@ -277,9 +290,11 @@ class OutputFolder:
                 before_rename(temporary)
             self.filesystem.move(temporary, final)
         except BaseException:
-            stream.close()
-            # An interrupt can land once the rename is done: the temporary is gone, and a
-            # failed clean-up must not replace the error that is on its way out.
+            # A full disk fails the close too (it flushes); an interrupt can land once the
+            # rename is done and the temporary is gone: a failed clean-up must not replace the
+            # error that is on its way out.
+            with suppress(OSError):
+                stream.close()
             with suppress(OSError):
                 self.filesystem.delete_file(temporary)
             raise

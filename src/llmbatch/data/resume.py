@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,7 @@ from llmbatch.data.checkpoint import (
     shard_name,
     stray_files,
 )
-from llmbatch.data.files import OutputFolder, PathLike
+from llmbatch.data.files import DiskFullError, OutputFolder, PathLike, is_disk_full
 from llmbatch.data.identity import digest
 from llmbatch.data.writers import write_table
 
@@ -75,7 +77,12 @@ def write_resumable(
     folder = OutputFolder.create(path, filesystem)
     folder.check_writable()
     fingerprint = digest(job.source_fingerprint(), job.identity(), file_format, repr(options))
-    manifest = _claim(folder, fingerprint, file_format, overwrite)
+    try:
+        manifest = _claim(folder, fingerprint, file_format, overwrite)
+    except OSError as error:
+        if is_disk_full(error):
+            raise _disk_full(error, path, folder) from error
+        raise
     before = manifest.committed_rows()
     crash_point("job_start")
     writer = _ShardWriter(folder, manifest, file_format, options)
@@ -95,6 +102,10 @@ def write_resumable(
             path,
         )
         raise
+    except OSError as error:
+        if is_disk_full(error):
+            raise _disk_full(error, path, folder) from error
+        raise
     return WriteReport(
         path=str(path),
         total_rows=manifest.total_rows or 0,
@@ -102,6 +113,20 @@ def write_resumable(
         rows_already_committed=before,
         rows_retried=retried,
         error_rows=sum(len(shard.errors) for shard in manifest.shards),
+    )
+
+
+def _disk_full(error: OSError, path: PathLike, folder: OutputFolder) -> DiskFullError:
+    """The error of a write that filled its disk, with what the manifest on disk holds."""
+    manifest = Manifest.load(folder)
+    shards = [] if manifest is None else manifest.shards
+    rows = sum(shard.stop - shard.start for shard in shards)
+    return DiskFullError(
+        error.errno,
+        f"the disk holding {path} is full ({os.strerror(error.errno)}): the {rows} rows "
+        f"committed in {len(shards)} file(s) are intact and the unfinished file was removed; "
+        f"free some space (or write to another folder) and run the same write again: it "
+        f"finishes the other rows",
     )
 
 
@@ -188,8 +213,17 @@ class _ShardWriter:
             self.folder, name, lambda stream: write_table(stream, table, self.format, self._options)
         )
         errors = [start + i for i, error in enumerate(_error_column(table)) if error is not None]
+        new = all(shard.name != name for shard in self.manifest.shards)
         self.manifest.add(Shard(name, start, stop, size, sha, errors))
-        self.manifest.save(self.folder)
+        try:
+            self.manifest.save(self.folder)
+        except OSError:
+            if new:
+                # Not listed, so not committed: leave the folder as the manifest says it is.
+                self.manifest.shards = [s for s in self.manifest.shards if s.name != name]
+                with suppress(OSError):
+                    self.folder.filesystem.delete_file(self.folder.path_of(name))
+            raise
 
     def read(self, shard: Shard) -> pa.Table:
         with self.folder.filesystem.open_input_file(self.folder.path_of(shard.name)) as file:

@@ -14,6 +14,7 @@ import datetime
 import decimal
 import io
 import json
+import os
 import uuid
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 from llmbatch.data.batch_format import column_to_numpy
 from llmbatch.data.blocks import conform, unify_schemas
 from llmbatch.data.extension_types import column_values, is_tensor_type, table_rows
-from llmbatch.data.files import OutputFolder, PathLike
+from llmbatch.data.files import DiskFullError, OutputFolder, PathLike, is_disk_full
 
 _ROWS_PER_JSON_CHUNK = 1024
 
@@ -51,6 +52,25 @@ def write_blocks(
     """Writes ``blocks`` under the folder ``path`` as ``file_format`` ("parquet", "csv", "json")."""
     _check_file_sizes(min_rows_per_file, max_rows_per_file)
     files = _FileSequence(OutputFolder.create(path, filesystem), file_format, options or {})
+    try:
+        _write_all(files, blocks, min_rows_per_file, max_rows_per_file)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        raise DiskFullError(
+            error.errno,
+            f"the disk holding {path} is full ({os.strerror(error.errno)}): {files.done} "
+            f"file(s) were written whole and the unfinished one was removed; free some space "
+            f"and write again (overwrite=True replaces what was written)",
+        ) from error
+
+
+def _write_all(
+    files: _FileSequence,
+    blocks: Iterable[pa.Table],
+    min_rows_per_file: int | None,
+    max_rows_per_file: int | None,
+) -> None:
     schema: pa.Schema | None = None
     with files:
         for block in blocks:
@@ -82,6 +102,7 @@ class _FileSequence:
         self._writer: _FileWriter | None = None
         self._schema: pa.Schema | None = None
         self.count = 0
+        self.done = 0
         self.rows_in_file = 0
 
     def write(self, table: pa.Table, schema: pa.Schema) -> None:
@@ -104,6 +125,7 @@ class _FileSequence:
             self._writer.close()
             self._writer = None
             self._open_file.close()
+            self.done += 1
         self.rows_in_file = 0
 
     def __enter__(self) -> _FileSequence:
