@@ -12,6 +12,7 @@ from llmbatch.data.blocks import SchemaConflictError
 from llmbatch.data.dataset import Dataset, MaterializedDataset
 from llmbatch.data.file_readers import read_binary_files, read_images, read_numpy, read_text
 from llmbatch.data.grouped import GroupedData
+from llmbatch.data.outputs import write_csv, write_json, write_parquet
 from llmbatch.data.partitioning import Partitioning
 from llmbatch.data.readers import read_csv, read_json, read_parquet
 from llmbatch.data.sources import (
@@ -42,4 +43,7 @@ __all__ = [
     "read_numpy",
     "read_parquet",
     "read_text",
+    "write_csv",
+    "write_json",
+    "write_parquet",
 ]

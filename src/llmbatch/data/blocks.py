@@ -232,3 +232,17 @@ def _cut(stream: Iterable[pa.Table], sizes: Iterator[int]) -> Stream:
                 target = next(sizes)
     if pending:
         yield concat(pending)
+
+
+def carry_column(table: pa.Table, name: str, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    """``fn(table)`` with column ``name`` set aside before and put back after: ``fn`` keeps
+    one output row per input row, in order, and never sees the column."""
+    if name not in table.column_names:
+        return fn(table)
+    column = table.column(name)
+    result = fn(table.drop_columns([name]))
+    if result.num_rows != len(column):
+        raise RuntimeError(
+            f"a processing that keeps every row gave back {result.num_rows} rows for {len(column)}"
+        )
+    return result.append_column(name, column)

@@ -267,6 +267,41 @@ class DatasetOutputs:
         )
 
 
+# Set by a processor on the Ray Dataset it returns: ``writer(path, file_format, **options)``.
+RESUMABLE_WRITER = "_llmbatch_resumable_write"
+
+
+def write_parquet(dataset: Any, path: PathLike, **options: Any) -> Any:
+    """Writes ``dataset`` as Parquet with llmbatch's writers: an llmbatch Dataset (as its
+    ``write_parquet``), or the Ray Dataset a processor returned, written resumably on this
+    machine (see ``write_resumable``): a rerun into the same folder processes only the rows
+    not yet committed. Returns the write's report for a Ray Dataset."""
+    return _write_any(dataset, path, "parquet", options)
+
+
+def write_json(dataset: Any, path: PathLike, **options: Any) -> Any:
+    """As ``write_parquet``, in JSON lines."""
+    return _write_any(dataset, path, "json", options)
+
+
+def write_csv(dataset: Any, path: PathLike, **options: Any) -> Any:
+    """As ``write_parquet``, in CSV."""
+    return _write_any(dataset, path, "csv", options)
+
+
+def _write_any(dataset: Any, path: PathLike, file_format: str, options: dict[str, Any]) -> Any:
+    if isinstance(dataset, DatasetOutputs):
+        return getattr(dataset, f"write_{file_format}")(path, **options)
+    writer = getattr(dataset, RESUMABLE_WRITER, None)
+    if writer is None:
+        raise TypeError(
+            f"llmbatch.data.write_{file_format} takes an llmbatch Dataset or the Ray Dataset an "
+            f"LLM processor returned (as it returned it, before other Ray operations), got "
+            f"{type(dataset).__name__}; write other Ray Datasets with their own writers"
+        )
+    return writer(path, file_format, **options)
+
+
 def check_count(name: str, value: Any, *, minimum: int) -> int:
     """``value`` as a Python int when it is an integer (numpy's too, not bools) of at least
     ``minimum``; a ValueError otherwise."""

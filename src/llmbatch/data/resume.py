@@ -41,6 +41,9 @@ from llmbatch.data.writers import write_table
 logger = logging.getLogger("llmbatch")
 
 Wanted = Callable[[int, int], list[tuple[int, int]]]
+# The input row number each row carries through a processing that may reorder blocks (a
+# processor over a Ray Dataset): added before the processing, read and dropped when writing.
+ROW_NUMBER = "__llmbatch_row"
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,6 +131,117 @@ def _disk_full(error: OSError, path: PathLike, folder: OutputFolder) -> DiskFull
         f"free some space (or write to another folder) and run the same write again: it "
         f"finishes the other rows",
     )
+
+
+def write_numbered(
+    total_rows: int,
+    fingerprint: str,
+    process_rows: Callable[[list[tuple[int, int]]], Iterable[pa.Table]],
+    path: PathLike,
+    file_format: str,
+    *,
+    filesystem: Any = None,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    max_rows_per_file: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> WriteReport:
+    """A resumable write whose processing may give back its rows in any order: each output
+    block carries each row's input number in ``ROW_NUMBER``. ``process_rows(runs)`` processes
+    the input rows of ``runs`` (``[start, stop)`` pairs); ``fingerprint`` names the job. Shards
+    and manifest are those of `write_resumable`, so either can resume the other's output."""
+    options = options or {}
+    if retry_failed and file_format == "csv":
+        raise ValueError(
+            "retry_failed needs Parquet or JSON output: CSV cannot be read back unchanged"
+        )
+    folder = OutputFolder.create(path, filesystem)
+    folder.check_writable()
+    try:
+        manifest = _claim(folder, fingerprint, file_format, overwrite)
+        before = manifest.committed_rows()
+        writer = _ShardWriter(folder, manifest, file_format, options)
+        written = retried = 0
+        if not manifest.complete:
+            runs = _gaps(manifest.done_ranges(), 0, total_rows)
+            for table in process_rows(runs):
+                written += _commit_numbered(writer, table, max_rows_per_file)
+            if manifest.committed_rows() != total_rows:
+                raise RuntimeError(
+                    f"the processing gave back {manifest.committed_rows()} of {total_rows} rows"
+                )
+            manifest.complete = True
+            manifest.total_rows = total_rows
+            manifest.save(folder)
+        if retry_failed and any(shard.errors for shard in manifest.shards):
+            retried = _retry_numbered(writer, process_rows)
+    except OSError as error:
+        if is_disk_full(error):
+            raise _disk_full(error, path, folder) from error
+        raise
+    return WriteReport(
+        path=str(path),
+        total_rows=total_rows,
+        rows_written=written,
+        rows_already_committed=before,
+        rows_retried=retried,
+        error_rows=sum(len(shard.errors) for shard in manifest.shards),
+    )
+
+
+def _gaps(done: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
+    """The runs of ``[low, high)`` that ``done`` (sorted ``[start, stop)`` ranges) leaves."""
+    runs, cursor = [], low
+    for start, stop in done:
+        if stop <= cursor or start >= high:
+            continue
+        if start > cursor:
+            runs.append((cursor, min(start, high)))
+        cursor = max(cursor, stop)
+    if cursor < high:
+        runs.append((cursor, high))
+    return runs
+
+
+def _numbered_rows(table: pa.Table) -> tuple[pa.Table, list[int]]:
+    if ROW_NUMBER not in table.column_names:
+        raise RuntimeError(f"the processing dropped the {ROW_NUMBER!r} column of input rows")
+    numbers = table.column(ROW_NUMBER).to_pylist()
+    order = sorted(range(len(numbers)), key=numbers.__getitem__)
+    table = table.drop_columns([ROW_NUMBER])
+    if order != list(range(len(numbers))):
+        table = table.take(order)
+        numbers = [numbers[i] for i in order]
+    return table, numbers
+
+
+def _commit_numbered(writer: _ShardWriter, table: pa.Table, max_rows: int | None) -> int:
+    """Commits a block of numbered rows as shards of consecutive input rows."""
+    table, numbers = _numbered_rows(table)
+    start = 0
+    for index in range(1, len(numbers) + 1):
+        if index < len(numbers) and numbers[index] == numbers[index - 1] + 1:
+            if max_rows is None or index - start < max_rows:
+                continue
+        writer.commit(table.slice(start, index - start), numbers[start], numbers[index - 1] + 1)
+        start = index
+    return len(numbers)
+
+
+def _retry_numbered(
+    writer: _ShardWriter, process_rows: Callable[[list[tuple[int, int]]], Iterable[pa.Table]]
+) -> int:
+    shards_by_row = {row: shard for shard in writer.manifest.shards for row in shard.errors}
+    replacements: dict[str, dict[int, pa.Table]] = {}
+    for table in process_rows([(row, row + 1) for row in sorted(shards_by_row)]):
+        table, numbers = _numbered_rows(table)
+        for offset, row in enumerate(numbers):
+            shard = shards_by_row[row]
+            replacements.setdefault(shard.name, {})[row - shard.start] = table.slice(offset, 1)
+    for shard in list(writer.manifest.shards):
+        if shard.name in replacements:
+            _rewrite(writer, shard, replacements[shard.name])
+    return len(shards_by_row)
 
 
 def rows_to_process(path: PathLike, total_rows: int | None, filesystem: Any = None) -> int | None:
@@ -281,16 +395,7 @@ def _write_missing(
     done = manifest.done_ranges()
 
     def missing(low: int, high: int) -> list[tuple[int, int]]:
-        runs, cursor = [], low
-        for start, stop in done:
-            if stop <= cursor or start >= high:
-                continue
-            if start > cursor:
-                runs.append((cursor, start))
-            cursor = max(cursor, stop)
-        if cursor < high:
-            runs.append((cursor, high))
-        return runs
+        return _gaps(done, low, high)
 
     tracker = _RowTracker()
     pieces: list[pa.Table] = []

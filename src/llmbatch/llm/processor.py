@@ -12,6 +12,7 @@ from llmbatch.data.identity import code_identity, digest, value_identity
 from llmbatch.integrations.ray import is_ray_dataset
 from llmbatch.llm.config import LLMProcessorConfig
 from llmbatch.llm.engine_holder import EngineHolder, recovery_policy
+from llmbatch.llm.ray_resume import resumable_ray
 from llmbatch.llm.ray_stages import process_ray_dataset
 from llmbatch.llm.stages import Stage, build_stages, run_stages
 from llmbatch.llm.summary import RunStats, RunSummary
@@ -83,10 +84,15 @@ class Processor:
     def __call__(self, dataset: Dataset) -> Dataset:
         """The processed rows of `dataset`, lazily: nothing runs until the result is consumed.
 
-        A Ray Dataset gives a Ray Dataset, whose engine replicas are Ray actors."""
+        A Ray Dataset gives a Ray Dataset, whose engine replicas are Ray actors; written with
+        ``llmbatch.data.write_parquet`` (or ``write_json``, ``write_csv``) it resumes."""
         if is_ray_dataset(dataset):
-            return process_ray_dataset(
-                self.config, self.engine_args, self.preprocess, self.postprocess, dataset
+            return resumable_ray(
+                lambda rows: process_ray_dataset(
+                    self.config, self.engine_args, self.preprocess, self.postprocess, rows
+                ),
+                dataset,
+                self._identity,
             )
         if not isinstance(dataset, Dataset):
             raise TypeError(

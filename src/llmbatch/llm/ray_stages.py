@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from llmbatch.data.blocks import carry_column
+from llmbatch.data.resume import ROW_NUMBER
 from llmbatch.integrations.ray import cluster_gpus, ray_data
 from llmbatch.llm.config import LLMProcessorConfig
 from llmbatch.llm.summary import RunStats
@@ -61,6 +63,10 @@ class EngineReplicaActor:
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        # A resumable write numbers the rows; the number goes around the stages.
+        return carry_column(batch, ROW_NUMBER, self._process)
+
+    def _process(self, batch: pa.Table) -> pa.Table:
         from llmbatch.llm.stages import run_stages
 
         tables = list(run_stages(self._stages, iter([batch])))
