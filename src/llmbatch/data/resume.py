@@ -41,9 +41,6 @@ from llmbatch.data.writers import write_table
 logger = logging.getLogger("llmbatch")
 
 Wanted = Callable[[int, int], list[tuple[int, int]]]
-# The input row number each row carries through a processing that may reorder blocks (a
-# processor over a Ray Dataset): added before the processing, read and dropped when writing.
-ROW_NUMBER = "__llmbatch_row"
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,14 +78,14 @@ def write_resumable(
     folder.check_writable()
     fingerprint = digest(job.source_fingerprint(), job.identity(), file_format, repr(options))
     try:
-        manifest = _claim(folder, fingerprint, file_format, overwrite)
+        manifest = claim(folder, fingerprint, file_format, overwrite)
     except OSError as error:
         if is_disk_full(error):
-            raise _disk_full(error, path, folder) from error
+            raise disk_full_error(error, path, folder) from error
         raise
     before = manifest.committed_rows()
     crash_point("job_start")
-    writer = _ShardWriter(folder, manifest, file_format, options)
+    writer = ShardWriter(folder, manifest, file_format, options)
     written = retried = 0
     try:
         if not manifest.complete:
@@ -107,7 +104,7 @@ def write_resumable(
         raise
     except OSError as error:
         if is_disk_full(error):
-            raise _disk_full(error, path, folder) from error
+            raise disk_full_error(error, path, folder) from error
         raise
     return WriteReport(
         path=str(path),
@@ -119,7 +116,7 @@ def write_resumable(
     )
 
 
-def _disk_full(error: OSError, path: PathLike, folder: OutputFolder) -> DiskFullError:
+def disk_full_error(error: OSError, path: PathLike, folder: OutputFolder) -> DiskFullError:
     """The error of a write that filled its disk, with what the manifest on disk holds."""
     manifest = Manifest.load(folder)
     shards = [] if manifest is None else manifest.shards
@@ -133,63 +130,7 @@ def _disk_full(error: OSError, path: PathLike, folder: OutputFolder) -> DiskFull
     )
 
 
-def write_numbered(
-    total_rows: int,
-    fingerprint: str,
-    process_rows: Callable[[list[tuple[int, int]]], Iterable[pa.Table]],
-    path: PathLike,
-    file_format: str,
-    *,
-    filesystem: Any = None,
-    overwrite: bool = False,
-    retry_failed: bool = False,
-    max_rows_per_file: int | None = None,
-    options: dict[str, Any] | None = None,
-) -> WriteReport:
-    """A resumable write whose processing may give back its rows in any order: each output
-    block carries each row's input number in ``ROW_NUMBER``. ``process_rows(runs)`` processes
-    the input rows of ``runs`` (``[start, stop)`` pairs); ``fingerprint`` names the job. Shards
-    and manifest are those of `write_resumable`, so either can resume the other's output."""
-    options = options or {}
-    if retry_failed and file_format == "csv":
-        raise ValueError(
-            "retry_failed needs Parquet or JSON output: CSV cannot be read back unchanged"
-        )
-    folder = OutputFolder.create(path, filesystem)
-    folder.check_writable()
-    try:
-        manifest = _claim(folder, fingerprint, file_format, overwrite)
-        before = manifest.committed_rows()
-        writer = _ShardWriter(folder, manifest, file_format, options)
-        written = retried = 0
-        if not manifest.complete:
-            runs = _gaps(manifest.done_ranges(), 0, total_rows)
-            for table in process_rows(runs):
-                written += _commit_numbered(writer, table, max_rows_per_file)
-            if manifest.committed_rows() != total_rows:
-                raise RuntimeError(
-                    f"the processing gave back {manifest.committed_rows()} of {total_rows} rows"
-                )
-            manifest.complete = True
-            manifest.total_rows = total_rows
-            manifest.save(folder)
-        if retry_failed and any(shard.errors for shard in manifest.shards):
-            retried = _retry_numbered(writer, process_rows)
-    except OSError as error:
-        if is_disk_full(error):
-            raise _disk_full(error, path, folder) from error
-        raise
-    return WriteReport(
-        path=str(path),
-        total_rows=total_rows,
-        rows_written=written,
-        rows_already_committed=before,
-        rows_retried=retried,
-        error_rows=sum(len(shard.errors) for shard in manifest.shards),
-    )
-
-
-def _gaps(done: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
+def gaps(done: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
     """The runs of ``[low, high)`` that ``done`` (sorted ``[start, stop)`` ranges) leaves."""
     runs, cursor = [], low
     for start, stop in done:
@@ -201,47 +142,6 @@ def _gaps(done: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, i
     if cursor < high:
         runs.append((cursor, high))
     return runs
-
-
-def _numbered_rows(table: pa.Table) -> tuple[pa.Table, list[int]]:
-    if ROW_NUMBER not in table.column_names:
-        raise RuntimeError(f"the processing dropped the {ROW_NUMBER!r} column of input rows")
-    numbers = table.column(ROW_NUMBER).to_pylist()
-    order = sorted(range(len(numbers)), key=numbers.__getitem__)
-    table = table.drop_columns([ROW_NUMBER])
-    if order != list(range(len(numbers))):
-        table = table.take(order)
-        numbers = [numbers[i] for i in order]
-    return table, numbers
-
-
-def _commit_numbered(writer: _ShardWriter, table: pa.Table, max_rows: int | None) -> int:
-    """Commits a block of numbered rows as shards of consecutive input rows."""
-    table, numbers = _numbered_rows(table)
-    start = 0
-    for index in range(1, len(numbers) + 1):
-        if index < len(numbers) and numbers[index] == numbers[index - 1] + 1:
-            if max_rows is None or index - start < max_rows:
-                continue
-        writer.commit(table.slice(start, index - start), numbers[start], numbers[index - 1] + 1)
-        start = index
-    return len(numbers)
-
-
-def _retry_numbered(
-    writer: _ShardWriter, process_rows: Callable[[list[tuple[int, int]]], Iterable[pa.Table]]
-) -> int:
-    shards_by_row = {row: shard for shard in writer.manifest.shards for row in shard.errors}
-    replacements: dict[str, dict[int, pa.Table]] = {}
-    for table in process_rows([(row, row + 1) for row in sorted(shards_by_row)]):
-        table, numbers = _numbered_rows(table)
-        for offset, row in enumerate(numbers):
-            shard = shards_by_row[row]
-            replacements.setdefault(shard.name, {})[row - shard.start] = table.slice(offset, 1)
-    for shard in list(writer.manifest.shards):
-        if shard.name in replacements:
-            _rewrite(writer, shard, replacements[shard.name])
-    return len(shards_by_row)
 
 
 def rows_to_process(path: PathLike, total_rows: int | None, filesystem: Any = None) -> int | None:
@@ -277,7 +177,7 @@ def clear_for_plain_write(
             delete_files(folder, [MANIFEST_NAME])
 
 
-def _claim(folder: OutputFolder, fingerprint: str, file_format: str, overwrite: bool) -> Manifest:
+def claim(folder: OutputFolder, fingerprint: str, file_format: str, overwrite: bool) -> Manifest:
     """The manifest to continue: this job's, or a new one once other outputs are cleared."""
     manifest = Manifest.load(folder)
     if manifest is not None and (manifest.job != fingerprint or manifest.format != file_format):
@@ -310,7 +210,7 @@ def _claim(folder: OutputFolder, fingerprint: str, file_format: str, overwrite: 
     return manifest
 
 
-class _ShardWriter:
+class ShardWriter:
     """Commits shards: the file first, then the manifest entry that lists it."""
 
     def __init__(
@@ -389,13 +289,13 @@ def _processed(job: ResumableJob, wanted: Wanted, tracker: _RowTracker) -> Strea
 
 
 def _write_missing(
-    job: ResumableJob, writer: _ShardWriter, min_rows: int | None, max_rows: int | None
+    job: ResumableJob, writer: ShardWriter, min_rows: int | None, max_rows: int | None
 ) -> int:
     manifest = writer.manifest
     done = manifest.done_ranges()
 
     def missing(low: int, high: int) -> list[tuple[int, int]]:
-        return _gaps(done, low, high)
+        return gaps(done, low, high)
 
     tracker = _RowTracker()
     pieces: list[pa.Table] = []
@@ -437,7 +337,7 @@ def _write_missing(
     return written
 
 
-def _retry_errors(job: ResumableJob, writer: _ShardWriter) -> int:
+def _retry_errors(job: ResumableJob, writer: ShardWriter) -> int:
     shards_by_row = {row: shard for shard in writer.manifest.shards for row in shard.errors}
     failed = sorted(shards_by_row)
 
@@ -453,17 +353,17 @@ def _retry_errors(job: ResumableJob, writer: _ShardWriter) -> int:
             for row in range(start, stop):
                 shard = shards_by_row[row]
                 if current is not None and shard is not current:
-                    _rewrite(writer, current, replacements)
+                    rewrite_shard(writer, current, replacements)
                     replacements = {}
                 current = shard
                 replacements[row - shard.start] = table.slice(offset, 1)
                 offset += 1
     if current is not None:
-        _rewrite(writer, current, replacements)
+        rewrite_shard(writer, current, replacements)
     return len(failed)
 
 
-def _rewrite(writer: _ShardWriter, shard: Shard, replacements: dict[int, pa.Table]) -> None:
+def rewrite_shard(writer: ShardWriter, shard: Shard, replacements: dict[int, pa.Table]) -> None:
     old = writer.read(shard)
     pieces, cursor = [], 0
     for position in sorted(replacements):

@@ -19,8 +19,9 @@ from typing import Any
 import pyarrow as pa
 
 from llmbatch.data.identity import digest, tables_identity
+from llmbatch.data.numbered_writes import ROW_NUMBER, write_numbered
 from llmbatch.data.outputs import RESUMABLE_WRITER
-from llmbatch.data.resume import ROW_NUMBER, WriteReport, write_numbered
+from llmbatch.data.resume import WriteReport
 from llmbatch.integrations.ray import ray_data
 
 RayDataset = Any

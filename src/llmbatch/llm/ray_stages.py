@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from llmbatch.data.blocks import carry_column
-from llmbatch.data.resume import ROW_NUMBER
+from llmbatch.data.numbered_writes import ROW_NUMBER
 from llmbatch.integrations.ray import cluster_gpus, ray_data
 from llmbatch.llm.config import LLMProcessorConfig
 from llmbatch.llm.summary import RunStats
