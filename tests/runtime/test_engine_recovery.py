@@ -11,6 +11,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import llmbatch.data as data
 from llmbatch import SamplingParams
@@ -162,3 +163,18 @@ def test_a_stalled_replica_stops_the_job_with_its_own_stacks(
     message = str(stalled.value)
     assert "made no progress for 3 s" in message and "--- engine replica" in message
     assert "before_step" in message.split("--- engine replica", 1)[1]
+
+
+@pytest.mark.gpu
+def test_an_engine_on_the_gpu_is_rebuilt_with_its_memory_freed_first(
+    smollm2_dir, engine_kwargs, monkeypatch
+):
+    monkeypatch.setenv(CRASH_ENV, str(POISON_SEED))
+    config = LLMProcessorConfig(model_source=smollm2_dir, engine_kwargs=engine_kwargs, batch_size=2)
+    with build_llm_processor(config, preprocess=request_of) as processor:
+        assert processor.engine.config.on_cuda  # loaded before measuring
+        loaded = torch.cuda.memory_allocated()
+        rows = processor(rows_of(WORDS)).take_all()
+        assert processor.engine.restarts >= 2
+        assert torch.cuda.memory_allocated() <= loaded * 1.05
+    assert [row["error"] is None for row in rows] == [w != POISON for w in WORDS]

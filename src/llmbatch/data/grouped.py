@@ -10,7 +10,7 @@ groups come out sorted by their keys (nulls last), and result columns are named
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -95,11 +95,7 @@ class GroupedData:
             def outputs() -> Stream:
                 for rows in _group_rows(table, keys):
                     result = function(to_batch(gatherer.take(rows), batch_format, zero_copy_batch))
-                    results = (
-                        result
-                        if isinstance(result, Iterable) and not _is_batch(result)
-                        else [result]
-                    )
+                    results = result if isinstance(result, Iterator) else [result]
                     for batch in results:
                         yield from_batch(batch, producer)
 
@@ -160,6 +156,11 @@ def aggregate(table: pa.Table, keys: list[str], specs: list[tuple[Any, str, Any,
         )
     except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
         raise TypeError(f"groupby: cannot aggregate these columns: {error}") from error
+    except (MemoryError, pa.ArrowMemoryError) as error:
+        raise MemoryError(
+            f"groupby({keys}): the groups of {table.num_rows} rows do not fit in memory; group "
+            f"by fewer distinct keys"
+        ) from error
     result = result.rename_columns(names)
     if keys and result.num_rows > 1:
         result = result.take(sorted_indices(result, keys, [False] * len(keys)))
@@ -189,10 +190,6 @@ def _group_rows(table: pa.Table, keys: list[str]) -> Iterable[np.ndarray]:
         values = chunk.values.to_numpy()
         for start, stop in zip(offsets[:-1], offsets[1:]):
             yield values[start:stop]
-
-
-def _is_batch(value: Any) -> bool:
-    return isinstance(value, pa.Table | pa.RecordBatch | Mapping) or hasattr(value, "iloc")
 
 
 def _column_list(method: str, on: Any) -> list[str]:

@@ -93,13 +93,19 @@ def sorted_indices(table: pa.Table, keys: list[str], descending: list[bool]) -> 
     missing = [name for name in keys if name not in table.column_names]
     if missing:
         raise KeyError(f"sort: no column(s) {missing}; the columns are {table.column_names}")
-    order = pc.sort_indices(
-        table.select(keys),
-        sort_keys=[
-            (name, "descending" if flag else "ascending", "at_end")
-            for name, flag in zip(keys, descending)
-        ],
-    )
+    try:
+        order = pc.sort_indices(
+            table.select(keys),
+            sort_keys=[
+                (name, "descending" if flag else "ascending", "at_end")
+                for name, flag in zip(keys, descending)
+            ],
+        )
+    except (MemoryError, pa.ArrowMemoryError) as error:
+        raise MemoryError(
+            f"sort: the key columns {keys} of {table.num_rows} rows do not fit in memory (the "
+            f"other columns wait in temporary files); sort by fewer or smaller keys"
+        ) from error
     return order.to_numpy()
 
 

@@ -13,6 +13,7 @@ The source's blocks stay in Ray's object store (spilled to disk beyond it) for t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -61,7 +62,7 @@ class _RayJob:
         import ray
 
         blocks = _ordered_blocks(self._source)
-        described = ray.get([_describe.remote(ref) for ref in blocks])
+        described = ray.get([_task(_describe_block).remote(ref) for ref in blocks])
         sizes = [rows for rows, _ in described]
         fingerprint = digest(
             digest([sha for _, sha in described]), self._identity(), file_format, repr(options)
@@ -110,7 +111,7 @@ def _numbered_blocks(blocks: list[Any], sizes: list[int], runs: list[tuple[int, 
             if start < offset + size and stop > offset
         ]
         if local:
-            refs.append(_slice_numbered.remote(ref, offset, local))
+            refs.append(_task(_slice_block).remote(ref, offset, local))
         offset += size
     return refs
 
@@ -121,21 +122,12 @@ def _as_arrow(block: Any) -> pa.Table:
     return BlockAccessor.for_block(block).to_arrow()
 
 
-def _remote(fn: Callable[..., Any]) -> Any:
-    """``fn`` as a Ray task, made when first called (Ray is imported only on the Ray path)."""
+@functools.cache
+def _task(fn: Callable[..., Any]) -> Any:
+    """``fn`` as a Ray task taking no CPU of its own (Ray is imported only on the Ray path)."""
+    import ray
 
-    class Task:
-        task: Any = None
-
-        @staticmethod
-        def remote(*args: Any) -> Any:
-            if Task.task is None:
-                import ray
-
-                Task.task = ray.remote(num_cpus=0)(fn)
-            return Task.task.remote(*args)
-
-    return Task
+    return ray.remote(num_cpus=0)(fn)
 
 
 def _describe_block(block: Any) -> tuple[int, str]:
@@ -152,7 +144,3 @@ def _slice_block(block: Any, offset: int, runs: list[tuple[int, int]]) -> pa.Tab
         for start, stop in runs
     ]
     return pa.concat_tables(pieces)
-
-
-_describe = _remote(_describe_block)
-_slice_numbered = _remote(_slice_block)

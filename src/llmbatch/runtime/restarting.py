@@ -138,6 +138,8 @@ class RestartingEngine:
 
     def _recover(self, error: Exception) -> list[RequestRejected]:
         cause = describe_failure(error)
+        # The traceback's frames hold the failed engine's tensors: let them go before rebuilding.
+        error.__traceback__ = None
         lost = [self._pending[i] for i in self._inside]
         self._inside.clear()
         rejected = self._recovery.crashed(lost, cause)
@@ -148,7 +150,9 @@ class RestartingEngine:
                 self._restart()
                 break
             except Exception as start_error:
-                rejected += self._recovery.crashed([], describe_failure(start_error))
+                failure = describe_failure(start_error)
+                start_error.__traceback__ = None
+                rejected += self._recovery.crashed([], failure)
         self._advance()
         return rejected
 
