@@ -85,3 +85,62 @@ def test_invalid_utf8_names_the_file_line_and_byte_offset(tmp_path):
         path, convert_options=pacsv.ConvertOptions(column_types={"word": pa.binary()})
     )
     assert as_bytes.take_all()[1]["word"] == b"caf\xe9"
+
+
+def forty_rows_with_a_broken_quote(path, line: int) -> list[str]:
+    """A CSV of 40 rows (header on line 1) whose ``line`` opens a quote it never closes."""
+    lines = ["id,name,score"] + [f'{i},"name {i}",{i * 1.5}' for i in range(1, 41)]
+    lines[line - 1] = f'{line - 1},"name {line - 1},{(line - 1) * 1.5}'
+    path.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def test_an_unterminated_quote_costs_only_its_line(tmp_path):
+    path = tmp_path / "quotes.csv"
+    lines = forty_rows_with_a_broken_quote(path, line=11)
+    rows = data.read_csv(path).take_all()
+    good, errors = rows[:-1], rows[-1:]
+    assert len(good) == 39 and len(errors) == 1
+    assert [row["id"] for row in good] == [i for i in range(1, 41) if i != 10]
+    assert all(row.get("error") is None for row in good)
+    assert good[10] == {"id": 12, "name": "name 12", "score": 18.0}
+    assert "line 11 of" in errors[0]["error"] and "quote" in errors[0]["error"]
+    assert lines[10] in errors[0]["error"]
+
+
+def test_line_numbers_after_a_cut_line_stay_those_of_the_file(tmp_path):
+    path = tmp_path / "two.csv"
+    forty_rows_with_a_broken_quote(path, line=5)
+    text = path.read_text().splitlines()
+    text[20] = "20,too,many,fields"
+    path.write_text("\n".join(text) + "\n")
+    errors = [row["error"] for row in data.read_csv(path).take_all() if row.get("error")]
+    assert ["line 5 of" in errors[0], "line 21 of" in errors[1]] == [True, True]
+
+
+def test_an_unterminated_quote_fails_or_is_skipped_as_asked(tmp_path):
+    path = tmp_path / "quotes.csv"
+    forty_rows_with_a_broken_quote(path, line=11)
+    with pytest.raises(ValueError, match="line 11 opens a quote it does not close"):
+        data.read_csv(path, on_bad_lines="fail").take_all()
+    assert data.read_csv(path, on_bad_lines="skip").count() == 39
+
+
+def test_values_written_over_several_lines_are_kept_beside_a_broken_quote(tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text(
+        'id,text,n\n1,"one line",1\n2,"two\nlines, with a comma",2\n3,"say ""hi""",3\n'
+        '4,"never closed,4\n5,plain,5\n6,"three\nmore\nlines",6\n7,last,7\n'
+    )
+    rows = data.read_csv(path).take_all()
+    good = {row["id"]: row["text"] for row in rows if row.get("error") is None}
+    assert good == {
+        1: "one line",
+        2: "two\nlines, with a comma",
+        3: 'say "hi"',
+        5: "plain",
+        6: "three\nmore\nlines",
+        7: "last",
+    }
+    (error,) = [row["error"] for row in rows if row.get("error")]
+    assert "line 6 of" in error and "never closed" in error

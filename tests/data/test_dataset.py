@@ -276,8 +276,6 @@ def test_column_operations():
     assert added.take_all()[0]["next_age"] == 37
     with pytest.raises(KeyError, match="'missing'"):
         ds.select_columns(["missing"])
-    with pytest.raises(ValueError, match="already exists"):
-        ds.add_column("age", lambda frame: frame["age"])
     with pytest.raises(ValueError, match="3 columns"):
         ds.rename_columns(["only_one"]).take_all()
 

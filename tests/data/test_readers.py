@@ -49,7 +49,9 @@ def test_read_csv_of_folder_glob_and_list_keeps_file_order(tmp_path, customers_t
     (folder / ".part-9.csv.tmp").write_text("half a file")
     expected = table.to_pylist()
 
-    assert data.read_csv(folder).take_all() == expected
+    with pytest.raises(ValueError, match=r"README\.txt is not a CSV file .*file_extensions"):
+        data.read_csv(folder).take_all()
+    assert data.read_csv(folder, file_extensions=["csv"]).take_all() == expected
     assert data.read_csv(str(folder / "part-*.csv")).take_all() == expected
     reversed_rows = data.read_csv(paths[::-1]).take_all()
     assert reversed_rows == expected[60:] + expected[30:60] + expected[:30]
@@ -113,9 +115,9 @@ def test_missing_inputs_raise_errors_naming_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"\*\.csv"):
         data.read_csv(str(tmp_path / "*.csv"))
     (tmp_path / "notes.txt").write_text("x\n")
-    with pytest.raises(FileNotFoundError, match="file_extensions"):
-        data.read_csv(tmp_path)
-    assert data.read_csv(tmp_path, file_extensions=["txt"]).take_all() == []
+    with pytest.raises(FileNotFoundError, match=r"No files ending in \.csv"):
+        data.read_csv(tmp_path, file_extensions=["csv"])
+    assert data.read_csv(tmp_path).take_all() == []
     with pytest.raises(ValueError, match="No paths"):
         data.read_csv([])
 

@@ -65,11 +65,22 @@ def test_two_replicas_give_the_rows_of_one_engine_in_input_order(two_replicas, r
     assert (summary.rows, summary.error_rows) == (len(WORDS), 1)
 
 
-def test_a_replica_that_dies_is_a_clear_error(two_replicas):
-    engine = two_replicas.engine
-    os.kill(engine.pids[1], signal.SIGKILL)
-    with pytest.raises(ReplicaFailed, match=r"engine replica 1 \(device cpu\) failed .*exited"):
-        two_replicas(data.from_items([{"word": w} for w in WORDS])).take_all()
+def test_a_replica_that_dies_with_no_restart_allowed_is_a_clear_error(smollm2_dir, engine_kwargs):
+    config = LLMProcessorConfig(
+        model_source=smollm2_dir,
+        engine_kwargs={**engine_kwargs, "device": "cpu"},
+        concurrency=(2, 2),
+        batch_size=2,
+        max_engine_restarts=0,
+    )
+    with build_llm_processor(config, preprocess=request_of) as processor:
+        os.kill(processor.engine.pids[1], signal.SIGKILL)
+        with pytest.raises(
+            ReplicaFailed,
+            match=r"(?s)engine replica 1 \(device cpu\) died once in a row .*"
+            r"max_engine_restarts=0.*exited with code -9",
+        ):
+            processor(data.from_items([{"word": w} for w in WORDS])).take_all()
 
 
 def test_a_minimum_the_host_cannot_meet_is_an_error(smollm2_dir: str):
@@ -109,9 +120,11 @@ def test_tensor_parallel_groups_take_their_share_of_cores():
 
 def test_one_replica_runs_in_this_process(smollm2_dir: str, engine_kwargs):
     from llmbatch.engine.llm_engine import LLMEngine
+    from llmbatch.runtime.restarting import RestartingEngine
 
     config = LLMProcessorConfig(
         model_source=smollm2_dir, engine_kwargs={**engine_kwargs, "device": "cpu"}, concurrency=1
     )
     with build_llm_processor(config) as processor:
-        assert isinstance(processor.engine, LLMEngine)
+        assert isinstance(processor.engine, RestartingEngine)
+        assert isinstance(processor.engine.engine, LLMEngine)

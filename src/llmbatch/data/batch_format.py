@@ -10,6 +10,12 @@ import pandas as pd
 import pyarrow as pa
 
 from llmbatch.data.blocks import values_to_array
+from llmbatch.data.extension_types import (
+    PythonObjectType,
+    is_tensor_type,
+    ndarray_to_tensors,
+    tensors_to_numpy,
+)
 
 BatchFormat = Literal["default", "numpy", "pandas", "pyarrow"]
 BATCH_FORMATS = ("default", "numpy", "pandas", "pyarrow")
@@ -26,17 +32,51 @@ def check_batch_format(batch_format: str | None) -> str:
     return batch_format
 
 
-def to_batch(table: pa.Table, batch_format: str) -> Any:
-    """The batch a user function receives: "default" and "numpy" give a dict of numpy arrays."""
+def to_batch(table: pa.Table, batch_format: str, zero_copy: bool = True) -> Any:
+    """The batch a user function receives: "default" and "numpy" give a dict of numpy arrays.
+
+    With ``zero_copy`` numpy arrays may share Arrow's (read-only) memory; without, every array
+    is the batch's own and writable."""
     if batch_format == "pyarrow":
         return table
     if batch_format == "pandas":
+        return _to_pandas(table)
+    columns = {name: column_to_numpy(table.column(name)) for name in table.column_names}
+    if zero_copy:
+        return columns
+    return {name: np.array(values, copy=True) for name, values in columns.items()}
+
+
+def _holds_python_values(data_type: pa.DataType) -> bool:
+    return is_tensor_type(data_type) or isinstance(data_type, PythonObjectType)
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """A DataFrame; tensor and object columns hold each row's numpy array or object."""
+    special = [f.name for f in table.schema if _holds_python_values(f.type)]
+    if not special:
         return table.to_pandas()
-    return {name: column_to_numpy(table.column(name)) for name in table.column_names}
+    frame = table.drop_columns(special).to_pandas()
+    for name in special:
+        values = tensors_to_numpy(table.column(name))
+        if values.ndim > 1:
+            values = _rows_of(values)
+        frame[name] = pd.Series(values, index=frame.index, dtype=object)
+    return frame[table.column_names]
+
+
+def _rows_of(array: np.ndarray) -> np.ndarray:
+    rows = np.empty(len(array), dtype=object)
+    for index, row in enumerate(array):
+        rows[index] = row
+    return rows
 
 
 def column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    """One column as numpy; fixed-size lists without nulls become an n-dimensional array."""
+    """One column as numpy: fixed-shape tensors (and fixed-size lists without nulls) as one
+    n-dimensional array, ragged tensors and objects as an object array of each row's value."""
+    if _holds_python_values(column.type):
+        return tensors_to_numpy(column)
     if pa.types.is_fixed_size_list(column.type) and column.null_count == 0:
         array = column.combine_chunks()
         inner = column_to_numpy(pa.chunked_array([array.flatten()]))
@@ -61,11 +101,24 @@ def from_batch(batch: Any, producer: str) -> pa.Table:
 
 
 def _from_pandas(frame: pd.DataFrame, producer: str) -> pa.Table:
+    # Object columns may hold numpy arrays or objects of any class: converted value by value,
+    # so that they come back as they were.
+    objects = [name for name, dtype in frame.dtypes.items() if dtype == np.dtype(object)]
+    plain = frame.drop(columns=objects) if objects else frame
     try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = pa.Table.from_pandas(plain, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise TypeError(f"{producer} returned a DataFrame Arrow cannot store: {error}") from error
-    return table.replace_schema_metadata(None)
+    table = table.replace_schema_metadata(None)
+    if not objects:
+        return table
+    columns = {
+        str(name): table.column(str(name))
+        if name not in objects
+        else values_to_array(str(name), frame[name].tolist())
+        for name in frame.columns
+    }
+    return pa.table(columns)
 
 
 def _from_columns(columns: Mapping[str, Any], producer: str) -> pa.Table:
@@ -81,12 +134,13 @@ def column_to_arrow(name: str, values: Any) -> pa.Array | pa.ChunkedArray:
     if isinstance(values, pa.Array | pa.ChunkedArray):
         return values
     if isinstance(values, pd.Series):
-        try:
-            return pa.Array.from_pandas(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        if values.dtype == object:
             return values_to_array(name, values.tolist())
+        return pa.Array.from_pandas(values)
     if isinstance(values, np.ndarray):
-        return ndarray_to_arrow(values) if values.dtype != object else values_to_array(name, values)
+        if values.dtype == object:
+            return values_to_array(name, list(values))
+        return ndarray_to_arrow(values)
     if isinstance(values, list | tuple):
         return values_to_array(name, values)
     raise TypeError(
@@ -96,10 +150,10 @@ def column_to_arrow(name: str, values: Any) -> pa.Array | pa.ChunkedArray:
 
 
 def ndarray_to_arrow(array: np.ndarray) -> pa.Array:
-    """A numpy array as one Arrow column; dimensions after the first become fixed-size lists."""
+    """A numpy array as one Arrow column: each row of an array of two or more dimensions is a
+    tensor (a numpy array again when read back)."""
     if array.ndim == 0:
         raise ValueError("a column needs a numpy array of at least one dimension, got a scalar")
     if array.ndim == 1:
         return pa.array(array)
-    inner = ndarray_to_arrow(array.reshape(-1, *array.shape[2:]))
-    return pa.FixedSizeListArray.from_arrays(inner, array.shape[1])
+    return ndarray_to_tensors(array)

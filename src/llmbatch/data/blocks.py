@@ -12,7 +12,20 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
+
+from llmbatch.data.extension_types import (
+    RaggedTensorType,
+    column_values,
+    is_arrow_kind,
+    is_tensor_type,
+    objects_to_arrow,
+    ragged_tensors,
+    tensor_dtype,
+    tensors_to_arrow,
+)
 
 Stream = Iterator[pa.Table]
 
@@ -25,34 +38,55 @@ class SchemaConflictError(TypeError):
 
 def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     """A table of row dicts; its columns are the union of the rows' keys, in first-seen order."""
-    if rows and all(row.keys() == rows[0].keys() for row in rows):
-        try:
-            return pa.Table.from_pylist(rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            pass  # converted column by column below, to name the column that fails
     names: dict[str, None] = {}
     for row in rows:
         names.update(dict.fromkeys(row))
+    if not names:
+        return pa.Table.from_pylist(list(rows))
     return pa.table(
         {name: values_to_array(name, [row.get(name) for row in rows]) for name in names}
     )
 
 
 def values_to_array(column: str, values: Sequence[Any]) -> pa.Array:
-    """One column's Python values as Arrow; the error names the column when types clash."""
+    """One column's Python values as Arrow, kept exactly: numpy arrays as tensors, pandas
+    timestamps to the nanosecond, and values Arrow has no type for pickled. Values of kinds Arrow
+    can store but not together (a number and a text) raise SchemaConflictError naming the
+    column."""
+    if any(isinstance(value, np.ndarray) for value in values):
+        if all(value is None or isinstance(value, np.ndarray) for value in values):
+            return tensors_to_arrow(values)
     try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        if not all(is_arrow_kind(value) for value in values):
+            return objects_to_arrow(values)
         kinds = sorted({type(value).__name__ for value in values if value is not None})
         raise SchemaConflictError(
             f"Column {column!r} mixes values that cannot share one column "
             f"(Python types: {', '.join(kinds)}; Arrow says: {error}). "
             f"Return one type per column, e.g. convert with str(...)."
         ) from error
+    if pa.types.is_timestamp(array.type) or pa.types.is_duration(array.type):
+        return _with_nanoseconds(array, values)
+    return array
+
+
+def _with_nanoseconds(array: pa.Array, values: Sequence[Any]) -> pa.Array:
+    """pandas timestamps and timedeltas hold nanoseconds, which Arrow's inference drops."""
+    if array.type.unit == "ns" or not any(
+        isinstance(value, pd.Timestamp | pd.Timedelta) for value in values
+    ):
+        return array
+    if pa.types.is_timestamp(array.type):
+        return pa.array(values, pa.timestamp("ns", array.type.tz))
+    return pa.array(values, pa.duration("ns"))
 
 
 def unify_schemas(schemas: Sequence[pa.Schema]) -> pa.Schema:
-    """The schema all of ``schemas`` can be cast to; the error names a conflicting column."""
+    """The schema all of ``schemas`` can be cast to; the error names a conflicting column.
+    Tensors of one dtype but different shapes unify to ragged tensors."""
+    schemas = _tensors_unified(schemas)
     try:
         return pa.unify_schemas(list(schemas), promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
@@ -77,17 +111,48 @@ def _describe_conflict(schemas: Sequence[pa.Schema], error: Exception) -> str:
     return f"Batches have incompatible schemas: {error}"
 
 
+def _tensors_unified(schemas: Sequence[pa.Schema]) -> list[pa.Schema]:
+    types: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        for field in schema:
+            kinds = types.setdefault(field.name, [])
+            if not pa.types.is_null(field.type) and field.type not in kinds:
+                kinds.append(field.type)
+    ragged = {}
+    for name, kinds in types.items():
+        if len(kinds) > 1 and all(is_tensor_type(kind) for kind in kinds):
+            dtypes = {tensor_dtype(kind) for kind in kinds}
+            if len(dtypes) == 1:
+                ragged[name] = RaggedTensorType(dtypes.pop())
+    if not ragged:
+        return list(schemas)
+    return [
+        pa.schema(pa.field(f.name, ragged[f.name]) if f.name in ragged else f for f in schema)
+        for schema in schemas
+    ]
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Casts ``table`` to ``schema`` (a unification of its own), adding missing columns as nulls."""
     if table.schema.equals(schema):
         return table
     columns = [
-        table.column(field.name).cast(field.type)
+        _cast(table.column(field.name), field.type)
         if field.name in table.column_names
         else pa.nulls(table.num_rows, field.type)
         for field in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray | pa.Array:
+    if column.type == target:
+        return column
+    if pa.types.is_null(column.type):
+        return pa.nulls(len(column), target)
+    if isinstance(target, RaggedTensorType):
+        return ragged_tensors(column_values(column), target.dtype)
+    return column.cast(target)
 
 
 def concat(tables: Sequence[pa.Table]) -> pa.Table:
@@ -167,3 +232,17 @@ def _cut(stream: Iterable[pa.Table], sizes: Iterator[int]) -> Stream:
                 target = next(sizes)
     if pending:
         yield concat(pending)
+
+
+def carry_column(table: pa.Table, name: str, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    """``fn(table)`` with column ``name`` set aside before and put back after: ``fn`` keeps
+    one output row per input row, in order, and never sees the column."""
+    if name not in table.column_names:
+        return fn(table)
+    column = table.column(name)
+    result = fn(table.drop_columns([name]))
+    if result.num_rows != len(column):
+        raise RuntimeError(
+            f"a processing that keeps every row gave back {result.num_rows} rows for {len(column)}"
+        )
+    return result.append_column(name, column)

@@ -1,34 +1,56 @@
-"""Dataset: Ray Data's Dataset API over a lazy stream of Arrow blocks, run in this process."""
+"""Dataset: Ray Data's Dataset API over a lazy stream of Arrow blocks, run in this process.
+
+The operations live in modules of one concept each, mixed into ``Dataset``: per-row and
+per-batch functions (``map_ops``), columns (``column_ops``), joining datasets (``combine``),
+sorting (``sort``), grouping and aggregates (``grouped``), random sampling (``sampling``) and
+splitting (``splits``); consuming a dataset is ``outputs``.
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from llmbatch.data import operators
-from llmbatch.data.batch_format import BatchFormat, check_batch_format
+from llmbatch.data import operators, spill
 from llmbatch.data.blocks import Stream, balanced_sizes, conform, rebatch, split_into
 from llmbatch.data.blocks import unify_schemas as unify
 from llmbatch.data.checkpoint import ResumableJob
+from llmbatch.data.column_ops import ColumnOperations
+from llmbatch.data.combine import CombineOperations
+from llmbatch.data.grouped import AggregateOperations
 from llmbatch.data.identity import digest, tables_identity, value_identity
+from llmbatch.data.map_ops import RowOperations
 from llmbatch.data.outputs import DatasetOutputs, check_count
 from llmbatch.data.plan import PlanInfo, StageStats, describe_stats
-from llmbatch.data.udf import UserFunction, check_scheduling_keywords
+from llmbatch.data.sampling import SampleOperations
+from llmbatch.data.sort import SortOperations
+from llmbatch.data.splits import SplitOperations
 
 StreamTransform = Callable[[Iterator[pa.Table]], Iterable[pa.Table]]
 
 
-class Dataset(DatasetOutputs):
+class Dataset(
+    DatasetOutputs,
+    RowOperations,
+    ColumnOperations,
+    CombineOperations,
+    SortOperations,
+    AggregateOperations,
+    SampleOperations,
+    SplitOperations,
+):
     """Rows in input order, held as a stream of blocks (``pyarrow.Table``), built lazily.
 
     Operations add stages to a plan and return a new Dataset; nothing is read until the dataset
     is consumed (iterated, taken, counted, written or materialized), and every consumption runs
     the plan again from its source unless the dataset was materialized. Blocks flow one at a
-    time, so memory holds a few blocks, never the whole dataset.
+    time, so memory holds a few blocks, never the whole dataset; the operations that need every
+    row at once (sort, shuffle, groupby, split) keep them in temporary files beyond a few
+    hundred MB (see ``llmbatch.data.spill``).
 
     Ray's scheduling keywords (``compute``, ``concurrency``, ``num_cpus``, ``num_gpus``,
     ``memory``, ...) are accepted by the map-like methods so that Ray code runs unchanged; they
@@ -41,14 +63,16 @@ class Dataset(DatasetOutputs):
         *,
         name: str,
         info: PlanInfo | None = None,
-        parent: Dataset | None = None,
+        parents: Sequence[Dataset] = (),
         identity: Callable[[], str] | None = None,
+        input_files: Sequence[str] = (),
     ) -> None:
         self._open_stream = open_stream
         self._info = info or PlanInfo()
-        self._parent = parent
+        self._parents = tuple(parents)
         self._stats = StageStats(name)
         self._identity = identity or (lambda: name)
+        self._input_files = list(input_files)
         self._resumable: ResumableJob | None = None
 
     def fingerprint(self) -> str:
@@ -59,7 +83,9 @@ class Dataset(DatasetOutputs):
         node: Dataset | None = self
         while node is not None:
             parts.append(node._identity())
-            node = node._parent
+            if len(node._parents) > 1:
+                parts.append([parent.fingerprint() for parent in node._parents])
+            node = node._parents[0] if len(node._parents) == 1 else None
         return digest(*parts[::-1])
 
     def _blocks(self) -> Stream:
@@ -72,8 +98,21 @@ class Dataset(DatasetOutputs):
             return name if code is None else f"{name}:{digest(value_identity(code))}"
 
         return Dataset(
-            lambda: apply(self._blocks()), name=name, info=info, parent=self, identity=identity
+            lambda: apply(self._blocks()), name=name, info=info, parents=[self], identity=identity
         )
+
+    def _combine(
+        self,
+        name: str,
+        open_stream: Callable[[], Stream],
+        parents: Sequence[Dataset],
+        info: PlanInfo,
+    ) -> Dataset:
+        """A dataset made from several (the first is ``self``), e.g. by union or zip."""
+        return Dataset(open_stream, name=name, info=info, parents=parents)
+
+    def _materialized(self, blocks: Sequence[pa.Table]) -> MaterializedDataset:
+        return MaterializedDataset(blocks, upstream_stats=self.stats())
 
     # Stages
 
@@ -106,7 +145,7 @@ class Dataset(DatasetOutputs):
 
     def limit(self, limit: int) -> Dataset:
         """The first ``limit`` rows; reading upstream stops as soon as they have passed."""
-        check_count("limit", limit, minimum=0)
+        limit = check_count("limit", limit, minimum=0)
         return self._chain(
             f"limit({limit})",
             lambda stream: operators.limit(stream, limit),
@@ -130,25 +169,27 @@ class Dataset(DatasetOutputs):
         known without running (after flat_map, map_batches or a transform), blocks keep their
         sizes and a warning says so. ``target_num_rows_per_block=r`` needs no count: blocks of
         exactly r rows, the last one smaller. Rows always keep their order (``shuffle=True`` is
-        not supported).
+        not supported: use ``random_shuffle``).
         """
         if shuffle:
-            raise ValueError("repartition(shuffle=True) is not supported: rows keep input order")
+            raise ValueError(
+                "repartition(shuffle=True) is not supported: rows keep input order; use "
+                "random_shuffle() to shuffle them"
+            )
         if (num_blocks is None) == (target_num_rows_per_block is None):
             raise ValueError(
                 "repartition needs exactly one of num_blocks, target_num_rows_per_block"
             )
         info = self._info
         if target_num_rows_per_block is not None:
-            rows = target_num_rows_per_block
-            check_count("target_num_rows_per_block", rows, minimum=1)
+            rows = check_count("target_num_rows_per_block", target_num_rows_per_block, minimum=1)
             blocks = None if info.num_rows is None else math.ceil(info.num_rows / rows)
             return self._chain(
                 f"repartition(target_num_rows_per_block={rows})",
                 lambda stream: rebatch(stream, rows),
                 PlanInfo(info.num_rows, info.max_rows, info.count_rows, blocks, info.schema),
             )
-        check_count("num_blocks", num_blocks, minimum=1)
+        num_blocks = check_count("num_blocks", num_blocks, minimum=1)
         name = f"repartition({num_blocks})"
         if info.row_bound is None and info.count_rows is None:
             warnings.warn(
@@ -167,186 +208,33 @@ class Dataset(DatasetOutputs):
         laid_out = PlanInfo(info.num_rows, info.max_rows, info.count_rows, num_blocks, info.schema)
         return self._chain(name, split, laid_out)
 
-    def map(
-        self,
-        fn: Callable[[dict[str, Any]], dict[str, Any]],
-        *,
-        fn_args: Iterable[Any] | None = None,
-        fn_kwargs: Mapping[str, Any] | None = None,
-        fn_constructor_args: Iterable[Any] | None = None,
-        fn_constructor_kwargs: Mapping[str, Any] | None = None,
-        **scheduling: Any,
-    ) -> Dataset:
-        """Applies ``fn`` to each row (a dict) and keeps the dict it returns.
-
-        ``fn`` may be a callable class, instantiated once per run with ``fn_constructor_args``;
-        ``fn_args``/``fn_kwargs`` are passed after the row.
-        """
-        check_scheduling_keywords("map", scheduling)
-        udf = UserFunction.of(fn, fn_args, fn_kwargs, fn_constructor_args, fn_constructor_kwargs)
-        return self._chain(
-            f"map({udf.name})",
-            lambda stream: operators.map_rows(stream, udf),
-            self._info.with_schema(None),
-            udf,
-        )
-
-    def flat_map(
-        self,
-        fn: Callable[[dict[str, Any]], list[dict[str, Any]]],
-        *,
-        fn_args: Iterable[Any] | None = None,
-        fn_kwargs: Mapping[str, Any] | None = None,
-        fn_constructor_args: Iterable[Any] | None = None,
-        fn_constructor_kwargs: Mapping[str, Any] | None = None,
-        **scheduling: Any,
-    ) -> Dataset:
-        """Applies ``fn`` to each row; each returns a list of rows (possibly empty)."""
-        check_scheduling_keywords("flat_map", scheduling)
-        udf = UserFunction.of(fn, fn_args, fn_kwargs, fn_constructor_args, fn_constructor_kwargs)
-        return self._chain(
-            f"flat_map({udf.name})",
-            lambda stream: operators.flat_map_rows(stream, udf),
-            PlanInfo(num_blocks=self._info.num_blocks),
-            udf,
-        )
-
-    def filter(
-        self,
-        fn: Callable[[dict[str, Any]], bool],
-        *,
-        fn_args: Iterable[Any] | None = None,
-        fn_kwargs: Mapping[str, Any] | None = None,
-        fn_constructor_args: Iterable[Any] | None = None,
-        fn_constructor_kwargs: Mapping[str, Any] | None = None,
-        **scheduling: Any,
-    ) -> Dataset:
-        """Keeps the rows for which ``fn(row)`` is true."""
-        check_scheduling_keywords("filter", scheduling)
-        udf = UserFunction.of(fn, fn_args, fn_kwargs, fn_constructor_args, fn_constructor_kwargs)
-        return self._chain(
-            f"filter({udf.name})",
-            lambda stream: operators.filter_rows(stream, udf),
-            self._info.fewer_rows(),
-            udf,
-        )
-
-    def map_batches(
-        self,
-        fn: Callable[[Any], Any],
-        *,
-        batch_size: int | None = None,
-        batch_format: BatchFormat | None = "default",
-        fn_args: Iterable[Any] | None = None,
-        fn_kwargs: Mapping[str, Any] | None = None,
-        fn_constructor_args: Iterable[Any] | None = None,
-        fn_constructor_kwargs: Mapping[str, Any] | None = None,
-        **scheduling: Any,
-    ) -> Dataset:
-        """Applies ``fn`` to batches of rows; it returns (or yields) batches of any length.
-
-        A batch is a dict of numpy arrays ("default", "numpy"), a pandas DataFrame ("pandas") or
-        a pyarrow Table ("pyarrow"); fn may return any of these. ``batch_size=None`` passes each
-        block whole; otherwise whole blocks are grouped until they hold ``batch_size`` rows and
-        cut into batches of ``batch_size``, so the last batch of a group may be smaller. Each
-        group gives one output block. A callable class is instantiated once per run.
-        """
-        check_scheduling_keywords("map_batches", scheduling)
-        if batch_size is not None:
-            check_count("batch_size", batch_size, minimum=1)
-        batch_format = check_batch_format(batch_format)
-        udf = UserFunction.of(fn, fn_args, fn_kwargs, fn_constructor_args, fn_constructor_kwargs)
-        return self._chain(
-            f"map_batches({udf.name})",
-            lambda stream: operators.map_batches(stream, udf, batch_size, batch_format),
-            PlanInfo(num_blocks=self._info.num_blocks if batch_size is None else None),
-            udf,
-        )
-
-    def add_column(
-        self,
-        col: str,
-        fn: Callable[[Any], Any],
-        *,
-        batch_format: BatchFormat | None = "pandas",
-        **scheduling: Any,
-    ) -> Dataset:
-        """Adds column ``col`` computed by ``fn`` from each block (a DataFrame by default)."""
-        check_scheduling_keywords("add_column", scheduling)
-        batch_format = check_batch_format(batch_format)
-        if self._info.schema is not None and col in self._info.schema.names:
-            raise ValueError(f"add_column: column {col!r} already exists")
-        udf = UserFunction.of(fn)
-        return self._chain(
-            f"add_column({col})",
-            lambda stream: operators.add_column(stream, col, udf, batch_format),
-            self._info.with_schema(None),
-            udf,
-        )
-
-    def select_columns(self, cols: str | Sequence[str], **scheduling: Any) -> Dataset:
-        """Keeps only ``cols``, in that order."""
-        check_scheduling_keywords("select_columns", scheduling)
-        cols = [cols] if isinstance(cols, str) else list(cols)
-        schema = self._known_schema_with(cols, "select_columns")
-        return self._chain(
-            f"select_columns({cols})",
-            lambda stream: operators.select_columns(stream, cols),
-            self._info.with_schema(
-                None if schema is None else pa.schema(schema.field(c) for c in cols)
-            ),
-        )
-
-    def drop_columns(self, cols: str | Sequence[str], **scheduling: Any) -> Dataset:
-        """Removes ``cols``."""
-        check_scheduling_keywords("drop_columns", scheduling)
-        cols = [cols] if isinstance(cols, str) else list(cols)
-        schema = self._known_schema_with(cols, "drop_columns")
-        return self._chain(
-            f"drop_columns({cols})",
-            lambda stream: operators.drop_columns(stream, cols),
-            self._info.with_schema(
-                None if schema is None else pa.schema(f for f in schema if f.name not in cols)
-            ),
-        )
-
-    def rename_columns(
-        self, names: Mapping[str, str] | Sequence[str], **scheduling: Any
-    ) -> Dataset:
-        """Renames columns: a dict ``{old: new}``, or a list with a new name for every column."""
-        check_scheduling_keywords("rename_columns", scheduling)
-        names = dict(names) if isinstance(names, Mapping) else list(names)
-        schema = self._info.schema
-        if schema is not None and isinstance(names, dict):
-            self._known_schema_with(list(names), "rename_columns")
-        return self._chain(
-            "rename_columns",
-            lambda stream: operators.rename_columns(stream, names),
-            self._info.with_schema(None),
-        )
-
-    def _known_schema_with(self, cols: list[str], method: str) -> pa.Schema | None:
-        schema = self._info.schema
-        missing = [] if schema is None else [c for c in cols if c not in schema.names]
-        if missing:
-            raise KeyError(f"{method}: no column(s) {missing}; the columns are {schema.names}")
-        return schema
-
     def materialize(self) -> MaterializedDataset:
-        """Runs the plan once and keeps every block in memory for any number of later uses."""
-        blocks = list(self._blocks())
+        """Runs the plan once and keeps every block (in memory, or beyond a few hundred MB in
+        memory-mapped temporary files: see ``spill``) for any number of later uses."""
+        blocks = spill.hold(self._blocks())
         return MaterializedDataset(blocks, upstream_stats=self.stats())
 
     # Description
 
+    def input_files(self) -> list[str]:
+        """The files the dataset reads, in order (none for in-memory sources)."""
+        files: list[str] = list(self._input_files)
+        for parent in self._parents:
+            files.extend(file for file in parent.input_files() if file not in files)
+        return files
+
     def stats(self) -> str:
-        """Blocks, rows and seconds of each stage during its latest run, source first."""
+        """Blocks, rows and seconds of each stage during its latest run, sources first."""
         stages = []
         node: Dataset | None = self
+        upstream = ""
         while node is not None:
             stages.append(node._stats)
-            node = node._parent
-        return describe_stats(stages[::-1])
+            if len(node._parents) > 1:
+                upstream = "\n".join(parent.stats() for parent in node._parents)
+            node = node._parents[0] if len(node._parents) == 1 else None
+        own = describe_stats(stages[::-1])
+        return f"{upstream}\n{own}" if upstream else own
 
     def __repr__(self) -> str:
         rows = "?" if self._info.num_rows is None else self._info.num_rows
@@ -354,7 +242,8 @@ class Dataset(DatasetOutputs):
 
 
 class MaterializedDataset(Dataset):
-    """A dataset whose blocks are in memory: consuming it again never re-runs what made it."""
+    """A dataset whose blocks are in memory (or memory-mapped temporary files): consuming it
+    again never re-runs what made it."""
 
     def __init__(self, blocks: Sequence[pa.Table], *, upstream_stats: str = "") -> None:
         schema = unify([block.schema for block in blocks]) if blocks else None
@@ -374,6 +263,9 @@ class MaterializedDataset(Dataset):
 
     def materialize(self) -> MaterializedDataset:
         return self
+
+    def size_bytes(self) -> int:
+        return sum(table.nbytes for table in self._tables)
 
     def stats(self) -> str:
         own = super().stats()

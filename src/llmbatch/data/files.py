@@ -7,6 +7,7 @@ http(s) URLs are read with the standard library, so no extra package is needed f
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import shutil
@@ -65,21 +66,49 @@ class SourceFile:
 
 
 def resolve_files(
-    paths: Paths, filesystem: Any = None, extensions: Sequence[str] = ()
+    paths: Paths,
+    filesystem: Any = None,
+    file_extensions: Sequence[str] | None = None,
+    ignore_missing_paths: bool = False,
 ) -> list[SourceFile]:
     """Expands paths, folders (recursively) and globs into files, in order.
 
-    Files inside a folder are kept when their name ends in one of ``extensions``; names starting
-    with "." or "_" (temporary and marker files) are skipped in folders and globs.
+    A folder gives every file in it, or with ``file_extensions`` (``["csv", "csv.gz"]``, with or
+    without the dot, any case) those whose name ends in one of them; names starting with "." or
+    "_" (temporary and marker files) are skipped in folders and globs. ``ignore_missing_paths``
+    skips paths that do not exist instead of raising.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     if not paths:
         raise ValueError("No paths given: pass a file, folder, glob or URL")
-    return [file for path in paths for file in _resolve(os.fspath(path), filesystem, extensions)]
+    suffixes = _suffixes(file_extensions)
+    files = []
+    for path in paths:
+        try:
+            files.extend(_resolve(os.fspath(path), filesystem))
+        except FileNotFoundError:
+            if not ignore_missing_paths:
+                raise
+    if suffixes is not None:
+        files = [file for file in files if file.path.lower().endswith(suffixes)]
+    if not files:
+        wanted = "" if suffixes is None else f" ending in {', '.join(suffixes)}"
+        raise FileNotFoundError(f"No files{wanted} found in {list(map(os.fspath, paths))}")
+    return files
 
 
-def _resolve(path: str, filesystem: Any, extensions: Sequence[str]) -> list[SourceFile]:
+def _suffixes(file_extensions: Sequence[str] | None) -> tuple[str, ...] | None:
+    if file_extensions is None:
+        return None
+    if isinstance(file_extensions, str):
+        file_extensions = [file_extensions]
+    if not all(isinstance(ext, str) and ext.strip(".") for ext in file_extensions):
+        raise ValueError(f"file_extensions must be a list of extensions, got {file_extensions!r}")
+    return tuple("." + ext.lower().lstrip(".") for ext in file_extensions)
+
+
+def _resolve(path: str, filesystem: Any) -> list[SourceFile]:
     if filesystem is None and path.startswith(("http://", "https://")):
         return [SourceFile(path, None, path)]
     fs, fs_path, display = _filesystem_for(path, filesystem)
@@ -97,15 +126,22 @@ def _resolve(path: str, filesystem: Any, extensions: Sequence[str]) -> list[Sour
         raise FileNotFoundError(f"No such file or folder: {path!r}")
     if info.type != pafs.FileType.Directory:
         return [SourceFile(display(fs_path), fs, fs_path)]
-    found = sorted(
-        info.path for info in _list_files(fs, fs_path) if info.path.endswith(tuple(extensions))
-    )
+    found = sorted(info.path for info in _list_files(fs, fs_path))
     if not found:
-        raise FileNotFoundError(
-            f"Folder {path!r} holds no files ending in {', '.join(extensions)}; "
-            f"pass file_extensions=[...] to read other files"
-        )
+        raise FileNotFoundError(f"Folder {path!r} holds no files")
     return [SourceFile(display(file), fs, file) for file in found]
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) of an output folder ran out while writing."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+    )
 
 
 def _filesystem_for(
@@ -254,9 +290,11 @@ class OutputFolder:
                 before_rename(temporary)
             self.filesystem.move(temporary, final)
         except BaseException:
-            stream.close()
-            # An interrupt can land once the rename is done: the temporary is gone, and a
-            # failed clean-up must not replace the error that is on its way out.
+            # A full disk fails the close too (it flushes); an interrupt can land once the
+            # rename is done and the temporary is gone: a failed clean-up must not replace the
+            # error that is on its way out.
+            with suppress(OSError):
+                stream.close()
             with suppress(OSError):
                 self.filesystem.delete_file(temporary)
             raise

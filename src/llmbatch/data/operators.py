@@ -6,10 +6,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from llmbatch.data.batch_format import column_to_arrow, from_batch, to_batch
-from llmbatch.data.blocks import Stream, coalesce, concat, rows_to_table
+from llmbatch.data.blocks import Stream, coalesce, concat, rows_to_table, values_to_array
+from llmbatch.data.extension_types import table_rows
 from llmbatch.data.udf import UserFunction
 
 # Rows turned into Python dicts at a time, so row functions over large blocks stay small in memory.
@@ -31,15 +35,17 @@ def limit(stream: Stream, num_rows: int) -> Stream:
 
 def map_rows(stream: Stream, udf: UserFunction) -> Stream:
     fn = udf.instantiate()
+    check = _SameKeys(f"map function {udf.name!r}")
 
     def apply(row: dict[str, Any]) -> list[Mapping[str, Any]]:
-        return [_check_row(fn(row), udf, "map")]
+        return [check(_check_row(fn(row), udf, "map"))]
 
     return _per_row(stream, apply)
 
 
 def flat_map_rows(stream: Stream, udf: UserFunction) -> Stream:
     fn = udf.instantiate()
+    check = _SameKeys(f"flat_map function {udf.name!r}")
 
     def apply(row: dict[str, Any]) -> list[Mapping[str, Any]]:
         results = fn(row)
@@ -48,7 +54,7 @@ def flat_map_rows(stream: Stream, udf: UserFunction) -> Stream:
                 f"flat_map function {udf.name!r} must return a list of dicts, "
                 f"got {type(results).__name__}"
             )
-        return [_check_row(result, udf, "flat_map") for result in results]
+        return [check(_check_row(result, udf, "flat_map")) for result in results]
 
     return _per_row(stream, apply)
 
@@ -62,11 +68,30 @@ def _check_row(result: Any, udf: UserFunction, method: str) -> Mapping[str, Any]
     return result
 
 
+class _SameKeys:
+    """Every row a function returns must have the keys of the first one, as Ray Data requires:
+    a missing key is an error, never a column quietly filled with nulls."""
+
+    def __init__(self, producer: str) -> None:
+        self._producer = producer
+        self._keys: list[str] | None = None
+
+    def __call__(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        if self._keys is None:
+            self._keys = list(row)
+        elif row.keys() != set(self._keys):
+            raise ValueError(
+                f"{self._producer} returned rows with different columns: {list(row)} after "
+                f"{self._keys}; return the same keys from every row (None for a missing value)"
+            )
+        return row
+
+
 def _per_row(stream: Stream, apply: Callable[[dict[str, Any]], list[Mapping[str, Any]]]) -> Stream:
     for table in stream:
         pieces = []
         for batch in table.to_batches(max_chunksize=ROWS_PER_CALL):
-            rows = [result for row in batch.to_pylist() for result in apply(row)]
+            rows = [result for row in table_rows(batch) for result in apply(row)]
             pieces.append(rows_to_table(rows))
         yield concat(pieces) if pieces else pa.table({})
 
@@ -77,13 +102,22 @@ def filter_rows(stream: Stream, udf: UserFunction) -> Stream:
         keep = [
             bool(fn(row))
             for batch in table.to_batches(max_chunksize=ROWS_PER_CALL)
-            for row in batch.to_pylist()
+            for row in table_rows(batch)
         ]
         yield table.filter(pa.array(keep, pa.bool_()))
 
 
+def filter_expression(stream: Stream, expression: pc.Expression) -> Stream:
+    for table in stream:
+        yield table.filter(expression)
+
+
 def map_batches(
-    stream: Stream, udf: UserFunction, batch_size: int | None, batch_format: str
+    stream: Stream,
+    udf: UserFunction,
+    batch_size: int | None,
+    batch_format: str,
+    zero_copy_batch: bool = True,
 ) -> Stream:
     """Calls ``fn`` on batches and yields one block per group of whole input blocks.
 
@@ -97,26 +131,37 @@ def map_batches(
         step = batch_size or max(group.num_rows, 1)
         outputs = []
         for offset in range(0, group.num_rows, step):
-            result = fn(to_batch(group.slice(offset, step), batch_format))
+            result = fn(to_batch(group.slice(offset, step), batch_format, zero_copy_batch))
             results = result if isinstance(result, Iterator) else [result]
             outputs.extend(from_batch(batch, producer) for batch in results)
         yield concat(outputs) if outputs else pa.table({})
 
 
 def add_column(stream: Stream, name: str, udf: UserFunction, batch_format: str) -> Stream:
+    """Sets column ``name`` (added, or replaced when it exists) to what ``fn`` returns for each
+    block: one value per row, or one scalar for every row."""
     fn = udf.instantiate()
     for table in stream:
-        if name in table.column_names:
-            raise ValueError(
-                f"add_column: column {name!r} already exists; drop it first or use map_batches"
-            )
-        column = column_to_arrow(name, fn(to_batch(table, batch_format)))
+        values = fn(to_batch(table, batch_format))
+        if _is_scalar(values):
+            column = values_to_array(name, [values] * table.num_rows)
+        else:
+            column = column_to_arrow(name, values)
         if len(column) != table.num_rows:
             raise ValueError(
                 f"add_column function {udf.name!r} returned {len(column)} values "
                 f"for a block of {table.num_rows} rows"
             )
-        yield table.append_column(name, column)
+        if name in table.column_names:
+            yield table.set_column(table.column_names.index(name), name, column)
+        else:
+            yield table.append_column(name, column)
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0
+    return not isinstance(value, list | tuple | pa.Array | pa.ChunkedArray | pd.Series)
 
 
 def select_columns(stream: Stream, columns: Sequence[str]) -> Stream:
@@ -135,14 +180,21 @@ def rename_columns(stream: Stream, names: Mapping[str, str] | Sequence[str]) -> 
     for table in stream:
         if isinstance(names, Mapping):
             _require_columns(table, list(names), "rename_columns")
-            yield table.rename_columns(dict(names))
+            renamed = [names.get(name, name) for name in table.column_names]
         elif len(names) != table.num_columns:
             raise ValueError(
                 f"rename_columns got {len(names)} names for {table.num_columns} columns "
                 f"{table.column_names}; pass a dict {{old: new}} to rename some of them"
             )
         else:
-            yield table.rename_columns(list(names))
+            renamed = list(names)
+        clashes = sorted({name for name in renamed if renamed.count(name) > 1})
+        if clashes:
+            raise ValueError(
+                f"rename_columns would give two columns the name(s) {clashes}; the columns are "
+                f"{table.column_names}"
+            )
+        yield table.rename_columns(renamed)
 
 
 def _require_columns(table: pa.Table, columns: Iterable[str], method: str) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from llmbatch.data.batch_format import BatchFormat, check_batch_format, to_batch
 from llmbatch.data.blocks import Stream, concat, rebatch
 from llmbatch.data.checkpoint import ResumableJob
+from llmbatch.data.extension_types import table_rows
 from llmbatch.data.files import PathLike
 from llmbatch.data.operators import ROWS_PER_CALL
 from llmbatch.data.plan import PlanInfo
@@ -34,7 +37,7 @@ class DatasetOutputs:
         """Rows as dicts, in order."""
         for table in self._blocks():
             for batch in table.to_batches(max_chunksize=ROWS_PER_CALL):
-                yield from batch.to_pylist()
+                yield from table_rows(batch)
 
     def iter_batches(
         self,
@@ -46,7 +49,7 @@ class DatasetOutputs:
         """Batches of exactly ``batch_size`` rows (the last may be smaller unless ``drop_last``);
         ``batch_size=None`` gives each block as it is."""
         if batch_size is not None:
-            check_count("batch_size", batch_size, minimum=1)
+            batch_size = check_count("batch_size", batch_size, minimum=1)
         batch_format = check_batch_format(batch_format)
         stream = self._blocks()
         batches = (
@@ -91,7 +94,7 @@ class DatasetOutputs:
             return pd.DataFrame()
         table = concat(tables)
         _check_at_most(table.num_rows, limit, "to_pandas")
-        return table.to_pandas()
+        return to_batch(table, "pandas")
 
     def count(self) -> int:
         """The number of rows: from what the plan knows, a source's metadata, or by running."""
@@ -109,6 +112,10 @@ class DatasetOutputs:
         """The column names, as ``schema()`` finds them."""
         schema = self.schema(fetch_if_missing)
         return None if schema is None else schema.names
+
+    def size_bytes(self) -> int:
+        """The bytes the dataset's blocks take in memory (Arrow's buffers); runs the plan."""
+        return sum(table.nbytes for table in self._blocks())
 
     def num_blocks(self) -> int:
         """The number of blocks; runs the dataset when the plan does not say."""
@@ -188,6 +195,31 @@ class DatasetOutputs:
             {},
         )
 
+    def write_numpy(
+        self,
+        path: PathLike,
+        *,
+        column: str,
+        filesystem: Any = None,
+        min_rows_per_file: int | None = None,
+        max_rows_per_file: int | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Writes column ``column`` into the folder ``path`` as ``.npy`` files, one array per
+        file (a block's values stacked on a first axis); its values must share one shape."""
+        if not isinstance(column, str):
+            raise TypeError(f"write_numpy: column must be a column name, got {column!r}")
+        self._write(
+            path,
+            "npy",
+            filesystem,
+            min_rows_per_file,
+            max_rows_per_file,
+            overwrite,
+            False,
+            {"column": column},
+        )
+
     def _write(
         self,
         path: PathLike,
@@ -235,10 +267,53 @@ class DatasetOutputs:
         )
 
 
-def check_count(name: str, value: Any, *, minimum: int) -> None:
-    """Rejects anything but an integer of at least ``minimum`` (bools included)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+# Set by a processor on the Ray Dataset it returns: ``writer(path, file_format, **options)``.
+RESUMABLE_WRITER = "_llmbatch_resumable_write"
+
+
+def write_parquet(dataset: Any, path: PathLike, **options: Any) -> Any:
+    """Writes ``dataset`` as Parquet with llmbatch's writers: an llmbatch Dataset (as its
+    ``write_parquet``), or the Ray Dataset a processor returned, written resumably on this
+    machine (see ``write_resumable``): a rerun into the same folder processes only the rows
+    not yet committed. Returns the write's report for a Ray Dataset."""
+    return _write_any(dataset, path, "parquet", options)
+
+
+def write_json(dataset: Any, path: PathLike, **options: Any) -> Any:
+    """As ``write_parquet``, in JSON lines."""
+    return _write_any(dataset, path, "json", options)
+
+
+def write_csv(dataset: Any, path: PathLike, **options: Any) -> Any:
+    """As ``write_parquet``, in CSV."""
+    return _write_any(dataset, path, "csv", options)
+
+
+def _write_any(dataset: Any, path: PathLike, file_format: str, options: dict[str, Any]) -> Any:
+    if isinstance(dataset, DatasetOutputs):
+        return getattr(dataset, f"write_{file_format}")(path, **options)
+    writer = getattr(dataset, RESUMABLE_WRITER, None)
+    if writer is None:
+        raise TypeError(
+            f"llmbatch.data.write_{file_format} takes an llmbatch Dataset or the Ray Dataset an "
+            f"LLM processor returned (as it returned it, before other Ray operations), got "
+            f"{type(dataset).__name__}; write other Ray Datasets with their own writers"
+        )
+    return writer(path, file_format, **options)
+
+
+def check_count(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as a Python int when it is an integer (numpy's too, not bools) of at least
+    ``minimum``; a ValueError otherwise."""
+    if isinstance(value, bool | np.bool_):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 def _check_at_most(num_rows: int, limit: int | None, method: str) -> None:

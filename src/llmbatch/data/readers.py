@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -17,14 +17,16 @@ from llmbatch.data.blocks import Stream, coalesce, rows_to_table
 from llmbatch.data.csv_checks import (
     BadLineCollector,
     BadLines,
+    QuoteResync,
     check_bad_lines_mode,
     check_text_columns,
+    resynchronises,
     with_bad_line_handler,
 )
 from llmbatch.data.dataset import Dataset
+from llmbatch.data.file_sources import check_text, file_dataset, not_the_format
 from llmbatch.data.files import Paths, SourceFile, resolve_files
-from llmbatch.data.identity import digest
-from llmbatch.data.plan import PlanInfo
+from llmbatch.data.partitioning import Partitioning
 
 # Blocks hold about this much data: large enough for few files per write, small enough to bound
 # memory. CSV is parsed in pyarrow's default 1 MiB pieces, joined up to it: pyarrow's streaming
@@ -32,12 +34,8 @@ from llmbatch.data.plan import PlanInfo
 BLOCK_BYTES = 8 << 20
 PARQUET_BLOCK_ROWS = 131_072
 _ROWS_PER_JSON_ARRAY_BLOCK = 65_536
-_COMPRESSED = ("", ".gz", ".bz2", ".zst", ".lz4")
-CSV_EXTENSIONS = tuple(".csv" + suffix for suffix in _COMPRESSED)
-JSON_EXTENSIONS = tuple(
-    ext + suffix for ext in (".json", ".jsonl", ".ndjson") for suffix in _COMPRESSED
-)
-PARQUET_EXTENSIONS = (".parquet",)
+HIVE = Partitioning("hive")
+CSV_EXTENSIONS = tuple(".csv" + suffix for suffix in ("", ".gz", ".bz2", ".zst", ".lz4"))
 
 
 def read_csv(
@@ -49,44 +47,67 @@ def read_csv(
     convert_options: pacsv.ConvertOptions | None = None,
     include_paths: bool = False,
     file_extensions: Sequence[str] | None = None,
+    partitioning: Partitioning | None = HIVE,
+    ignore_missing_paths: bool = False,
     on_bad_lines: BadLines = "error_row",
 ) -> Dataset:
     """Reads CSV files lazily, block by block (``pyarrow.csv.open_csv``); never a whole file.
 
-    ``paths``: a file, a folder (its ``.csv`` files, recursively), a glob, an http(s) URL, an
-    fsspec URL (``s3://...`` when s3fs is installed) or a list of these; ``filesystem`` a pyarrow
-    or fsspec filesystem for them. The options are pyarrow's. Column types are inferred from the
+    ``paths``: a file, a folder (every file in it, recursively, but hidden ones: a file that is
+    not CSV is an error naming it, so filter with ``file_extensions=["csv"]``), a glob, an
+    http(s) URL, an fsspec URL (``s3://...`` when s3fs is installed) or a list of these;
+    ``filesystem`` a pyarrow or fsspec filesystem for them. Folders named ``key=value`` give
+    each row of their files a ``key`` column (``partitioning``, see ``Partitioning``; None
+    turns it off). ``ignore_missing_paths`` skips paths that do not exist. The options are
+    pyarrow's. Column types are inferred from the
     first block; when a later block disagrees, the error names the column to fix with
     ``convert_options=pyarrow.csv.ConvertOptions(column_types={...})``. Blocks hold about 8 MiB;
     with ``read_options`` given, each block is one ``read_options.block_size`` piece instead
     (pyarrow parses a few dozen pieces ahead, so memory grows with the piece size).
     ``include_paths`` adds a "path" column naming each row's file.
 
-    A malformed line (too many or too few fields), with ``on_bad_lines``: ``"error_row"`` (the
+    A malformed line (too many or too few fields, or a quote it opens and does not close), with
+    ``on_bad_lines``: ``"error_row"`` (the
     default) gives a row with every column null and an ``error`` column naming the file, the
     line and the fault, placed after the good rows of its file (an LLM processor passes it
     through as an error row); ``"fail"`` raises an error naming the file and line; ``"skip"``
-    drops it with a warning counting the skipped lines. A ``parse_options.invalid_row_handler``
-    of your own replaces all three. An empty file has no columns and no rows. Text that is not
+    drops it with a warning counting the skipped lines. The rows after an unterminated quote
+    are read as usual (unless ``newlines_in_values`` lets values span lines). A
+    ``parse_options.invalid_row_handler`` of your own replaces all three. An empty file has no columns and no rows. Text that is not
     valid UTF-8 (and no ``encoding`` given) is an error naming the file, line and byte offset.
     """
     check_bad_lines_mode(on_bad_lines)
-    files = resolve_files(paths, filesystem, _extensions(file_extensions, CSV_EXTENSIONS))
+    _check_block_size("read_csv", read_options)
+    files = resolve_files(paths, filesystem, file_extensions, ignore_missing_paths)
     join_pieces = read_options is None
     names_known = convert_options is None or not convert_options.include_columns
     read_options = read_options or pacsv.ReadOptions()
+    columns = _SameColumns("read_csv", "CSV", CSV_EXTENSIONS)
 
     def read_file(file: SourceFile) -> Stream:
         bad_lines = BadLineCollector(file.path, on_bad_lines)
         read, parse = with_bad_line_handler(read_options, parse_options, bad_lines)
-        with file.open_stream() as stream:
+        with file.open_stream() as raw:
+            stream: Any = raw
+            if resynchronises(read, parse):
+                stream = QuoteResync(
+                    raw,
+                    parse,
+                    read,
+                    bad_lines,
+                    lambda head: check_text("read_csv", file.path, "CSV", head[:4096]),
+                )
+                bad_lines.line_of = stream.original_line
             try:
                 reader = pacsv.open_csv(stream, read, parse, convert_options)
             except pa.ArrowInvalid as error:
                 if str(error) == "Empty CSV file":
                     yield pa.table({})
                     return
+                if not file.path.lower().endswith(CSV_EXTENSIONS):
+                    raise not_the_format("read_csv", file.path, "CSV", str(error)) from error
                 raise ValueError(_csv_error(error, file.path, None)) from error
+            columns.check(file.path, reader.schema.names)
             tables = _csv_tables(reader, file.path, names_known)
             for table in (
                 coalesce(tables, attrgetter("nbytes"), BLOCK_BYTES) if join_pieces else tables
@@ -97,7 +118,14 @@ def read_csv(
             if error_rows is not None:
                 yield error_rows
 
-    return _file_dataset("read_csv", files, read_file, include_paths)
+    return file_dataset(
+        "read_csv",
+        files,
+        read_file,
+        include_paths=include_paths,
+        partitioning=partitioning,
+        settings={"on_bad_lines": on_bad_lines},
+    )
 
 
 def _csv_tables(reader: pacsv.CSVStreamingReader, path: str, names_known: bool) -> Stream:
@@ -143,21 +171,31 @@ def read_json(
     parse_options: pajson.ParseOptions | None = None,
     include_paths: bool = False,
     file_extensions: Sequence[str] | None = None,
+    partitioning: Partitioning | None = HIVE,
+    ignore_missing_paths: bool = False,
 ) -> Dataset:
     """Reads JSON-lines files lazily, in blocks of whole lines parsed by ``pyarrow.json``.
 
     Types are inferred per block and unified across blocks. A file holding one JSON array
     (``[{...}, ...]``) is also accepted, but is parsed whole: use JSON lines for large data.
-    ``paths``, ``filesystem``, ``include_paths`` and ``file_extensions`` are as in ``read_csv``.
+    ``paths``, ``filesystem``, ``include_paths``, ``file_extensions``, ``partitioning`` and
+    ``ignore_missing_paths`` are as in ``read_csv``.
     """
-    files = resolve_files(paths, filesystem, _extensions(file_extensions, JSON_EXTENSIONS))
+    _check_block_size("read_json", read_options)
+    files = resolve_files(paths, filesystem, file_extensions, ignore_missing_paths)
     read_options = read_options or pajson.ReadOptions(block_size=BLOCK_BYTES)
     block_bytes = read_options.block_size
 
     def read_file(file: SourceFile) -> Stream:
         with file.open_stream() as stream:
             first = stream.read(block_bytes)
-            if first.lstrip()[:1] == b"[":
+            check_text("read_json", file.path, "JSON", first[:4096])
+            start = first.lstrip()[:1]
+            if start and start not in (b"{", b"["):
+                raise not_the_format(
+                    "read_json", file.path, "JSON", f"it starts with {first.lstrip()[:20]!r}"
+                )
+            if start == b"[":
                 yield from _json_array_tables(first + stream.read(), file.path)
                 return
             pending = first
@@ -176,7 +214,9 @@ def read_json(
             if pending.strip():
                 yield _parse_json_lines(pending, read_options, parse_options, file.path)
 
-    return _file_dataset("read_json", files, read_file, include_paths)
+    return file_dataset(
+        "read_json", files, read_file, include_paths=include_paths, partitioning=partitioning
+    )
 
 
 def _parse_json_lines(
@@ -214,18 +254,27 @@ def read_parquet(
     columns: Sequence[str] | None = None,
     include_paths: bool = False,
     file_extensions: Sequence[str] | None = None,
+    partitioning: Partitioning | None = HIVE,
+    ignore_missing_paths: bool = False,
 ) -> Dataset:
     """Reads Parquet files lazily, a row group (at most 131,072 rows) at a time.
 
     ``columns`` reads only those columns. ``count()`` comes from the files' metadata.
-    ``paths``, ``filesystem``, ``include_paths`` and ``file_extensions`` are as in ``read_csv``.
+    ``paths``, ``filesystem``, ``include_paths``, ``file_extensions``, ``partitioning`` and
+    ``ignore_missing_paths`` are as in ``read_csv``.
     """
-    files = resolve_files(paths, filesystem, _extensions(file_extensions, PARQUET_EXTENSIONS))
+    files = resolve_files(paths, filesystem, file_extensions, ignore_missing_paths)
     selected = None if columns is None else list(columns)
+
+    def open_parquet(file: SourceFile, source: Any) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(source)
+        except pa.ArrowInvalid as error:
+            raise not_the_format("read_parquet", file.path, "Parquet", str(error)) from error
 
     def read_file(file: SourceFile) -> Stream:
         with file.open_random_access() as source:
-            parquet = pq.ParquetFile(source)
+            parquet = open_parquet(file, source)
             missing = [name for name in selected or () if name not in parquet.schema_arrow.names]
             if missing:
                 raise KeyError(
@@ -245,66 +294,51 @@ def read_parquet(
 
     def count_file(file: SourceFile, stop_at: int | None) -> int:
         with file.open_random_access() as source:
-            return pq.ParquetFile(source).metadata.num_rows
+            return open_parquet(file, source).metadata.num_rows
 
-    return _file_dataset("read_parquet", files, read_file, include_paths, count_file)
+    return file_dataset(
+        "read_parquet",
+        files,
+        read_file,
+        include_paths=include_paths,
+        partitioning=partitioning,
+        count_file=count_file,
+        settings={"columns": selected} if selected is not None else None,
+    )
 
 
 def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
     return table if columns is None else table.select(columns)
 
 
-def _extensions(given: Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
-    if given is None:
-        return tuple(default)
-    if isinstance(given, str):
-        given = [given]
-    return tuple(ext if ext.startswith(".") else "." + ext for ext in given)
+class _SameColumns:
+    """A file whose name is not the format's own (``notes.txt`` in a folder of ``.csv``) must
+    have the columns of the format's files, or it is most likely not part of the data: an error
+    naming it rather than a column of nulls added to every row."""
 
+    def __init__(self, reader: str, file_format: str, extensions: tuple[str, ...]) -> None:
+        self._reader = reader
+        self._format = file_format
+        self._extensions = extensions
+        self._names: list[str] | None = None
+        self._first = ""
 
-def _file_dataset(
-    name: str,
-    files: list[SourceFile],
-    read_file: Callable[[SourceFile], Stream],
-    include_paths: bool,
-    count_file: Callable[[SourceFile, int | None], int] | None = None,
-) -> Dataset:
-    def stream() -> Stream:
-        for file in files:
-            for table in read_file(file):
-                yield _with_path(table, file.path) if include_paths else table
-
-    def count_by_reading(file: SourceFile, stop_at: int | None) -> int:
-        return _count(read_file(file), stop_at)
-
-    def count_rows(stop_at: int | None) -> int:
-        total = 0
-        for file in files:
-            total += (count_file or count_by_reading)(
-                file, None if stop_at is None else stop_at - total
+    def check(self, path: str, names: list[str]) -> None:
+        own = path.lower().endswith(self._extensions)
+        if self._names is None and own:
+            self._names, self._first = list(names), path
+        elif not own and self._names is not None and list(names) != self._names:
+            raise not_the_format(
+                self._reader,
+                path,
+                self._format,
+                f"its columns {names[:5]} are not those of {self._first} ({self._names[:5]})",
             )
-            if stop_at is not None and total >= stop_at:
-                return stop_at
-        return total
-
-    return Dataset(
-        stream,
-        name=f"{name}({len(files)} file{'' if len(files) == 1 else 's'})",
-        info=PlanInfo(count_rows=count_rows),
-        identity=lambda: digest(name, include_paths, [file.identity() for file in files]),
-    )
 
 
-def _count(tables: Iterator[pa.Table], stop_at: int | None) -> int:
-    total = 0
-    for table in tables:
-        total += table.num_rows
-        if stop_at is not None and total >= stop_at:
-            return stop_at
-    return total
-
-
-def _with_path(table: pa.Table, path: str) -> pa.Table:
-    if "path" in table.column_names:
-        raise ValueError(f"include_paths=True: {path} already has a column named 'path'")
-    return table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
+def _check_block_size(reader: str, read_options: Any) -> None:
+    if read_options is not None and read_options.block_size <= 0:
+        raise ValueError(
+            f"{reader}: read_options.block_size must be a positive number of bytes, got "
+            f"{read_options.block_size}"
+        )

@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,7 @@ from llmbatch.data.checkpoint import (
     shard_name,
     stray_files,
 )
-from llmbatch.data.files import OutputFolder, PathLike
+from llmbatch.data.files import DiskFullError, OutputFolder, PathLike, is_disk_full
 from llmbatch.data.identity import digest
 from llmbatch.data.writers import write_table
 
@@ -75,10 +77,15 @@ def write_resumable(
     folder = OutputFolder.create(path, filesystem)
     folder.check_writable()
     fingerprint = digest(job.source_fingerprint(), job.identity(), file_format, repr(options))
-    manifest = _claim(folder, fingerprint, file_format, overwrite)
+    try:
+        manifest = claim(folder, fingerprint, file_format, overwrite)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(error, path, folder) from error
+        raise
     before = manifest.committed_rows()
     crash_point("job_start")
-    writer = _ShardWriter(folder, manifest, file_format, options)
+    writer = ShardWriter(folder, manifest, file_format, options)
     written = retried = 0
     try:
         if not manifest.complete:
@@ -95,6 +102,10 @@ def write_resumable(
             path,
         )
         raise
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(error, path, folder) from error
+        raise
     return WriteReport(
         path=str(path),
         total_rows=manifest.total_rows or 0,
@@ -103,6 +114,34 @@ def write_resumable(
         rows_retried=retried,
         error_rows=sum(len(shard.errors) for shard in manifest.shards),
     )
+
+
+def disk_full_error(error: OSError, path: PathLike, folder: OutputFolder) -> DiskFullError:
+    """The error of a write that filled its disk, with what the manifest on disk holds."""
+    manifest = Manifest.load(folder)
+    shards = [] if manifest is None else manifest.shards
+    rows = sum(shard.stop - shard.start for shard in shards)
+    return DiskFullError(
+        error.errno,
+        f"the disk holding {path} is full ({os.strerror(error.errno)}): the {rows} rows "
+        f"committed in {len(shards)} file(s) are intact and the unfinished file was removed; "
+        f"free some space (or write to another folder) and run the same write again: it "
+        f"finishes the other rows",
+    )
+
+
+def gaps(done: list[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
+    """The runs of ``[low, high)`` that ``done`` (sorted ``[start, stop)`` ranges) leaves."""
+    runs, cursor = [], low
+    for start, stop in done:
+        if stop <= cursor or start >= high:
+            continue
+        if start > cursor:
+            runs.append((cursor, min(start, high)))
+        cursor = max(cursor, stop)
+    if cursor < high:
+        runs.append((cursor, high))
+    return runs
 
 
 def rows_to_process(path: PathLike, total_rows: int | None, filesystem: Any = None) -> int | None:
@@ -148,7 +187,7 @@ def clear_for_plain_write(
             delete_files(folder, [MANIFEST_NAME])
 
 
-def _claim(folder: OutputFolder, fingerprint: str, file_format: str, overwrite: bool) -> Manifest:
+def claim(folder: OutputFolder, fingerprint: str, file_format: str, overwrite: bool) -> Manifest:
     """The manifest to continue: this job's, or a new one once other outputs are cleared."""
     manifest = Manifest.load(folder)
     if manifest is not None and (manifest.job != fingerprint or manifest.format != file_format):
@@ -181,7 +220,7 @@ def _claim(folder: OutputFolder, fingerprint: str, file_format: str, overwrite: 
     return manifest
 
 
-class _ShardWriter:
+class ShardWriter:
     """Commits shards: the file first, then the manifest entry that lists it."""
 
     def __init__(
@@ -198,8 +237,17 @@ class _ShardWriter:
             self.folder, name, lambda stream: write_table(stream, table, self.format, self._options)
         )
         errors = [start + i for i, error in enumerate(_error_column(table)) if error is not None]
+        new = all(shard.name != name for shard in self.manifest.shards)
         self.manifest.add(Shard(name, start, stop, size, sha, errors))
-        self.manifest.save(self.folder)
+        try:
+            self.manifest.save(self.folder)
+        except OSError:
+            if new:
+                # Not listed, so not committed: leave the folder as the manifest says it is.
+                self.manifest.shards = [s for s in self.manifest.shards if s.name != name]
+                with suppress(OSError):
+                    self.folder.filesystem.delete_file(self.folder.path_of(name))
+            raise
 
     def read(self, shard: Shard) -> pa.Table:
         with self.folder.filesystem.open_input_file(self.folder.path_of(shard.name)) as file:
@@ -251,22 +299,13 @@ def _processed(job: ResumableJob, wanted: Wanted, tracker: _RowTracker) -> Strea
 
 
 def _write_missing(
-    job: ResumableJob, writer: _ShardWriter, min_rows: int | None, max_rows: int | None
+    job: ResumableJob, writer: ShardWriter, min_rows: int | None, max_rows: int | None
 ) -> int:
     manifest = writer.manifest
     done = manifest.done_ranges()
 
     def missing(low: int, high: int) -> list[tuple[int, int]]:
-        runs, cursor = [], low
-        for start, stop in done:
-            if stop <= cursor or start >= high:
-                continue
-            if start > cursor:
-                runs.append((cursor, start))
-            cursor = max(cursor, stop)
-        if cursor < high:
-            runs.append((cursor, high))
-        return runs
+        return gaps(done, low, high)
 
     tracker = _RowTracker()
     pieces: list[pa.Table] = []
@@ -308,7 +347,7 @@ def _write_missing(
     return written
 
 
-def _retry_errors(job: ResumableJob, writer: _ShardWriter) -> int:
+def _retry_errors(job: ResumableJob, writer: ShardWriter) -> int:
     shards_by_row = {row: shard for shard in writer.manifest.shards for row in shard.errors}
     failed = sorted(shards_by_row)
 
@@ -324,17 +363,17 @@ def _retry_errors(job: ResumableJob, writer: _ShardWriter) -> int:
             for row in range(start, stop):
                 shard = shards_by_row[row]
                 if current is not None and shard is not current:
-                    _rewrite(writer, current, replacements)
+                    rewrite_shard(writer, current, replacements)
                     replacements = {}
                 current = shard
                 replacements[row - shard.start] = table.slice(offset, 1)
                 offset += 1
     if current is not None:
-        _rewrite(writer, current, replacements)
+        rewrite_shard(writer, current, replacements)
     return len(failed)
 
 
-def _rewrite(writer: _ShardWriter, shard: Shard, replacements: dict[int, pa.Table]) -> None:
+def rewrite_shard(writer: ShardWriter, shard: Shard, replacements: dict[int, pa.Table]) -> None:
     old = writer.read(shard)
     pieces, cursor = [], 0
     for position in sorted(replacements):

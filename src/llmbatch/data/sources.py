@@ -14,6 +14,7 @@ import pyarrow as pa
 from llmbatch.data.batch_format import ndarray_to_arrow
 from llmbatch.data.blocks import Stream, balanced_sizes, rows_to_table, values_to_array
 from llmbatch.data.dataset import Dataset, MaterializedDataset
+from llmbatch.data.outputs import check_count
 from llmbatch.data.plan import PlanInfo
 
 RANGE_BLOCK_ROWS = 131_072
@@ -109,14 +110,15 @@ def from_huggingface(dataset: Any) -> Dataset:
 
 def range(n: int, *, override_num_blocks: int | None = None) -> Dataset:
     """Rows ``{"id": 0}`` to ``{"id": n - 1}``, generated lazily."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise ValueError(f"range needs an integer n >= 0, got {n!r}")
+    n = int(n)
     if override_num_blocks is None:
         sizes = [
             min(RANGE_BLOCK_ROWS, n - start) for start in builtins.range(0, n, RANGE_BLOCK_ROWS)
         ]
     else:
-        sizes = balanced_sizes(n, _check_num_blocks(override_num_blocks))
+        sizes = _block_sizes(n, override_num_blocks)
 
     def stream() -> Stream:
         for start, size in zip(itertools.accumulate(sizes, initial=0), sizes):
@@ -129,14 +131,15 @@ def range(n: int, *, override_num_blocks: int | None = None) -> Dataset:
 def _split(table: pa.Table, num_blocks: int | None) -> list[pa.Table]:
     if num_blocks is None:
         return [table]
-    sizes = balanced_sizes(table.num_rows, _check_num_blocks(num_blocks))
+    sizes = _block_sizes(table.num_rows, num_blocks)
     return [
         table.slice(start, size)
         for start, size in zip(itertools.accumulate(sizes, initial=0), sizes)
     ]
 
 
-def _check_num_blocks(num_blocks: Any) -> int:
-    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
-        raise ValueError(f"override_num_blocks must be an integer >= 1, got {num_blocks!r}")
-    return num_blocks
+def _block_sizes(num_rows: int, num_blocks: Any) -> list[int]:
+    """Balanced block sizes; never more blocks than rows (as in Ray Data, no empty blocks),
+    and one empty block for no rows, so that the columns are still known."""
+    num_blocks = check_count("override_num_blocks", num_blocks, minimum=1)
+    return balanced_sizes(num_rows, max(1, min(num_blocks, num_rows)))

@@ -15,7 +15,6 @@ SCHEDULING_KEYWORDS = frozenset(
         "num_gpus",
         "memory",
         "resources",
-        "zero_copy_batch",
         "ray_remote_args_fn",
         "scheduling_strategy",
     }

@@ -12,18 +12,23 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import io
 import json
+import os
 import uuid
 from collections.abc import Iterable
 from contextlib import ExitStack
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from llmbatch.data.batch_format import column_to_numpy
 from llmbatch.data.blocks import conform, unify_schemas
-from llmbatch.data.files import OutputFolder, PathLike
+from llmbatch.data.extension_types import column_values, is_tensor_type, table_rows
+from llmbatch.data.files import DiskFullError, OutputFolder, PathLike, is_disk_full
 
 _ROWS_PER_JSON_CHUNK = 1024
 # Lines of text, one per row: the ``text`` column written as it is.
@@ -50,6 +55,25 @@ def write_blocks(
     """Writes ``blocks`` under the folder ``path`` as ``file_format`` ("parquet", "csv", "json")."""
     _check_file_sizes(min_rows_per_file, max_rows_per_file)
     files = _FileSequence(OutputFolder.create(path, filesystem), file_format, options or {})
+    try:
+        _write_all(files, blocks, min_rows_per_file, max_rows_per_file)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        raise DiskFullError(
+            error.errno,
+            f"the disk holding {path} is full ({os.strerror(error.errno)}): {files.done} "
+            f"file(s) were written whole and the unfinished one was removed; free some space "
+            f"and write again (overwrite=True replaces what was written)",
+        ) from error
+
+
+def _write_all(
+    files: _FileSequence,
+    blocks: Iterable[pa.Table],
+    min_rows_per_file: int | None,
+    max_rows_per_file: int | None,
+) -> None:
     schema: pa.Schema | None = None
     with files:
         for block in blocks:
@@ -81,6 +105,7 @@ class _FileSequence:
         self._writer: _FileWriter | None = None
         self._schema: pa.Schema | None = None
         self.count = 0
+        self.done = 0
         self.rows_in_file = 0
 
     def write(self, table: pa.Table, schema: pa.Schema) -> None:
@@ -103,6 +128,7 @@ class _FileSequence:
             self._writer.close()
             self._writer = None
             self._open_file.close()
+            self.done += 1
         self.rows_in_file = 0
 
     def __enter__(self) -> _FileSequence:
@@ -134,6 +160,8 @@ def _open_writer(
         return _CsvWriter(stream, schema, options)
     if file_format == TEXT_FORMAT:
         return _TextLinesWriter(stream)
+    if file_format == "npy":
+        return _NumpyWriter(stream, options["column"])
     return _JsonLinesWriter(stream)
 
 
@@ -156,10 +184,10 @@ def as_csv_text(table: pa.Table) -> pa.Table:
     """Lists, structs and maps as JSON text and bytes (e.g. images) as base64, which CSV can
     store; bytes inside JSON are base64 too, as write_json writes them."""
     for index, column in enumerate(table.schema):
-        if pa.types.is_nested(column.type):
+        if pa.types.is_nested(column.type) or is_tensor_type(column.type):
             text = [
                 None if value is None else json.dumps(value, default=_json_value)
-                for value in table.column(index).to_pylist()
+                for value in column_values(table.column(index))
             ]
         elif _is_bytes(column.type):
             text = [
@@ -174,7 +202,9 @@ def as_csv_text(table: pa.Table) -> pa.Table:
 
 def _csv_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(
-        pa.field(f.name, pa.string()) if pa.types.is_nested(f.type) or _is_bytes(f.type) else f
+        pa.field(f.name, pa.string())
+        if pa.types.is_nested(f.type) or _is_bytes(f.type) or is_tensor_type(f.type)
+        else f
         for f in schema
     )
 
@@ -203,7 +233,7 @@ class _JsonLinesWriter:
         for batch in table.to_batches(max_chunksize=_ROWS_PER_JSON_CHUNK):
             lines = "".join(
                 json.dumps(row, ensure_ascii=False, default=_json_value) + "\n"
-                for row in batch.to_pylist()
+                for row in table_rows(batch)
             )
             self._stream.write(lines.encode())
 
@@ -232,6 +262,37 @@ class _TextLinesWriter:
         """The stream is closed by the folder, which then renames the file."""
 
 
+class _NumpyWriter:
+    """One column's values stacked into one array, written as a ``.npy`` file when closed."""
+
+    def __init__(self, stream: pa.NativeFile, column: str) -> None:
+        self._stream = stream
+        self._column = column
+        self._pieces: list[np.ndarray] = []
+
+    def write(self, table: pa.Table) -> None:
+        if self._column not in table.column_names:
+            raise KeyError(
+                f"write_numpy: no column {self._column!r}; the columns are {table.column_names}"
+            )
+        values = column_to_numpy(table.column(self._column))
+        if values.dtype == np.dtype(object):
+            shapes = {getattr(value, "shape", None) for value in values}
+            if len(shapes) > 1 or None in shapes:
+                raise ValueError(
+                    f"write_numpy: column {self._column!r} holds values of different shapes "
+                    f"or nulls; a .npy file holds one array of one shape"
+                )
+            values = np.stack(list(values)) if len(values) else values
+        self._pieces.append(values)
+
+    def close(self) -> None:
+        array = np.concatenate(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        self._stream.write(buffer.getvalue())
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
@@ -241,4 +302,6 @@ def _json_value(value: Any) -> Any:
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, decimal.Decimal):
         return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     raise TypeError(f"write_json cannot store a value of type {type(value).__name__}: {value!r}")

@@ -54,10 +54,46 @@ def measure_num_blocks(model: CausalLM, config: EngineConfig) -> int:
     if num_blocks < 1:
         raise ValueError(
             f"no memory is left for the KV cache (one block of {config.block_size} tokens needs "
-            f"{per_block} bytes); raise gpu_memory_utilization or kv_cache_memory_bytes, "
-            "or use a smaller model"
+            f"{per_block} bytes). To fit: {_remedies(config, per_block, None)}"
+        )
+    capacity = num_blocks * config.block_size
+    wanted = config.args.max_model_len
+    if wanted is not None and capacity < wanted:
+        per_token = per_block // config.block_size
+        raise ValueError(
+            f"the KV cache holds {capacity} tokens ({num_blocks} blocks, "
+            f"{_gib(num_blocks * per_block)} at {per_token} bytes per token), fewer than one "
+            f"request of max_model_len={wanted}, which needs {_gib(wanted * per_token)}. To fit: "
+            f"{_remedies(config, per_block, capacity)}"
         )
     return num_blocks
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
+def _remedies(config: EngineConfig, per_block: int, capacity: int | None) -> str:
+    """What would make the KV cache large enough, for this config."""
+    remedies = []
+    if capacity is not None:
+        remedies.append(f"lower max_model_len to at most {capacity}")
+    if torch.empty((), dtype=config.kv_cache_dtype).element_size() > 1:
+        remedies.append("use kv_cache_dtype='fp8' (half the bytes per token)")
+    if config.num_gpu_blocks_override is not None:
+        remedies.append(f"raise num_gpu_blocks_override (now {config.num_gpu_blocks_override})")
+    elif config.kv_cache_memory_bytes is not None:
+        remedies.append(f"raise kv_cache_memory_bytes (now {config.kv_cache_memory_bytes})")
+    elif config.on_cuda:
+        remedies.append(f"raise gpu_memory_utilization (now {config.gpu_memory_utilization})")
+    else:
+        remedies.append("set kv_cache_memory_bytes (on a CPU the default is at most 1 GiB)")
+    if config.on_cuda:
+        remedies.append(
+            f"shard the model with tensor_parallel_size={2 * config.tensor_parallel_size} "
+            "(each GPU then holds part of the weights and of the cache)"
+        )
+    return "; ".join(remedies)
 
 
 def allocate_kv_cache(model: CausalLM, config: EngineConfig) -> list[torch.Tensor]:

@@ -256,6 +256,12 @@ class EngineProcessorConfig(ProcessorConfig):
                 f"{name}.max_error_rate must be in [0, 1] (a fraction of the rows, e.g. 0.5), "
                 f"got {rate!r}"
             )
+        restarts = self.max_engine_restarts  # type: ignore[attr-defined]
+        if restarts < 0:
+            raise ValueError(f"{name}.max_engine_restarts must be >= 0, got {restarts}")
+        stall = self.engine_stall_timeout_s  # type: ignore[attr-defined]
+        if stall <= 0:
+            raise ValueError(f"{name}.engine_stall_timeout_s must be > 0 seconds, got {stall}")
         self.stage_configs()
 
 
@@ -280,6 +286,8 @@ ENGINE_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "tokenize_stage": (bool, dict, TokenizerStageConfig, _NONE),
     "detokenize_stage": (bool, dict, DetokenizeStageConfig, _NONE),
     "prepare_multimodal_stage": (bool, dict, PrepareMultimodalStageConfig, _NONE),
+    "max_engine_restarts": (int,),
+    "engine_stall_timeout_s": (float, int),
 }
 MODEL_SOURCE_HINT = "a local model folder, a .gguf file or a Hub id"
 
@@ -328,6 +336,13 @@ class LLMProcessorConfig(EngineProcessorConfig):
             (``bundle_per_worker`` or ``bundles``, and ``strategy``); no effect on one host.
         max_tasks_in_flight_per_actor: on Ray, passed to the actor pool; no effect on one host.
         dynamic_lora_loading_path: LoRA adapters are not supported; must stay None.
+        max_engine_restarts: an engine (or replica) that dies is started again and its requests
+            run again; after this many restarts in a row with no request finishing (not
+            counting those that narrow down a request that kills it every time, which becomes
+            an error row) the job stops, keeping every row already written.
+        engine_stall_timeout_s: an engine that makes no progress for this long stops the job
+            with an error showing every thread's stack (default 30 minutes, longer than any
+            start-up).
     """
 
     model_source: str
@@ -354,6 +369,8 @@ class LLMProcessorConfig(EngineProcessorConfig):
     placement_group_config: dict[str, Any] | None = None
     max_tasks_in_flight_per_actor: int | None = None
     dynamic_lora_loading_path: str | None = None
+    max_engine_restarts: int = 3
+    engine_stall_timeout_s: float = 1800.0
 
     _REQUIRED: ClassVar[dict[str, str]] = {"model_source": MODEL_SOURCE_HINT}
     _TYPES: ClassVar[dict[str, tuple[type, ...]]] = {

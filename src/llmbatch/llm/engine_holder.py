@@ -12,6 +12,7 @@ from llmbatch.llm.summary import RunStats
 if TYPE_CHECKING:
     from llmbatch.engine.args import EngineArgs
     from llmbatch.runtime.client import EngineClient
+    from llmbatch.runtime.recovery import RecoveryPolicy
 
 
 class EngineHolder:
@@ -24,8 +25,10 @@ class EngineHolder:
         concurrency: int | tuple[int, int],
         has_image: bool,
         current_stats: Callable[[], RunStats],
+        recovery: RecoveryPolicy | None = None,
     ) -> None:
         self._engine_args = engine_args
+        self._recovery = recovery
         self._concurrency = concurrency
         self._has_image = has_image
         self._current_stats = current_stats
@@ -48,7 +51,9 @@ class EngineHolder:
                 from llmbatch.runtime.start import start_engine
 
                 started = time.perf_counter()
-                self._engine = start_engine(self._engine_args, self._concurrency)
+                self._engine = start_engine(
+                    self._engine_args, self._concurrency, self._recovery or _default_recovery()
+                )
                 self._current_stats().engine_startup_s += time.perf_counter() - started
             return self._engine
 
@@ -119,3 +124,20 @@ class EngineHolder:
             if self._engine is not None:
                 self._engine.close()
                 self._engine = None
+
+
+def _default_recovery() -> RecoveryPolicy:
+    from llmbatch.runtime.recovery import RecoveryPolicy
+
+    return RecoveryPolicy()
+
+
+def recovery_policy(config: Any) -> RecoveryPolicy:
+    """A processor config's ``max_engine_restarts`` and ``engine_stall_timeout_s``."""
+    from llmbatch.runtime.recovery import RecoveryPolicy
+
+    default = RecoveryPolicy()
+    return RecoveryPolicy(
+        getattr(config, "max_engine_restarts", default.max_engine_restarts),
+        float(getattr(config, "engine_stall_timeout_s", default.engine_stall_timeout_s)),
+    )

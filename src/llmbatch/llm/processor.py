@@ -12,8 +12,9 @@ from llmbatch.data.dataset import Dataset, resumable
 from llmbatch.data.identity import code_identity, digest, value_identity
 from llmbatch.integrations.ray import is_ray_dataset
 from llmbatch.llm.config import EngineProcessorConfig, ProcessorConfig
-from llmbatch.llm.engine_holder import EngineHolder
+from llmbatch.llm.engine_holder import EngineHolder, recovery_policy
 from llmbatch.llm.http_config import HttpRequestProcessorConfig
+from llmbatch.llm.ray_resume import resumable_ray
 from llmbatch.llm.ray_stages import process_ray_dataset
 from llmbatch.llm.stages import Stage, build_engine_stages, build_http_stages, run_stages
 from llmbatch.llm.summary import RunStats, RunSummary
@@ -104,7 +105,11 @@ class Processor:
                 ray_outputs=ray_outputs, chat_template_kwargs=chat_template_kwargs
             )
             self._engine = EngineHolder(
-                self.engine_args, config.concurrency, self.plan.has_image, self._current_stats
+                self.engine_args,
+                config.concurrency,
+                self.plan.has_image,
+                self._current_stats,
+                recovery_policy(config),
             )
         elif not isinstance(config, HttpRequestProcessorConfig):
             raise TypeError(f"{type(config).__name__} is not a processor config llmbatch runs")
@@ -112,9 +117,12 @@ class Processor:
     def __call__(self, dataset: Dataset) -> Dataset:
         """The processed rows of `dataset`, lazily: nothing runs until the result is consumed.
 
-        A Ray Dataset gives a Ray Dataset, whose stages run in Ray actors."""
+        A Ray Dataset gives a Ray Dataset, whose stages run in Ray actors; written with
+        ``llmbatch.data.write_parquet`` (or ``write_json``, ``write_csv``) it resumes."""
         if is_ray_dataset(dataset):
-            return process_ray_dataset(self, dataset)
+            return resumable_ray(
+                lambda rows: process_ray_dataset(self, rows), dataset, self._identity
+            )
         if not isinstance(dataset, Dataset):
             raise TypeError(
                 f"a processor takes an llmbatch.data.Dataset, got {type(dataset).__name__}; "

@@ -14,6 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from llmbatch.data.blocks import carry_column
+from llmbatch.data.numbered_writes import ROW_NUMBER
 from llmbatch.integrations.ray import cluster_gpus, ray_data
 from llmbatch.llm.config import EngineProcessorConfig, ProcessorConfig
 from llmbatch.llm.placement import placement_group_resources
@@ -41,6 +43,10 @@ class ProcessorActor:
         self._stages = self._processor.stages()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        # A resumable write numbers the rows; the number goes around the stages.
+        return carry_column(batch, ROW_NUMBER, self._process)
+
+    def _process(self, batch: pa.Table) -> pa.Table:
         from llmbatch.llm.stages import run_stages
 
         tables = list(run_stages(self._stages, iter([batch])))

@@ -120,6 +120,8 @@ class SGLangEngineProcessorConfig(EngineProcessorConfig):
     max_concurrent_batches: int = 8
     max_tasks_in_flight_per_actor: int | None = None
     max_error_rate: float | None = None
+    max_engine_restarts: int = 3
+    engine_stall_timeout_s: float = 1800.0
     task_type: str = GENERATE
     should_continue_on_error: bool | None = None
     chat_template_stage: Any = None

@@ -45,11 +45,12 @@ def build_engine_stages(
     """preprocess -> chat template -> tokenize -> engine -> detokenize -> postprocess, as the
     plan turns them on; the stages share `engine`."""
     has_image = plan.has_image
+    parse_params = sglang_sampling_params_of if plan.sampling_params == "sglang" else None
     chat_tokenizer: Any = engine.processor if has_image else engine.tokenizer
     if plan.chat_template_source is not None:
         chat_tokenizer = partial(engine.tokenizer_of, plan.chat_template_source, has_image)
     stages: list[Stage] = [
-        PreprocessStage(preprocess, config.batch_size, has_image),
+        PreprocessStage(preprocess, config.batch_size, has_image, parse_params),
         ChatTemplateStage(
             chat_tokenizer,
             plan.chat_template,
@@ -75,7 +76,7 @@ def build_engine_stages(
             max_pending_requests=config.max_pending_requests  # type: ignore[attr-defined]
             or (IMAGE_PENDING_REQUESTS if has_image else None),
             max_concurrent_batches=config.max_concurrent_batches,  # type: ignore[attr-defined]
-            parse_params=sglang_sampling_params_of if plan.sampling_params == "sglang" else None,
+            parse_params=parse_params,
             ray_columns=plan.ray_columns,
         )
     )

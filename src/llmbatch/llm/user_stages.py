@@ -21,11 +21,9 @@ from llmbatch.llm.columns import (
     error_kind,
     errors_of,
     format_error,
-    rows_to_table,
     set_column,
     split_table,
     storable_sampling_params,
-    to_arrow,
     with_errors,
 )
 from llmbatch.llm.image_columns import images_to_arrow
@@ -35,6 +33,12 @@ from llmbatch.llm.images import (
     check_no_images,
     load_message_images,
     load_multimodal_data,
+)
+from llmbatch.llm.row_checks import (
+    ColumnTypes,
+    check_request,
+    column_or_conflicts,
+    rows_to_checked_table,
 )
 from llmbatch.llm.summary import RunStats
 
@@ -93,18 +97,26 @@ class PreprocessStage:
 
     name = "preprocess"
 
-    def __init__(self, fn: RowFn | None, batch_size: int, has_image: bool = False) -> None:
+    def __init__(
+        self,
+        fn: RowFn | None,
+        batch_size: int,
+        has_image: bool = False,
+        parse_params: Callable[[Any], Any] | None = None,
+    ) -> None:
         self._fn = fn
         self._batch_size = batch_size
         self._has_image = has_image
+        self._parse_params = parse_params
 
     def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        types = ColumnTypes(self.name)
         with ThreadPoolExecutor(IMAGE_LOADING_THREADS, "llmbatch-images") as pool:
             for block in blocks:
                 table = as_table(block)
                 _check_error_column(table)
                 for piece in split_table(table, self._batch_size):
-                    yield self._apply(piece, pool)
+                    yield types.settle(self._apply(piece, pool))
 
     def _apply(self, table: pa.Table, pool: ThreadPoolExecutor) -> pa.Table:
         errors = errors_of(table)
@@ -158,6 +170,11 @@ class PreprocessStage:
                 errors[i] = format_error(self.name, exc)
                 results.append(None)
             else:
+                problem = check_request(result, self._has_image, self._parse_params)
+                if problem is not None:
+                    errors[i] = problem
+                    results.append(None)
+                    continue
                 if SAMPLING_PARAMS in result:
                     result[SAMPLING_PARAMS] = storable_sampling_params(result[SAMPLING_PARAMS])
                 results.append(result)
@@ -196,7 +213,10 @@ def _merge(table: pa.Table, results: list[Row | None], errors: list[str | None])
             else (original[i] if original is not None else None)
             for i, res in enumerate(results)
         ]
-        table = set_column(table, name, to_arrow(name, values))
+        column, conflicts = column_or_conflicts(name, values)
+        for i, message in conflicts.items():
+            errors[i] = errors[i] or format_error(PreprocessStage.name, TypeError(message))
+        table = set_column(table, name, column)
     return with_errors(table, errors)
 
 
@@ -220,9 +240,10 @@ class OutputStage:
         stats = self._start_run()
         seen_kinds: set[str] = set()
         first_errors: dict[str, str] = {}
+        types = ColumnTypes(self.name)
         for block in blocks:
             table = as_table(block)
-            table = self._apply(table) if self._fn is not None else table
+            table = types.settle(self._apply(table, types) if self._fn is not None else table)
             errors = errors_of(table)
             table = with_errors(
                 table.drop_columns([ERROR]) if ERROR in table.column_names else table, errors
@@ -254,7 +275,7 @@ class OutputStage:
                 f"(finished rows stay committed), or raise max_error_rate"
             )
 
-    def _apply(self, table: pa.Table) -> pa.Table:
+    def _apply(self, table: pa.Table, types: ColumnTypes) -> pa.Table:
         if table.num_rows == 0:
             return table
         errors = errors_of(table)
@@ -269,4 +290,4 @@ class OutputStage:
             except Exception as exc:
                 row[ERROR] = format_error(self.name, exc)
                 rows.append(row)
-        return rows_to_table(rows)
+        return rows_to_checked_table(rows, self.name, types)

@@ -3,141 +3,68 @@ interface, so the engine stage feeds them as it feeds one engine.
 
 The parent tokenizes, hands each request to the replica with the fewest in flight and reorders
 the outputs (the engine stage does that). Replicas are spawned processes, one per GPU (or
-tensor-parallel group), or on a CPU-only host one per share of the cores.
+tensor-parallel group), or on a CPU-only host one per share of the cores. A replica that dies
+is started again and its requests run again (see ``recovery``); one that holds requests and
+says nothing for ``engine_stall_timeout_s`` stops the job with every process's stacks.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import multiprocessing as mp
-import os
-import queue
 import time
-import traceback
-from dataclasses import dataclass
+from collections import deque
+from multiprocessing.connection import wait
 from typing import Any
 
 from llmbatch.engine.config import EngineConfig
 from llmbatch.engine.multimodal import MultiModalInputs
 from llmbatch.engine.outputs import RequestOutput, RequestRejected
 from llmbatch.engine.sampling_params import SamplingParams
+from llmbatch.runtime.recovery import EngineFailed, PendingRequest, Recovery, RecoveryPolicy
 from llmbatch.runtime.replica_plan import ReplicaPlan
+from llmbatch.runtime.replica_process import ReplicaInfo, ReplicaProcess
+from llmbatch.runtime.watchdog import EngineStalled, stall_message, thread_stacks
 
 STARTUP_TIMEOUT_S = 1800.0
 POLL_INTERVAL_S = 1.0
-CLOSE_TIMEOUT_S = 30.0
 
 
-@dataclass(slots=True)
-class _ReplicaInfo:
-    """What a replica tells the parent once its engine has loaded."""
-
-    config: EngineConfig
-    tokenizer: Any
-    startup_s: float
-
-
-class ReplicaFailed(RuntimeError):
-    """An engine replica raised or exited; the rows it was running have no result."""
-
-
-def _replica_main(
-    index: int,
-    config: EngineConfig,
-    device: str,
-    num_threads: int | None,
-    inbox: mp.Queue,
-    outbox: mp.Queue,
-) -> None:
-    """A replica process: starts its engine, then adds, aborts and steps as the parent says."""
-    if device != "cpu":
-        # Set before CUDA starts in this process: the replica then sees only its own GPUs.
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-    try:
-        import torch
-
-        from llmbatch.runtime.local import start_one_engine
-
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
-        started = time.perf_counter()
-        engine = start_one_engine(config.on_device("cpu" if device == "cpu" else "cuda"))
-        startup_s = time.perf_counter() - started
-        outbox.put(("ready", index, _ReplicaInfo(engine.config, engine.tokenizer, startup_s)))
-        _serve(index, engine, inbox, outbox)
-    except BaseException:
-        outbox.put(("failed", index, traceback.format_exc()))
-
-
-def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
-    while True:
-        rejected: list[RequestRejected] = []
-        block = not engine.has_unfinished()
-        while True:
-            try:
-                message = inbox.get(block=block)
-            except queue.Empty:
-                break
-            block = False
-            kind, payload = message
-            if kind == "close":
-                engine.close()
-                return
-            if kind == "abort":
-                for request_id in payload:
-                    engine.abort_request(request_id)
-            else:
-                for request_id, prompt, params, images in payload:
-                    multi_modal = MultiModalInputs.from_record(images)
-                    try:
-                        engine.add_request(request_id, prompt, params, multi_modal=multi_modal)
-                    except RequestRejected as exc:
-                        rejected.append(exc)
-        results: list[Any] = list(rejected)
-        if engine.has_unfinished():
-            results.extend(engine.step())
-        if results:
-            outbox.put(("outputs", index, results))
+class ReplicaFailed(EngineFailed):
+    """An engine replica could not start, or kept dying."""
 
 
 class ReplicatedEngine:
     """Engine replicas in worker processes, used like one LLMEngine by the engine stage.
 
     `step()` returns what any replica finished since the last call (RequestOutputs, and a
-    RequestRejected for each request a replica refused); it raises ReplicaFailed when a replica
-    fails or exits, naming how many requests it was running.
+    RequestRejected for each request a replica refused or that kept killing it).
     """
 
-    def __init__(self, config: EngineConfig, plan: ReplicaPlan) -> None:
-        context = mp.get_context("spawn")
+    def __init__(
+        self, config: EngineConfig, plan: ReplicaPlan, policy: RecoveryPolicy | None = None
+    ) -> None:
+        policy = policy or RecoveryPolicy()
         self.plan = plan
-        self._outbox: mp.Queue = context.Queue()
-        self._inboxes: list[mp.Queue] = [context.Queue() for _ in plan.devices]
-        self._processes = [
-            context.Process(
-                target=_replica_main,
-                args=(i, config, device, plan.num_threads, self._inboxes[i], self._outbox),
-                name=f"llmbatch-replica-{i}",
-                daemon=True,
-            )
-            for i, device in enumerate(plan.devices)
+        self._config = config
+        self._stall_timeout = policy.engine_stall_timeout_s
+        self._replicas = [self._spawn(i) for i in range(plan.num_replicas)]
+        self._recovery = [
+            Recovery(self._name(i), policy.max_engine_restarts) for i in range(plan.num_replicas)
         ]
+        self._pending: dict[str, PendingRequest] = {}
         self._owner: dict[str, int] = {}
-        self._unsent: list[list[tuple[str, Any, SamplingParams, dict[str, Any] | None]]] = [
-            [] for _ in plan.devices
-        ]
-        self._load = [0] * plan.num_replicas
+        self._inside: list[set[str]] = [set() for _ in self._replicas]
+        self._unsent: list[list[PendingRequest]] = [[] for _ in self._replicas]
+        self._waiting: deque[str] = deque()
+        self._given_up: list[RequestRejected] = []
         self._closed = False
-        for process in self._processes:
-            process.start()
         try:
-            info = self._wait_until_ready()
+            infos = [self._started(i) for i in range(plan.num_replicas)]
         except BaseException:
             self.close()
             raise
-        self.config: EngineConfig = info.config
-        self.tokenizer = info.tokenizer
-        self.startup_s = info.startup_s
+        self.config: EngineConfig = infos[0].config
+        self.tokenizer = infos[0].tokenizer
+        self.startup_s = max(info.startup_s for info in infos)
 
     @property
     def num_replicas(self) -> int:
@@ -145,8 +72,12 @@ class ReplicatedEngine:
 
     @property
     def pids(self) -> list[int | None]:
-        """The replica processes' ids, in replica order."""
-        return [process.pid for process in self._processes]
+        """The replica processes' ids, in replica order (new ones after a restart)."""
+        return [replica.pid for replica in self._replicas]
+
+    @property
+    def restarts(self) -> int:
+        return sum(recovery.restarts for recovery in self._recovery)
 
     def add_request(
         self,
@@ -156,63 +87,58 @@ class ReplicatedEngine:
         multi_modal: MultiModalInputs | None = None,
     ) -> None:
         """Queues a request on the least-loaded replica (sent with the next `step`)."""
-        if request_id in self._owner:
+        if request_id in self._pending:
             raise RequestRejected(f"request_id {request_id!r} is already in the engine", request_id)
-        replica = min(range(self.num_replicas), key=self._load.__getitem__)
-        self._owner[request_id] = replica
-        self._load[replica] += 1
-        images = None if multi_modal is None else multi_modal.to_record()
-        self._unsent[replica].append((request_id, prompt, params, images))
+        self._pending[request_id] = PendingRequest(request_id, prompt, params, multi_modal)
+        self._waiting.append(request_id)
+        self._place_waiting()
 
     def abort_request(self, request_id: str) -> bool:
-        replica = self._owner.pop(request_id, None)
-        if replica is None:
+        if self._pending.pop(request_id, None) is None:
             return False
-        self._load[replica] -= 1
-        unsent = self._unsent[replica]
-        kept = [request for request in unsent if request[0] != request_id]
-        if len(kept) < len(unsent):
-            self._unsent[replica] = kept
-        elif not self._closed:
-            self._inboxes[replica].put(("abort", [request_id]))
+        if request_id in self._waiting:
+            self._waiting.remove(request_id)
+        replica = self._owner.pop(request_id, None)
+        if replica is not None:
+            self._recovery[replica].forget(request_id)
+            self._inside[replica].discard(request_id)
+            unsent = self._unsent[replica]
+            kept = [request for request in unsent if request.request_id != request_id]
+            if len(kept) < len(unsent):
+                self._unsent[replica] = kept
+            elif not self._closed:
+                self._replicas[replica].send("abort", [request_id])
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self._owner)
+        return bool(self._pending) or bool(self._given_up)
 
     def num_unfinished(self) -> int:
-        return len(self._owner)
+        return len(self._pending)
 
     def step(self) -> list[RequestOutput | RequestRejected]:
         """Sends queued requests, then waits for at least one result (if any request is out)."""
+        results: list[Any] = self._given_up
+        self._given_up = []
         self._send_unsent()
-        if not self._owner:
-            return []
-        results = []
-        message = self._next_message(block=True)
-        while message is not None:
-            results.extend(self._take(message))
-            message = self._next_message(block=False)
+        while self._pending and not results:
+            ready = wait([replica.outbox for replica in self._replicas], POLL_INTERVAL_S)
+            for index, replica in enumerate(self._replicas):
+                if replica.outbox in ready:
+                    results.extend(self._receive(index))
+            self._check_stalls()
+            self._send_unsent()
         return results
 
-    def close(self) -> None:
-        """Stops the replicas (their engines release their memory) and waits for them."""
+    def close(self, kill: bool = False) -> None:
+        """Stops the replicas (their engines release their memory) and waits for them; with
+        ``kill``, without asking them (a stuck replica would never read the request)."""
         if self._closed:
             return
         self._closed = True
-        for inbox, process in zip(self._inboxes, self._processes):
-            if process.is_alive():
-                inbox.put(("close", None))
-        deadline = time.monotonic() + CLOSE_TIMEOUT_S
-        for process in self._processes:
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-        for channel in [*self._inboxes, self._outbox]:
-            channel.close()
-            channel.cancel_join_thread()
-        self._owner.clear()
+        for replica in self._replicas:
+            replica.stop(kill=kill)
+        self._pending.clear()
 
     def __enter__(self) -> ReplicatedEngine:
         return self
@@ -220,54 +146,114 @@ class ReplicatedEngine:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _send_unsent(self) -> None:
-        for replica, requests in enumerate(self._unsent):
-            if requests:
-                self._inboxes[replica].put(("add", requests))
-                self._unsent[replica] = []
+    def _name(self, index: int) -> str:
+        return f"engine replica {index} (device {self.plan.devices[index]})"
 
-    def _take(self, message: tuple[str, int, Any]) -> list[RequestOutput | RequestRejected]:
-        kind, replica, payload = message
-        if kind == "failed":
-            raise self._failure(replica, f"it raised:\n{payload}")
-        taken = []
-        for result in payload:
-            if self._owner.pop(result.request_id, None) is not None:
-                self._load[replica] -= 1
-                taken.append(result)
-        return taken
-
-    def _next_message(self, block: bool) -> tuple[str, int, Any] | None:
-        while True:
-            try:
-                return (
-                    self._outbox.get(timeout=POLL_INTERVAL_S)
-                    if block
-                    else self._outbox.get_nowait()
-                )
-            except queue.Empty:
-                if not block:
-                    return None
-            for replica, process in enumerate(self._processes):
-                if not process.is_alive():
-                    raise self._failure(replica, f"it exited with code {process.exitcode}")
-
-    def _failure(self, replica: int, what: str) -> ReplicaFailed:
-        lost = self._load[replica]
-        return ReplicaFailed(
-            f"engine replica {replica} (device {self.plan.devices[replica]}) failed with {lost} "
-            f"request(s) in flight, which have no result: {what}"
+    def _spawn(self, index: int) -> ReplicaProcess:
+        device = self.plan.devices[index]
+        return ReplicaProcess(
+            self._config, device, self.plan.num_threads, f"llmbatch-replica-{index}"
         )
 
-    def _wait_until_ready(self) -> _ReplicaInfo:
-        infos: dict[int, _ReplicaInfo] = {}
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while len(infos) < self.num_replicas:
-            if time.monotonic() > deadline:
-                raise ReplicaFailed(f"engine replicas did not start in {STARTUP_TIMEOUT_S:.0f} s")
-            kind, replica, payload = self._next_message(block=True)
-            if kind == "failed":
-                raise self._failure(replica, f"its engine did not start:\n{payload}")
-            infos[replica] = payload
-        first = infos[0]
-        return dataclasses.replace(first, startup_s=max(i.startup_s for i in infos.values()))
+    def _started(self, index: int) -> ReplicaInfo:
+        try:
+            return self._replicas[index].wait_ready(STARTUP_TIMEOUT_S)
+        except RuntimeError as error:
+            raise ReplicaFailed(f"{self._name(index)} failed: {error}") from None
+
+    def _receive(self, index: int) -> list[Any]:
+        message = self._replicas[index].receive()
+        if message is None:
+            code = self._replicas[index].exit_code()
+            return self._restart(index, f"the process exited with code {code}")
+        kind, payload = message
+        if kind == "failed":
+            return self._restart(index, f"its engine raised:\n{payload}")
+        taken = []
+        for result in payload:
+            if self._owner.get(result.request_id) != index:
+                continue
+            del self._owner[result.request_id]
+            self._pending.pop(result.request_id, None)
+            self._inside[index].discard(result.request_id)
+            if isinstance(result, RequestOutput):
+                self._recovery[index].finished()
+            taken.append(result)
+        self._recovery[index].group_done(self._inside[index])
+        self._advance(index)
+        return taken
+
+    def _restart(self, index: int, cause: str) -> list[RequestRejected]:
+        """Starts replica ``index`` again; its requests run again, or are given up on."""
+        recovery = self._recovery[index]
+        sent = [self._pending[i] for i in self._inside[index] if i in self._pending]
+        unsent = {request.request_id for request in self._unsent[index]}
+        crashed_with = [request for request in sent if request.request_id not in unsent]
+        self._unsent[index] = []
+        self._inside[index].clear()
+        for request in sent:
+            del self._owner[request.request_id]
+        try:
+            rejected = recovery.crashed(crashed_with, f"{self._name(index)}: {cause}")
+            while True:
+                self._replicas[index].stop(kill=True)
+                self._replicas[index] = self._spawn(index)
+                try:
+                    self._started(index)
+                    break
+                except ReplicaFailed as error:
+                    rejected += recovery.crashed([], str(error))
+        except EngineFailed as error:
+            self.close()
+            raise ReplicaFailed(str(error)) from None
+        for given_up in rejected:
+            self._pending.pop(given_up.request_id, None)
+        self._waiting.extendleft(sorted(unsent & set(self._pending), reverse=True))
+        self._advance(index)
+        return rejected
+
+    def _advance(self, index: int) -> None:
+        """Starts replica ``index``'s next group of suspected requests, then places the
+        waiting requests on replicas that are not running such a group."""
+        group = self._recovery[index].next_group(engine_is_empty=not self._inside[index])
+        for request in group or ():
+            self._assign(index, request)
+        self._place_waiting()
+
+    def _place_waiting(self) -> None:
+        open_replicas = [i for i in range(self.num_replicas) if not self._recovery[i].isolating]
+        while self._waiting and open_replicas:
+            request = self._pending[self._waiting.popleft()]
+            self._assign(min(open_replicas, key=lambda i: len(self._inside[i])), request)
+
+    def _assign(self, index: int, request: PendingRequest) -> None:
+        self._owner[request.request_id] = index
+        self._inside[index].add(request.request_id)
+        self._unsent[index].append(request)
+
+    def _send_unsent(self) -> None:
+        for index, requests in enumerate(self._unsent):
+            if requests:
+                payload = [
+                    (r.request_id, r.prompt, r.params, _record(r.multi_modal)) for r in requests
+                ]
+                if self._inside[index] <= {r.request_id for r in requests}:
+                    # The replica was idle: its silence until now was no stall.
+                    self._replicas[index].last_heard = time.monotonic()
+                self._replicas[index].send("add", payload)
+                self._unsent[index] = []
+
+    def _check_stalls(self) -> None:
+        now = time.monotonic()
+        for index, replica in enumerate(self._replicas):
+            if self._inside[index] and now - replica.last_heard > self._stall_timeout:
+                stacks = (
+                    f"{thread_stacks()}\n--- {self._name(index)}, process {replica.pid}:\n"
+                    f"{replica.stacks()}"
+                )
+                self.close(kill=True)
+                raise EngineStalled(stall_message(self._name(index), self._stall_timeout, stacks))
+
+
+def _record(multi_modal: MultiModalInputs | None) -> Any:
+    return None if multi_modal is None else multi_modal.to_record()
