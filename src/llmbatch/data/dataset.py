@@ -13,7 +13,7 @@ from llmbatch.data import operators
 from llmbatch.data.batch_format import BatchFormat, check_batch_format
 from llmbatch.data.blocks import Stream, balanced_sizes, conform, rebatch, split_into
 from llmbatch.data.blocks import unify_schemas as unify
-from llmbatch.data.checkpoint import ResumableJob
+from llmbatch.data.checkpoint import ResumableJob, WriteWatch, unwatched
 from llmbatch.data.identity import digest, tables_identity, value_identity
 from llmbatch.data.outputs import DatasetOutputs, check_count
 from llmbatch.data.plan import PlanInfo, StageStats, describe_stats
@@ -393,11 +393,14 @@ def resumable(
     process: Callable[[Stream], Stream],
     identity: Callable[[], str],
     prepare: Callable[[], None],
+    watch: WriteWatch | None = None,
 ) -> Dataset:
     """Marks ``output`` (``process`` applied to ``source``'s stream) as resumable when written:
     a rerun into the same folder streams only the rows of ``source`` not yet committed through
     ``process`` (see `llmbatch.data.checkpoint.ResumableJob`)."""
-    output._resumable = ResumableJob(source._blocks, process, source.fingerprint, identity, prepare)
+    output._resumable = ResumableJob(
+        source._blocks, process, source.fingerprint, identity, prepare, watch or unwatched
+    )
     return output
 
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from llmbatch.llm.config_fields import CheckedFields
+from llmbatch.llm.config_fields import DASHBOARD_FIELD_TYPES, CheckedFields
 from llmbatch.llm.placement import check_placement_group
 from llmbatch.llm.stage_configs import (
     ChatTemplateStageConfig,
@@ -250,6 +250,7 @@ class EngineProcessorConfig(ProcessorConfig):
             if value is not None:
                 self.check_positive(optional, value)
         self.check_concurrency()
+        self.check_dashboard()
         rate = self.max_error_rate  # type: ignore[attr-defined]
         if rate is not None and not 0 <= rate <= 1:
             raise ValueError(
@@ -280,6 +281,7 @@ ENGINE_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "tokenize_stage": (bool, dict, TokenizerStageConfig, _NONE),
     "detokenize_stage": (bool, dict, DetokenizeStageConfig, _NONE),
     "prepare_multimodal_stage": (bool, dict, PrepareMultimodalStageConfig, _NONE),
+    **DASHBOARD_FIELD_TYPES,
 }
 MODEL_SOURCE_HINT = "a local model folder, a .gguf file or a Hub id"
 
@@ -328,6 +330,11 @@ class LLMProcessorConfig(EngineProcessorConfig):
             (``bundle_per_worker`` or ``bundles``, and ``strategy``); no effect on one host.
         max_tasks_in_flight_per_actor: on Ray, passed to the actor pool; no effect on one host.
         dynamic_lora_loading_path: LoRA adapters are not supported; must stay None.
+        dashboard: serve a live dashboard of each run (and Prometheus metrics at /metrics);
+            its address is printed once.
+        dashboard_host: the address it listens on; the default, 127.0.0.1, lets only this
+            machine see it (another address is reachable from others: a warning says so).
+        dashboard_port: its port; 0 picks a free one.
     """
 
     model_source: str
@@ -354,6 +361,9 @@ class LLMProcessorConfig(EngineProcessorConfig):
     placement_group_config: dict[str, Any] | None = None
     max_tasks_in_flight_per_actor: int | None = None
     dynamic_lora_loading_path: str | None = None
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 0
 
     _REQUIRED: ClassVar[dict[str, str]] = {"model_source": MODEL_SOURCE_HINT}
     _TYPES: ClassVar[dict[str, tuple[type, ...]]] = {

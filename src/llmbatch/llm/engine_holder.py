@@ -52,6 +52,11 @@ class EngineHolder:
                 self._current_stats().engine_startup_s += time.perf_counter() - started
             return self._engine
 
+    @property
+    def loaded(self) -> EngineClient | None:
+        """The engine if it is loaded (never loads it)."""
+        return self._engine
+
     def tokenizer(self) -> Any:
         return self.load().tokenizer
 

@@ -126,6 +126,9 @@ class SGLangEngineProcessorConfig(EngineProcessorConfig):
     tokenize_stage: Any = None
     detokenize_stage: Any = None
     prepare_multimodal_stage: Any = None
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 0
 
     sampling_params_names: ClassVar[str] = "sglang"
     _REQUIRED: ClassVar[dict[str, str]] = {"model_source": MODEL_SOURCE_HINT}

@@ -15,7 +15,7 @@ import queue
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmbatch.engine.config import EngineConfig
 from llmbatch.engine.multimodal import MultiModalInputs
@@ -23,9 +23,14 @@ from llmbatch.engine.outputs import RequestOutput, RequestRejected
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.runtime.replica_plan import ReplicaPlan
 
+if TYPE_CHECKING:
+    from llmbatch.engine.llm_engine import EngineStats
+
 STARTUP_TIMEOUT_S = 1800.0
 POLL_INTERVAL_S = 1.0
 CLOSE_TIMEOUT_S = 30.0
+# how often a busy replica sends its engine's stats (running, waiting, KV use, tokens)
+STATS_INTERVAL_S = 0.5
 
 
 @dataclass(slots=True)
@@ -70,6 +75,7 @@ def _replica_main(
 
 
 def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
+    stats_sent = 0.0
     while True:
         rejected: list[RequestRejected] = []
         block = not engine.has_unfinished()
@@ -98,6 +104,10 @@ def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
             results.extend(engine.step())
         if results:
             outbox.put(("outputs", index, results))
+        # also when going idle, so the last word is that nothing runs
+        if time.monotonic() - stats_sent >= STATS_INTERVAL_S or not engine.has_unfinished():
+            stats_sent = time.monotonic()
+            outbox.put(("stats", index, engine.stats))
 
 
 class ReplicatedEngine:
@@ -127,6 +137,7 @@ class ReplicatedEngine:
             [] for _ in plan.devices
         ]
         self._load = [0] * plan.num_replicas
+        self._stats: list[EngineStats | None] = [None] * plan.num_replicas
         self._closed = False
         for process in self._processes:
             process.start()
@@ -142,6 +153,11 @@ class ReplicatedEngine:
     @property
     def num_replicas(self) -> int:
         return self.plan.num_replicas
+
+    @property
+    def replica_stats(self) -> list[EngineStats | None]:
+        """Each replica's engine stats as it last sent them (None before it sent any)."""
+        return list(self._stats)
 
     @property
     def pids(self) -> list[int | None]:
@@ -230,6 +246,9 @@ class ReplicatedEngine:
         kind, replica, payload = message
         if kind == "failed":
             raise self._failure(replica, f"it raised:\n{payload}")
+        if kind == "stats":
+            self._stats[replica] = payload
+            return []
         taken = []
         for result in payload:
             if self._owner.pop(result.request_id, None) is not None:

@@ -1,0 +1,427 @@
+"""The run report: one self-contained HTML file next to a job's output, drawn with plotly from
+the timeline file (every run of the job, a resumed job's included) and the output's manifest:
+configuration and model, totals, throughput over time with each run as a segment, time per
+stage, token-length distributions, and error rows by reason."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+from collections import Counter
+from typing import Any
+
+from llmbatch.monitor.meters import bucket_width
+from llmbatch.monitor.state import Sample
+from llmbatch.monitor.timeline import TIMELINE_NAME, Segment, read_timeline
+from llmbatch.monitor.view import generated_tokens, prompt_tokens, rate
+
+REPORT_NAME = "_llmbatch_report.html"
+_COLORS = ["#2f6fde", "#e8590c", "#2b8a3e", "#862e9c", "#c2255c", "#1098ad"]
+_STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2430;
+  margin: 0 auto; max-width: 1200px; padding: 20px; }
+h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; }
+table { border-collapse: collapse; margin: 8px 0; font-variant-numeric: tabular-nums; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e3e6ea; text-align: left; vertical-align: top; }
+td.n { text-align: right; } code { font-size: 12px; white-space: pre-wrap; color: #862e9c; }
+.muted { color: #6b7380; } .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+"""
+
+
+def write_report(folder: str) -> str:
+    """Writes (or rewrites) the report of the job whose output is in ``folder`` from its
+    timeline file; returns the report's path."""
+    timeline = read_timeline(os.path.join(folder, TIMELINE_NAME))
+    if not timeline.segments:
+        raise FileNotFoundError(
+            f"{folder} holds no {TIMELINE_NAME}: the report is built from the timeline a run "
+            "keeps next to its output"
+        )
+    manifest = _manifest(folder)
+    page = render_report(timeline.segments, manifest)
+    path = os.path.join(folder, REPORT_NAME)
+    temporary = os.path.join(folder, f".{REPORT_NAME}.tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(page)
+    os.replace(temporary, path)
+    return path
+
+
+def _manifest(folder: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(folder, "_llmbatch_manifest.json"), encoding="utf-8") as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def render_report(segments: list[Segment], manifest: dict[str, Any] | None) -> str:
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    figures = [
+        ("Throughput over time", _throughput_figure(segments)),
+        ("Rows done over time", _rows_figure(segments)),
+        ("Time per stage", _stages_figure(segments)),
+        ("Prompt and output lengths", _lengths_figure(segments)),
+    ]
+    engines = _engines_figure(segments)
+    if engines is not None:
+        figures.append(("Engine: requests and KV cache", engines))
+    gpus = _gpus_figure(segments)
+    if gpus is not None:
+        figures.append(("GPU memory", gpus))
+    errors = _errors_figure(segments)
+    parts = [
+        f"<h1>llmbatch run report</h1><p class=muted>{html.escape(_model(segments))}</p>",
+        _totals_table(segments, manifest),
+        "<h2>Runs</h2>",
+        _segments_table(segments),
+    ]
+    for title, figure in figures:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(_figure_html(pio, figure))
+    parts.append("<h2>Error rows by reason</h2>")
+    if errors is None:
+        parts.append("<p class=muted>No error rows.</p>")
+    else:
+        parts.append(_figure_html(pio, errors))
+        parts.append(_errors_table(segments))
+    parts.append("<h2>Configuration</h2>")
+    parts.append(_config_html(segments[-1]))
+    generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    parts.append(f"<p class=muted>Written {generated} from {TIMELINE_NAME}.</p>")
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<title>llmbatch run report</title><link rel=icon href='data:,'>"
+        f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
+
+
+def _figure_html(pio: Any, figure: Any) -> str:
+    return pio.to_html(
+        figure, include_plotlyjs=False, full_html=False, config={"displayModeBar": False}
+    )
+
+
+def _model(segments: list[Segment]) -> str:
+    return str(segments[-1].description.get("model", ""))
+
+
+def _when(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds)
+
+
+def _totals(segments: list[Segment]) -> dict[str, float]:
+    totals: Counter[str] = Counter()
+    for segment in segments:
+        last = segment.last
+        totals["wall_s"] += segment.ended - segment.started
+        if last is None:
+            continue
+        totals["rows"] += last.counts.rows
+        totals["input_tokens"] += last.counts.input_tokens
+        totals["output_tokens"] += last.counts.output_tokens
+        totals["cached_input_tokens"] += last.counts.cached_input_tokens
+        totals["engine_startup_s"] += last.counts.engine_startup_s
+    return dict(totals)
+
+
+def _totals_table(segments: list[Segment], manifest: dict[str, Any] | None) -> str:
+    totals = _totals(segments)
+    rows: list[tuple[str, str]] = []
+    if manifest is not None:
+        committed = sum(s["stop"] - s["start"] for s in manifest.get("shards", []))
+        errors = sum(len(s.get("errors", [])) for s in manifest.get("shards", []))
+        total = manifest.get("total_rows")
+        state = "complete" if manifest.get("complete") else "not complete"
+        rows.append(("rows in the output", f"{committed:,}" + (f" of {total:,}" if total else "")))
+        rows.append(("output", state))
+        rows.append(("error rows in the output", f"{errors:,}"))
+    wall = totals.get("wall_s", 0.0)
+    busy = max(wall - totals.get("engine_startup_s", 0.0), 1e-9)
+    rows += [
+        ("runs", f"{len(segments)}"),
+        ("rows processed (all runs)", f"{int(totals.get('rows', 0)):,}"),
+        (
+            "input tokens",
+            f"{int(totals.get('input_tokens', 0)):,} "
+            f"({int(totals.get('cached_input_tokens', 0)):,} from the prefix cache)",
+        ),
+        ("output tokens", f"{int(totals.get('output_tokens', 0)):,}"),
+        (
+            "wall time",
+            f"{wall:,.1f} s (engine start-up {totals.get('engine_startup_s', 0.0):,.1f} s)",
+        ),
+        ("rows/s", f"{totals.get('rows', 0) / busy:,.2f}"),
+        ("output tokens/s", f"{totals.get('output_tokens', 0) / busy:,.1f}"),
+    ]
+    return _table(["", ""], rows)
+
+
+def _segments_table(segments: list[Segment]) -> str:
+    rows = []
+    for segment in segments:
+        last = segment.last
+        rows.append(
+            (
+                f"{segment.number}",
+                segment.kind,
+                _when(segment.started).strftime("%Y-%m-%d %H:%M:%S"),
+                f"{segment.ended - segment.started:,.1f} s",
+                f"{segment.committed_before:,}",
+                f"{last.counts.rows if last else 0:,}",
+                segment.status
+                + (
+                    f": {segment.end['detail']}"
+                    if segment.end and segment.end.get("detail")
+                    else ""
+                ),
+            )
+        )
+    header = [
+        "run",
+        "kind",
+        "started",
+        "lasted",
+        "rows committed before",
+        "rows processed",
+        "ended",
+    ]
+    return _table(header, rows)
+
+
+def _table(header: list[str], rows: list[tuple[str, ...]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header) if any(header) else ""
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
+
+
+def _segment_shapes(figure: Any, segments: list[Segment]) -> None:
+    for i, segment in enumerate(segments):
+        figure.add_vrect(
+            x0=_when(segment.started),
+            x1=_when(segment.ended),
+            fillcolor=_COLORS[i % len(_COLORS)],
+            opacity=0.06,
+            line_width=0,
+            annotation_text=f"run {segment.number} ({segment.status})",
+            annotation_position="top left",
+        )
+
+
+def _layout(figure: Any, y_title: str) -> Any:
+    figure.update_layout(
+        height=320,
+        margin={"l": 60, "r": 20, "t": 30, "b": 40},
+        yaxis_title=y_title,
+        legend={"orientation": "h", "y": 1.15},
+        plot_bgcolor="#fff",
+    )
+    return figure
+
+
+def _broken(segments: list[Segment], value: Any) -> tuple[list[Any], list[Any]]:
+    """x and y over all segments, with a gap between segments."""
+    xs: list[Any] = []
+    ys: list[Any] = []
+    for segment in segments:
+        for previous, sample in zip(segment.samples, segment.samples[1:]):
+            xs.append(_when(sample.time))
+            ys.append(value(segment, previous, sample))
+        xs.append(None)
+        ys.append(None)
+    return xs, ys
+
+
+def _throughput_figure(segments: list[Segment]) -> Any:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for name, value, color in (
+        ("output tokens/s", generated_tokens, _COLORS[0]),
+        ("input tokens/s", prompt_tokens, _COLORS[1]),
+    ):
+        xs, ys = _broken(segments, lambda _seg, a, b, v=value: rate(a, b, v))
+        figure.add_scatter(x=xs, y=ys, name=name, mode="lines", line={"color": color})
+    xs, ys = _broken(segments, lambda _seg, a, b: rate(a, b, lambda s: s.counts.rows))
+    figure.add_scatter(
+        x=xs, y=ys, name="rows/s", mode="lines", yaxis="y2", line={"color": _COLORS[2]}
+    )
+    figure.update_layout(yaxis2={"title": "rows/s", "overlaying": "y", "side": "right"})
+    _segment_shapes(figure, segments)
+    return _layout(figure, "tokens/s")
+
+
+def _rows_figure(segments: list[Segment]) -> Any:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    xs, ys = _broken(segments, lambda seg, _a, b: seg.committed_before + b.counts.rows)
+    figure.add_scatter(x=xs, y=ys, name="rows done", mode="lines", line={"color": _COLORS[2]})
+    _segment_shapes(figure, segments)
+    return _layout(figure, "rows")
+
+
+def _stages_figure(segments: list[Segment]) -> Any:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for i, segment in enumerate(segments):
+        last = segment.last
+        if last is None or not last.stages:
+            continue
+        figure.add_bar(
+            x=[s.busy_s for s in last.stages],
+            y=[s.name for s in last.stages],
+            orientation="h",
+            name=f"run {segment.number}",
+            marker_color=_COLORS[i % len(_COLORS)],
+        )
+    figure.update_layout(barmode="stack", yaxis={"autorange": "reversed"}, xaxis_title="seconds")
+    return _layout(figure, "")
+
+
+def _lengths_figure(segments: list[Segment]) -> Any:
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("prompt tokens", "output tokens"))
+    for col, attr, color in ((1, "prompt_lengths", _COLORS[0]), (2, "output_lengths", _COLORS[1])):
+        counts: Counter[int] = Counter()
+        for segment in segments:
+            counts.update(getattr(segment, attr))
+        lowers = sorted(counts)
+        figure.add_bar(
+            x=[low + bucket_width(low) / 2 - 0.5 for low in lowers],
+            y=[counts[low] for low in lowers],
+            width=[bucket_width(low) for low in lowers],
+            marker_color=color,
+            showlegend=False,
+            row=1,
+            col=col,
+        )
+        figure.update_xaxes(title_text="tokens", row=1, col=col)
+        figure.update_yaxes(title_text="rows", row=1, col=col)
+    return _layout(figure, "rows")
+
+
+def _engines_figure(segments: list[Segment]) -> Any:
+    import plotly.graph_objects as go
+
+    replicas = sorted({e.replica for seg in segments for s in seg.samples for e in s.engines})
+    if not replicas:
+        return None
+    figure = go.Figure()
+    for i, replica in enumerate(replicas):
+        color = _COLORS[i % len(_COLORS)]
+
+        def value(
+            _seg: Segment, _a: Sample, b: Sample, attr: str, scale: float, replica: int = replica
+        ) -> Any:
+            engine = next((e for e in b.engines if e.replica == replica), None)
+            return None if engine is None else getattr(engine, attr) * scale
+
+        for attr, name, dash, axis, scale in (
+            ("running", "running", "solid", "y", 1.0),
+            ("waiting", "waiting", "dot", "y", 1.0),
+            ("kv_cache_usage", "KV cache %", "dash", "y2", 100.0),
+        ):
+            xs, ys = _broken(segments, lambda s, a, b, t=attr, k=scale: value(s, a, b, t, k))
+            figure.add_scatter(
+                x=xs,
+                y=ys,
+                name=f"{name} (replica {replica})",
+                mode="lines",
+                yaxis=axis,
+                line={"color": color, "dash": dash},
+            )
+    figure.update_layout(
+        yaxis2={"title": "KV cache, %", "overlaying": "y", "side": "right", "range": [0, 100]}
+    )
+    _segment_shapes(figure, segments)
+    return _layout(figure, "requests")
+
+
+def _gpus_figure(segments: list[Segment]) -> Any:
+    import plotly.graph_objects as go
+
+    indices = sorted({g.index for seg in segments for s in seg.samples for g in s.gpus})
+    if not indices:
+        return None
+    figure = go.Figure()
+    for i, index in enumerate(indices):
+
+        def used(_seg: Segment, _a: Sample, b: Sample, index: int = index) -> Any:
+            gpu = next((g for g in b.gpus if g.index == index), None)
+            return None if gpu is None else gpu.memory_used / 2**30
+
+        xs, ys = _broken(segments, used)
+        figure.add_scatter(
+            x=xs, y=ys, name=f"GPU {index}", mode="lines", line={"color": _COLORS[i % 6]}
+        )
+    _segment_shapes(figure, segments)
+    return _layout(figure, "GiB")
+
+
+def _error_counts(segments: list[Segment]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for segment in segments:
+        if segment.last is not None:
+            counts.update(segment.last.errors_by_reason)
+    return counts
+
+
+def _errors_figure(segments: list[Segment]) -> Any:
+    import plotly.graph_objects as go
+
+    counts = _error_counts(segments)
+    if not counts:
+        return None
+    reasons = [reason for reason, _ in counts.most_common()]
+    figure = go.Figure(
+        go.Bar(x=[counts[r] for r in reasons], y=reasons, orientation="h", marker_color="#d9480f")
+    )
+    figure.update_layout(yaxis={"autorange": "reversed"}, xaxis_title="error rows")
+    return _layout(figure, "")
+
+
+def _errors_table(segments: list[Segment]) -> str:
+    counts = _error_counts(segments)
+    examples: dict[str, list[str]] = {}
+    for segment in segments:
+        for reason, found in segment.error_examples.items():
+            kept = examples.setdefault(reason, [])
+            kept.extend(e for e in found if e not in kept and len(kept) < 3)
+    body = "".join(
+        f"<tr><td>{html.escape(reason)}</td><td class=n>{count:,}</td><td>"
+        + "".join(f"<code>{html.escape(e)}</code><br>" for e in examples.get(reason, []))
+        + "</td></tr>"
+        for reason, count in counts.most_common()
+    )
+    return f"<table><tr><th>reason</th><th>rows</th><th>examples</th></tr>{body}</table>"
+
+
+def _config_html(segment: Segment) -> str:
+    parts = [_table(["setting", "value"], _flat(segment.description))]
+    if segment.engine_config:
+        parts.append("<h3>Engine, as resolved</h3>")
+        parts.append(_table(["setting", "value"], _flat(segment.engine_config)))
+    return "".join(parts)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "engine":
+            rows += _flat(value, f"{name}.")
+        elif key != "engine":
+            rows.append((name, json.dumps(value, default=str)))
+    return rows
