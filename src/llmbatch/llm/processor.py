@@ -245,7 +245,11 @@ class Processor:
             crash_point("engine_loaded")
 
     def _start_run(self) -> RunStats:
+        previous = self._stats
         self._stats = RunStats()
+        if previous is not None and previous.rows == 0 and previous.finished_at is None:
+            # the engine loaded for this run before its rows began (prepare)
+            self._stats.engine_startup_s = previous.engine_startup_s
         self.monitor.start_run(self._source_rows)
         self._serve_dashboard()
         return self._stats

@@ -12,12 +12,15 @@ import os
 from collections import Counter
 from typing import Any
 
+from llmbatch.data.checkpoint import MANIFEST_NAME
 from llmbatch.monitor.meters import bucket_width
 from llmbatch.monitor.state import Sample
 from llmbatch.monitor.timeline import TIMELINE_NAME, Segment, read_timeline
 from llmbatch.monitor.view import generated_tokens, prompt_tokens, rate
 
 REPORT_NAME = "_llmbatch_report.html"
+FILE_REPORT_SUFFIX = ".llmbatch_report.html"
+FILE_TIMELINE_SUFFIX = ".llmbatch_timeline.jsonl"
 _COLORS = ["#2f6fde", "#e8590c", "#2b8a3e", "#862e9c", "#c2255c", "#1098ad"]
 _STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2430;
@@ -32,26 +35,44 @@ td.n { text-align: right; } code { font-size: 12px; white-space: pre-wrap; color
 
 def write_report(folder: str) -> str:
     """Writes (or rewrites) the report of the job whose output is in ``folder`` from its
-    timeline file; returns the report's path."""
-    timeline = read_timeline(os.path.join(folder, TIMELINE_NAME))
+    timeline file and manifest; returns the report's path."""
+    return _write(
+        os.path.join(folder, TIMELINE_NAME),
+        _manifest(folder),
+        os.path.join(folder, REPORT_NAME),
+    )
+
+
+def file_output_paths(output: str) -> tuple[str, str]:
+    """The timeline and report kept next to a single output file (``llmbatch run-batch``)."""
+    return f"{output}{FILE_TIMELINE_SUFFIX}", f"{output}{FILE_REPORT_SUFFIX}"
+
+
+def write_file_report(output: str) -> str:
+    """Rewrites the report kept next to the output file ``output`` from its timeline."""
+    timeline, report = file_output_paths(output)
+    return _write(timeline, None, report)
+
+
+def _write(timeline_path: str, manifest: dict[str, Any] | None, report_path: str) -> str:
+    timeline = read_timeline(timeline_path)
     if not timeline.segments:
         raise FileNotFoundError(
-            f"{folder} holds no {TIMELINE_NAME}: the report is built from the timeline a run "
-            "keeps next to its output"
+            f"{timeline_path} does not exist or holds no run: the report is built from the "
+            "timeline that a run keeps next to its output"
         )
-    manifest = _manifest(folder)
     page = render_report(timeline.segments, manifest)
-    path = os.path.join(folder, REPORT_NAME)
-    temporary = os.path.join(folder, f".{REPORT_NAME}.tmp")
+    folder, name = os.path.split(report_path)
+    temporary = os.path.join(folder, f".{name}.tmp")
     with open(temporary, "w", encoding="utf-8") as file:
         file.write(page)
-    os.replace(temporary, path)
-    return path
+    os.replace(temporary, report_path)
+    return report_path
 
 
 def _manifest(folder: str) -> dict[str, Any] | None:
     try:
-        with open(os.path.join(folder, "_llmbatch_manifest.json"), encoding="utf-8") as file:
+        with open(os.path.join(folder, MANIFEST_NAME), encoding="utf-8") as file:
             return json.load(file)
     except (OSError, ValueError):
         return None
@@ -423,5 +444,6 @@ def _flat(values: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
         if isinstance(value, dict) and value and key != "engine":
             rows += _flat(value, f"{name}.")
         elif key != "engine":
-            rows.append((name, json.dumps(value, default=str)))
+            shown = value if isinstance(value, str) else json.dumps(value, default=str)
+            rows.append((name, shown))
     return rows
