@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 class EngineHolder:
     """Starts the engine (its replicas, with ``concurrency`` > 1) on first use and lends it to
-    one run at a time; closes it when a run ends unless `keep_loaded` is set."""
+    one run at a time; closes it when a run ends unless `keep_loaded` is set (``on_close``
+    sees it last, before it closes)."""
 
     def __init__(
         self,
@@ -24,8 +25,10 @@ class EngineHolder:
         concurrency: int | tuple[int, int],
         has_image: bool,
         current_stats: Callable[[], RunStats],
+        on_close: Callable[[EngineClient], None] | None = None,
     ) -> None:
         self._engine_args = engine_args
+        self._on_close = on_close
         self._concurrency = concurrency
         self._has_image = has_image
         self._current_stats = current_stats
@@ -122,5 +125,7 @@ class EngineHolder:
                 self._supersede_current()
                 self._supersede_current = None
             if self._engine is not None:
+                if self._on_close is not None:
+                    self._on_close(self._engine)
                 self._engine.close()
                 self._engine = None

@@ -105,7 +105,11 @@ class Processor:
                 ray_outputs=ray_outputs, chat_template_kwargs=chat_template_kwargs
             )
             self._engine = EngineHolder(
-                self.engine_args, config.concurrency, self.plan.has_image, self._current_stats
+                self.engine_args,
+                config.concurrency,
+                self.plan.has_image,
+                self._current_stats,
+                on_close=lambda engine: self.monitor.engine_closing(engine),
             )
         elif not isinstance(config, HttpRequestProcessorConfig):
             raise TypeError(f"{type(config).__name__} is not a processor config llmbatch runs")

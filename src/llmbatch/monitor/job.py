@@ -6,6 +6,7 @@ to it and writes the run report when the run ends."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmbatch.monitor.engines import GpuReader, engine_states
 from llmbatch.monitor.meters import WRITE, ErrorLog, StageMeters, TokenLengths, meter_chain
-from llmbatch.monitor.state import RunCounts, Sample
+from llmbatch.monitor.state import EngineState, RunCounts, Sample
 from llmbatch.monitor.timeline import TimelineWriter
 from llmbatch.monitor.view import dashboard_view, progress
 
@@ -58,6 +59,9 @@ class JobMonitor:
         self._server: DashboardServer | None = None
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        # what the last engine showed before it closed, and its resolved config
+        self._closed_engines: tuple[EngineState, ...] = ()
+        self._engine_description: Any = None
 
     # The run
 
@@ -73,12 +77,30 @@ class JobMonitor:
         self.meters.reset()
         self.lengths.reset()
         self.errors.reset()
+        self._closed_engines = ()
         with self._lock:
             self._history.clear()
             self._run_start = time.perf_counter()
             if self._timeline is None:
                 self._committed_before, self._total_rows = 0, None
             self._expected_rows = expected_rows
+
+    def engine_closing(self, engine: Any) -> None:
+        """The engine is about to close: its last counters stay on show (nothing runs in it
+        any more)."""
+        self._closed_engines = tuple(
+            dataclasses.replace(state, running=0, waiting=0, kv_cache_usage=0.0)
+            for state in engine_states(engine)
+        )
+
+    def description(self) -> dict[str, Any]:
+        """The configuration and model (with the last loaded engine's resolved config)."""
+        description = self._describe()
+        if "engine" in description:
+            self._engine_description = description["engine"]
+        elif self._engine_description is not None:
+            description["engine"] = self._engine_description
+        return description
 
     def sample(self) -> Sample:
         counts, engine = self._probe()
@@ -87,7 +109,7 @@ class JobMonitor:
             elapsed=time.perf_counter() - self._run_start,
             counts=counts,
             stages=self.meters.states(),
-            engines=engine_states(engine),
+            engines=self._closed_engines if engine is None else engine_states(engine),
             gpus=self._gpus.read(),
             errors_by_reason=self.errors.counts(),
         )
@@ -125,7 +147,7 @@ class JobMonitor:
         if not history:
             history = [self.sample()]
         return dashboard_view(
-            self._describe(), history, committed, total, self.errors.examples, self._running()
+            self.description(), history, committed, total, self.errors.examples, self._running()
         )
 
     def latest(self) -> tuple[Sample, int, int | None, float | None]:
@@ -140,7 +162,7 @@ class JobMonitor:
 
     @property
     def model_name(self) -> str:
-        return str(self._describe().get("model", ""))
+        return str(self.description().get("model", ""))
 
     # Writing output
 
@@ -162,7 +184,7 @@ class JobMonitor:
         if retry:
             total = sum(len(shard.errors) for shard in manifest.shards)  # type: ignore[union-attr]
         writer = TimelineWriter(
-            folder.fs_path, job, "retry" if retry else "run", self._describe(), committed, total
+            folder.fs_path, job, "retry" if retry else "run", self.description(), committed, total
         )
         with self._lock:
             self._timeline, self._timeline_at = writer, 0.0
@@ -240,7 +262,7 @@ class JobMonitor:
 
     def _record(self, writer: TimelineWriter, sample: Sample) -> None:
         if not self._engine_written:
-            engine = self._describe().get("engine")
+            engine = self.description().get("engine")
             if engine:
                 writer.append({"type": "engine", "config": engine})
                 self._engine_written = True
