@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from llmbatch.llm.config_fields import DASHBOARD_FIELD_TYPES, CheckedFields
+from llmbatch.llm.config_fields import DASHBOARD_FIELD_TYPES, NOT_IDENTITY, CheckedFields
 from llmbatch.llm.placement import check_placement_group
 from llmbatch.llm.stage_configs import (
     ChatTemplateStageConfig,
@@ -361,9 +361,9 @@ class LLMProcessorConfig(EngineProcessorConfig):
     placement_group_config: dict[str, Any] | None = None
     max_tasks_in_flight_per_actor: int | None = None
     dynamic_lora_loading_path: str | None = None
-    dashboard: bool = False
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 0
+    dashboard: bool = field(default=False, metadata=NOT_IDENTITY)
+    dashboard_host: str = field(default="127.0.0.1", metadata=NOT_IDENTITY)
+    dashboard_port: int = field(default=0, metadata=NOT_IDENTITY)
 
     _REQUIRED: ClassVar[dict[str, str]] = {"model_source": MODEL_SOURCE_HINT}
     _TYPES: ClassVar[dict[str, tuple[type, ...]]] = {

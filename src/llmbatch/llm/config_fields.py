@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from llmbatch.data.identity import IDENTITY
+
 # Where a processor serves its live dashboard. They change nothing in the output, so a job's
-# fingerprint leaves them out (a resumed job may turn the dashboard on or off).
+# fingerprint leaves them out (a resumed job may turn the dashboard on or off): declare them
+# with ``field(default=..., metadata=NOT_IDENTITY)``.
+NOT_IDENTITY = {IDENTITY: False}
 DASHBOARD_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "dashboard": (bool,),
     "dashboard_host": (str,),
@@ -51,6 +55,14 @@ class CheckedFields:
     def field_values(self) -> dict[str, Any]:
         """The fields as a dict (shallow: nested configs stay objects)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def identity_values(self) -> dict[str, Any]:
+        """The fields that decide a job's output (see `llmbatch.data.identity.IDENTITY`)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.metadata.get(IDENTITY, True)
+        }
 
     @classmethod
     def field_types(cls) -> dict[str, tuple[type, ...]]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from llmbatch.llm.config import ProcessorConfig
-from llmbatch.llm.config_fields import DASHBOARD_FIELD_TYPES
+from llmbatch.llm.config_fields import DASHBOARD_FIELD_TYPES, NOT_IDENTITY
 from llmbatch.llm.stage_configs import HttpRequestStageConfig, resolve_stage_config
 
 _NONE = type(None)
@@ -58,9 +58,9 @@ class HttpRequestProcessorConfig(ProcessorConfig):
     accelerator_type: str | None = None
     http_request_stage: Any = True
     max_error_rate: float | None = None
-    dashboard: bool = False
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 0
+    dashboard: bool = field(default=False, metadata=NOT_IDENTITY)
+    dashboard_host: str = field(default="127.0.0.1", metadata=NOT_IDENTITY)
+    dashboard_port: int = field(default=0, metadata=NOT_IDENTITY)
 
     _REQUIRED: ClassVar[dict[str, str]] = {"url": "the endpoint to POST each row's payload to"}
     _TYPES: ClassVar[dict[str, tuple[type, ...]]] = {
@@ -140,7 +140,7 @@ class HttpRequestProcessorConfig(ProcessorConfig):
     def identity(self) -> dict[str, Any]:
         """What decides the output, for resumable writes: header values left out, so a rotated
         key continues the same job."""
-        values = self.field_values()
+        values = self.identity_values()
         values["url"] = self._public_url()
         values["headers"] = sorted(self.headers or {})
         return values

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
-from llmbatch.llm.config_fields import DASHBOARD_FIELD_TYPES
 from llmbatch.monitor import JobMonitor
 from llmbatch.monitor.state import RunCounts
 
@@ -23,7 +22,6 @@ SHOWN_STAGES = (
 )
 # The stage whose output rows carry token counts.
 TOKEN_STAGE = "engine"
-DASHBOARD_FIELDS = tuple(DASHBOARD_FIELD_TYPES)
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -65,10 +63,8 @@ def describe(processor: Processor) -> dict[str, Any]:
     """The configuration shown on the dashboard and in the report: the model, the processor's
     settings (credentials left out) and, once loaded, the engine's resolved config."""
     config = processor.config
-    values = config.identity() if hasattr(config, "identity") else config.field_values()
-    settings = {
-        name: _shown(value) for name, value in values.items() if name not in DASHBOARD_FIELDS
-    }
+    values = config.identity() if hasattr(config, "identity") else config.identity_values()
+    settings = {name: _shown(value) for name, value in values.items()}
     description: dict[str, Any] = {
         "model": str(getattr(config, "model_source", None) or getattr(config, "url", "")),
         "processor": type(config).__name__,
@@ -93,10 +89,3 @@ def _shown(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_shown(v) for v in value]
     return repr(value) if dataclasses.is_dataclass(value) else str(value)
-
-
-def without_dashboard(identity: Any) -> Any:
-    """A config's identity without the dashboard's fields, which change nothing in the output."""
-    if isinstance(identity, dict):
-        return {k: v for k, v in identity.items() if k not in DASHBOARD_FIELDS}
-    return identity

@@ -14,7 +14,7 @@ from llmbatch.integrations.ray import is_ray_dataset
 from llmbatch.llm.config import EngineProcessorConfig, ProcessorConfig
 from llmbatch.llm.engine_holder import EngineHolder
 from llmbatch.llm.http_config import HttpRequestProcessorConfig
-from llmbatch.llm.monitoring import SHOWN_STAGES, TOKEN_STAGE, monitor_for, without_dashboard
+from llmbatch.llm.monitoring import SHOWN_STAGES, TOKEN_STAGE, monitor_for
 from llmbatch.llm.ray_stages import process_ray_dataset
 from llmbatch.llm.stages import Stage, build_engine_stages, build_http_stages, run_stages
 from llmbatch.llm.summary import RunStats, RunSummary
@@ -232,7 +232,7 @@ class Processor:
             config = value_identity(self.config)
             model = model_identity(self.config.model_source)  # type: ignore[attr-defined]
         return digest(
-            without_dashboard(config),
+            config,
             value_identity(self.builder_options),
             model,
             code_identity(self.preprocess),
