@@ -139,7 +139,7 @@ class LLMEngine:
             self._stats,
             num_running=len(self._scheduler.running),
             num_waiting=len(self._scheduler.waiting),
-            kv_cache_usage=1.0 - blocks.num_free_blocks / max(blocks.num_blocks, 1),
+            kv_cache_usage=(blocks.num_blocks - blocks.num_free_blocks) / max(blocks.num_blocks, 1),
         )
 
     def add_request(

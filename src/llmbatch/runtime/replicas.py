@@ -102,12 +102,13 @@ def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
         results: list[Any] = list(rejected)
         if engine.has_unfinished():
             results.extend(engine.step())
-        if results:
-            outbox.put(("outputs", index, results))
-        # also when going idle, so the last word is that nothing runs
+        # also when going idle, so the last word is that nothing runs; sent before the
+        # outputs, so the parent has it when it has the last of them
         if time.monotonic() - stats_sent >= STATS_INTERVAL_S or not engine.has_unfinished():
             stats_sent = time.monotonic()
             outbox.put(("stats", index, engine.stats))
+        if results:
+            outbox.put(("outputs", index, results))
 
 
 class ReplicatedEngine:

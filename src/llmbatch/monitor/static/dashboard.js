@@ -100,6 +100,9 @@ function drawCharts(state) {
     yaxis2: { title: { text: "KV cache, %" }, overlaying: "y", side: "right", range: [0, 100] },
     margin: { l: 50, r: 50, t: 10, b: 36 },
   }), PLOT_CONFIG);
+  const gpuPanel = document.getElementById("chart-gpus").parentElement;
+  gpuPanel.style.display = Object.keys(s.gpus).length ? "block" : "none";
+  if (!Object.keys(s.gpus).length) return;
   const gpuTraces = [];
   Object.entries(s.gpus).forEach(([index, lines], i) => {
     const color = COLORS[i % COLORS.length];
