@@ -250,10 +250,9 @@ class Processor:
 
     def _start_run(self) -> RunStats:
         previous = self._stats
-        self._stats = RunStats()
-        if previous is not None and previous.rows == 0 and previous.finished_at is None:
-            # the engine loaded for this run before its rows began (prepare)
-            self._stats.engine_startup_s = previous.engine_startup_s
+        if previous is None or previous.rows or previous.finished_at is not None:
+            self._stats = RunStats()
+        # else the run began when its engine loaded (prepare), and its stats hold that time
         self.monitor.start_run(self._source_rows)
         self._serve_dashboard()
         return self._stats
