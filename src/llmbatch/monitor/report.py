@@ -241,9 +241,9 @@ def _segment_shapes(figure: Any, segments: list[Segment]) -> None:
 def _layout(figure: Any, y_title: str) -> Any:
     figure.update_layout(
         height=320,
-        margin={"l": 60, "r": 20, "t": 30, "b": 40},
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
         yaxis_title=y_title,
-        legend={"orientation": "h", "y": 1.15},
+        legend={"orientation": "h", "y": 1.2, "x": 1, "xanchor": "right"},
         plot_bgcolor="#fff",
     )
     return figure
