@@ -9,14 +9,13 @@ import numpy as np
 import pyarrow as pa
 
 from llmbatch.llm.prefetch import Prefetcher
-from llmbatch.monitor.meters import (
+from llmbatch.monitor.meters import StageMeters, meter_chain
+from llmbatch.monitor.rows import (
     PROMETHEUS_BUCKETS,
     ErrorLog,
-    StageMeters,
     TokenLengths,
     bucket_width,
     length_bucket,
-    meter_chain,
 )
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from llmbatch.monitor.engines import GpuReader, engine_states
-from llmbatch.monitor.meters import WRITE, ErrorLog, StageMeters, TokenLengths, meter_chain
+from llmbatch.monitor.meters import WRITE, StageMeters, meter_chain
+from llmbatch.monitor.rows import ErrorLog, TokenLengths
 from llmbatch.monitor.state import EngineState, RunCounts, Sample
 from llmbatch.monitor.timeline import TimelineWriter
 from llmbatch.monitor.view import dashboard_view, progress

@@ -15,7 +15,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from llmbatch.monitor.meters import PROMETHEUS_BUCKETS
+from llmbatch.monitor.rows import PROMETHEUS_BUCKETS
 
 if TYPE_CHECKING:
     from llmbatch.monitor.source import JobSource

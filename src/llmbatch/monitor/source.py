@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from llmbatch.monitor.meters import TokenLengths
+from llmbatch.monitor.rows import TokenLengths
 from llmbatch.monitor.state import Sample
 
 
