@@ -21,6 +21,8 @@ from llmbatch.monitor.timeline import read_timeline
 pytestmark = pytest.mark.slow
 
 NUM_ROWS = 16
+BAD_ROW = 5  # its preprocess fails: an error row
+GOOD_ROWS = NUM_ROWS - 1
 ENGINE_KWARGS = {"max_model_len": 256, "kv_cache_memory_bytes": 32 << 20, "max_num_seqs": 4}
 VLLM_NAMES = [
     "vllm:num_requests_running",
@@ -38,6 +40,8 @@ VLLM_NAMES = [
 
 
 def preprocess(row):
+    if row["id"] == BAD_ROW:
+        raise ValueError(f"row {BAD_ROW} has no poem")
     return dict(
         messages=[
             {"role": "system", "content": "You are a helpful assistant."},
@@ -131,14 +135,15 @@ def test_metrics_use_vllms_names_and_move_while_the_job_runs(watched_job, smollm
     model = {"model_name": smollm2_dir}
     generated = [value(s, "vllm:generation_tokens", engine="0", **model) for s in scrapes]
     assert generated == sorted(generated) and generated[-1] > generated[0]
-    assert value(last, "vllm:generation_tokens", "vllm:generation_tokens_total") == 16 * NUM_ROWS
+    assert value(last, "vllm:generation_tokens", "vllm:generation_tokens_total") == 16 * GOOD_ROWS
     assert max(value(s, "vllm:num_requests_running") for s in scrapes) > 0
     assert max(value(s, "vllm:kv_cache_usage_perc") for s in scrapes) > 0
     # every row shares the system prompt: the prefix cache serves part of the prompts
     assert 0 < value(last, "vllm:prefix_cache_hits") < value(last, "vllm:prefix_cache_queries")
-    assert value(last, "vllm:request_success", finished_reason="length") == NUM_ROWS
+    assert value(last, "vllm:request_success", finished_reason="length") == GOOD_ROWS
     count = value(last, "vllm:request_generation_tokens", "vllm:request_generation_tokens_count")
-    assert count == NUM_ROWS
+    assert count == GOOD_ROWS
+    assert value(last, "llmbatch_error_rows", reason="preprocess: ValueError") == 1
     assert (
         value(last, "llmbatch_job_rows_done") == NUM_ROWS > value(first, "llmbatch_job_rows_done")
     )
@@ -173,6 +178,9 @@ def test_state_shows_progress_engine_and_stages(watched_job):
         running[-1]["series"]["elapsed_s"]
     )
     assert running[-1]["job"]["engine"]["max_num_seqs"] == 4
+    (error,) = states[-1]["now"]["errors"]
+    assert (error["reason"], error["count"]) == ("preprocess: ValueError", 1)
+    assert error["examples"] == [f"preprocess: ValueError: row {BAD_ROW} has no poem"]
 
 
 def test_report_is_written_next_to_the_output_and_not_read_as_output(watched_job):
@@ -182,7 +190,11 @@ def test_report_is_written_next_to_the_output_and_not_read_as_output(watched_job
     timeline = read_timeline(str(out / TIMELINE_NAME))
     (segment,) = timeline.segments
     assert segment.status == "finished" and segment.last.counts.rows == NUM_ROWS
-    assert sum(segment.output_lengths.values()) == NUM_ROWS and set(segment.output_lengths) == {16}
+    assert sum(segment.output_lengths.values()) == GOOD_ROWS and set(segment.output_lengths) == {16}
+    assert segment.error_examples == {
+        "preprocess: ValueError": [f"preprocess: ValueError: row {BAD_ROW} has no poem"]
+    }
+    assert "preprocess: ValueError" in report
     assert data.read_parquet(str(out)).count() == NUM_ROWS
 
 
