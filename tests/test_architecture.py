@@ -19,9 +19,10 @@ ALLOWED_IMPORTS: dict[str, set[str]] = {
     "runtime": {"engine", "models", "layers"},
     "data": set(),
     "integrations": set(),
-    "llm": {"data", "integrations", "runtime", "engine", "models"},
+    "monitor": {"data", "engine"},
+    "llm": {"data", "integrations", "monitor", "runtime", "engine", "models"},
     "_fixtures": {"data", "models"},
-    "cli": {"llm", "data", "runtime", "engine", "_fixtures"},
+    "cli": {"llm", "monitor", "data", "runtime", "engine", "_fixtures"},
 }
 
 

@@ -332,7 +332,12 @@ def test_a_killed_run_continues_and_writes_each_line_once(tmp_path, smollm2_dir,
     texts = [out.text for pair in zip(completions, chats) for out in pair]
     answers = [_choice(line)[0] for line in lines]
     assert [a if isinstance(a, str) else a["content"] for a in answers] == texts
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["requests.jsonl", "results.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "requests.jsonl",
+        "results.jsonl",
+        "results.jsonl.llmbatch_report.html",
+        "results.jsonl.llmbatch_timeline.jsonl",
+    ]
 
 
 @pytest.mark.parametrize(

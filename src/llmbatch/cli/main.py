@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="stop when more than this fraction of the rows are error rows (e.g. 0.5)",
     )
+    from llmbatch.cli.watching import add_dashboard_arguments, add_report_command
+
+    add_dashboard_arguments(run)
 
     from llmbatch.cli.run_batch import add_arguments
 
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let answers take any form (by default they must match MM-DD-YYYY)",
     )
+    add_report_command(commands)
     parser.commands = commands.choices  # type: ignore[attr-defined]
     return parser
 
@@ -92,6 +96,10 @@ def run_command(args: argparse.Namespace) -> int:
         spec.processor = dataclasses.replace(spec.processor, model_source=args.model)
     if args.max_error_rate is not None:
         spec.processor = dataclasses.replace(spec.processor, max_error_rate=args.max_error_rate)
+    if args.dashboard:
+        from llmbatch.cli.watching import dashboard_fields
+
+        spec.processor = dataclasses.replace(spec.processor, **dashboard_fields(args))
     try:
         result = run_job(
             spec,
@@ -148,7 +156,18 @@ def run_batch_command(args: argparse.Namespace) -> int:
     return run(args)
 
 
-_COMMANDS = {"run": run_command, "run-batch": run_batch_command, "demo": demo_command}
+def report_command(args: argparse.Namespace) -> int:
+    from llmbatch.cli.watching import report_command as report
+
+    return report(args)
+
+
+_COMMANDS = {
+    "run": run_command,
+    "run-batch": run_batch_command,
+    "demo": demo_command,
+    "report": report_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_unknown(parser.commands[args.command], extras)  # type: ignore[attr-defined]
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     command = _COMMANDS[args.command]
+    if args.command != "report":
+        from llmbatch.cli.progress import quiet_library_progress_bars
+
+        quiet_library_progress_bars()
     try:
         return command(args)
     except JOB_ERRORS as exc:

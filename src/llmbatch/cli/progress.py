@@ -39,3 +39,13 @@ def progress_bar(processor: Processor, total: int | None) -> Callable[[Stream], 
 def with_progress(dataset: Dataset, processor: Processor, total: int | None) -> Dataset:
     """`dataset` (an output of `processor`) with a progress bar (see `progress_bar`)."""
     return dataset.transform(progress_bar(processor, total), "progress")
+
+
+def quiet_library_progress_bars() -> None:
+    """The command's bar is the only one: transformers' and the Hub's own bars (weight loading,
+    GGUF conversion, downloads) are turned off."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()

@@ -31,6 +31,7 @@ from llmbatch.cli.batch_file import read_batch_file, upload
 from llmbatch.cli.batch_requests import RequestReader
 from llmbatch.cli.batch_responses import output_line
 from llmbatch.cli.progress import progress_bar
+from llmbatch.cli.watching import add_dashboard_arguments, dashboard_fields, keep_report
 from llmbatch.data.checkpoint import OutputConflictError
 from llmbatch.data.dataset import resumable_job
 from llmbatch.data.identity import digest
@@ -127,6 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Lines per table through the stages, and per committed shard of finished lines.",
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bar on stderr.")
+    add_dashboard_arguments(parser)
     engine = parser.add_argument_group("engine arguments (vLLM's names; see README: Engine)")
     hints = typing.get_type_hints(EngineArgs)
     for field in dataclasses.fields(EngineArgs):
@@ -184,6 +186,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         engine_kwargs=engine_kwargs,
         batch_size=args.batch_size,
         concurrency=args.data_parallel_size,
+        **dashboard_fields(args),
     )
     output = args.output_file
     if not _is_url(output):
@@ -248,6 +251,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     files = committed_files(work)
     assert files is not None
     _join(files, output)
+    keep_report(work, output)
     shutil.rmtree(work)
     print(
         f"wrote {report.total_rows} lines to {output} ({report.error_rows} error lines; "

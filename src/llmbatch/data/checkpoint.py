@@ -15,6 +15,7 @@ import json
 import os
 import signal
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,9 @@ from llmbatch.data.blocks import Stream
 from llmbatch.data.files import OutputFolder
 
 MANIFEST_NAME = "_llmbatch_manifest.json"
+# Names of llmbatch's own files in an output folder (the manifest, the run's timeline and
+# report): never output shards, never strays.
+OWN_FILE_PREFIX = "_llmbatch_"
 MANIFEST_VERSION = 1
 CRASH_ENV = "LLMBATCH_TEST_CRASH_AT"
 _crash_hits: dict[str, int] = {}
@@ -43,6 +47,13 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+WriteWatch = Callable[[OutputFolder, str], AbstractContextManager[object]]
+
+
+def unwatched(folder: OutputFolder, job: str) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 class OutputConflictError(FileExistsError):
     """The output folder holds the results of another job."""
 
@@ -57,7 +68,9 @@ class ResumableJob:
     row per input row. ``source_fingerprint`` names the input (file names, sizes and times, or
     in-memory content, and the stages before the processing); ``identity`` everything else that
     decides the output (model, settings, code); ``prepare`` loads what the processing needs
-    (the model), so that a missing or broken model fails before any row is read.
+    (the model), so that a missing or broken model fails before any row is read;
+    ``watch(folder, job_fingerprint)`` is entered around a write's processing, once the folder
+    is claimed (to keep a record of the run next to the output).
     """
 
     source: Callable[[], Stream]
@@ -65,6 +78,7 @@ class ResumableJob:
     source_fingerprint: Callable[[], str]
     identity: Callable[[], str]
     prepare: Callable[[], None] = lambda: None
+    watch: WriteWatch = unwatched
 
 
 @dataclass(slots=True)
@@ -167,6 +181,8 @@ def stray_files(folder: OutputFolder, manifest: Manifest | None, extension: str)
         if info.type != pafs.FileType.File:
             continue
         name = info.base_name
+        if name.startswith(OWN_FILE_PREFIX):
+            continue
         ours_temporary = name.startswith(".") and name.endswith(".tmp")
         if ours_temporary or (name.endswith(f".{extension}") and name not in listed):
             strays.append(name)

@@ -18,7 +18,7 @@ import pyarrow as pa
 from llmbatch.data import operators, spill
 from llmbatch.data.blocks import Stream, balanced_sizes, conform, rebatch, split_into
 from llmbatch.data.blocks import unify_schemas as unify
-from llmbatch.data.checkpoint import ResumableJob
+from llmbatch.data.checkpoint import ResumableJob, WriteWatch, unwatched
 from llmbatch.data.column_ops import ColumnOperations
 from llmbatch.data.combine import CombineOperations
 from llmbatch.data.grouped import AggregateOperations
@@ -285,11 +285,14 @@ def resumable(
     process: Callable[[Stream], Stream],
     identity: Callable[[], str],
     prepare: Callable[[], None],
+    watch: WriteWatch | None = None,
 ) -> Dataset:
     """Marks ``output`` (``process`` applied to ``source``'s stream) as resumable when written:
     a rerun into the same folder streams only the rows of ``source`` not yet committed through
     ``process`` (see `llmbatch.data.checkpoint.ResumableJob`)."""
-    output._resumable = ResumableJob(source._blocks, process, source.fingerprint, identity, prepare)
+    output._resumable = ResumableJob(
+        source._blocks, process, source.fingerprint, identity, prepare, watch or unwatched
+    )
     return output
 
 

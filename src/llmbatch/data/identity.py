@@ -19,6 +19,9 @@ from typing import Any
 import pyarrow as pa
 
 _PLAIN = (str, int, float, bool, type(None), bytes)
+# A dataclass field with ``metadata={IDENTITY: False}`` changes nothing in a job's output (say,
+# where a dashboard is served): fingerprints leave it out.
+IDENTITY = "identity"
 
 
 def digest(*parts: Any) -> str:
@@ -84,8 +87,9 @@ def _global_names(code: types.CodeType) -> set[str]:
 
 
 def value_identity(value: Any) -> Any:
-    """Plain data and dataclasses by value, functions by their code, anything else by its type
-    only (an object's repr often holds a memory address, which would change on every run)."""
+    """Plain data and dataclasses by value (less their fields marked as no part of the
+    identity), functions by their code, anything else by its type only (an object's repr
+    often holds a memory address, which would change on every run)."""
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, list | tuple):
@@ -95,7 +99,7 @@ def value_identity(value: Any) -> Any:
     if isinstance(value, types.FunctionType | types.MethodType | type):
         return code_identity(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = dataclasses.fields(value)
+        fields = [f for f in dataclasses.fields(value) if f.metadata.get(IDENTITY, True)]
         return {field.name: value_identity(getattr(value, field.name)) for field in fields}
     if isinstance(value, types.ModuleType):
         return value.__name__

@@ -96,6 +96,11 @@ class DatasetOutputs:
         _check_at_most(table.num_rows, limit, "to_pandas")
         return to_batch(table, "pandas")
 
+    def count_if_known(self) -> int | None:
+        """The number of rows when the plan or the source can tell it without running any
+        function (a source may read its files to count); None otherwise."""
+        return self._info.exact_rows()
+
     def count(self) -> int:
         """The number of rows: from what the plan knows, a source's metadata, or by running."""
         rows = self._info.exact_rows()

@@ -14,7 +14,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,13 +87,15 @@ def write_resumable(
     crash_point("job_start")
     writer = ShardWriter(folder, manifest, file_format, options)
     written = retried = 0
+    work = not manifest.complete or (retry_failed and any(s.errors for s in manifest.shards))
     try:
-        if not manifest.complete:
-            job.prepare()
-            written = _write_missing(job, writer, min_rows_per_file, max_rows_per_file)
-        if retry_failed and any(shard.errors for shard in manifest.shards):
-            job.prepare()
-            retried = _retry_errors(job, writer)
+        with job.watch(folder, fingerprint) if work else nullcontext():
+            if not manifest.complete:
+                job.prepare()
+                written = _write_missing(job, writer, min_rows_per_file, max_rows_per_file)
+            if retry_failed and any(shard.errors for shard in manifest.shards):
+                job.prepare()
+                retried = _retry_errors(job, writer)
     except KeyboardInterrupt:
         logger.warning(
             "interrupted: %d of the rows are committed in %s; run the same write again to "

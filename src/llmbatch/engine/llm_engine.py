@@ -25,7 +25,10 @@ from llmbatch.models import LoadedModel, load_model
 
 @dataclass(slots=True)
 class EngineStats:
-    """Counters since the engine started. Prompt tokens count every prompt token, cached or not."""
+    """Counters since the engine started, and gauges as of `LLMEngine.stats`. Prompt tokens
+    count every prompt token of finished requests, cached or not (the cached ones in
+    `num_cached_tokens`: the prefix cache's hit rate is their ratio). `kv_cache_usage` is the
+    share of KV blocks held by requests (blocks that only keep a cached prefix count as free)."""
 
     num_requests: int = 0
     num_finished: int = 0
@@ -35,6 +38,9 @@ class EngineStats:
     num_steps: int = 0
     num_preemptions: int = 0
     step_seconds: float = 0.0
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
 
 
 def load_model_for(config: EngineConfig) -> LoadedModel:
@@ -127,7 +133,15 @@ class LLMEngine:
 
     @property
     def stats(self) -> EngineStats:
-        return dataclasses.replace(self._stats)
+        """The counters, with the gauges read now (cheap: read from another thread while the
+        engine steps, never by the steps themselves)."""
+        blocks = self._block_manager
+        return dataclasses.replace(
+            self._stats,
+            num_running=len(self._scheduler.running),
+            num_waiting=len(self._scheduler.waiting),
+            kv_cache_usage=(blocks.num_blocks - blocks.num_free_blocks) / max(blocks.num_blocks, 1),
+        )
 
     def add_request(
         self,

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from llmbatch.llm.config_fields import CheckedFields
+from llmbatch.llm.config_fields import DASHBOARD_FIELD_TYPES, NOT_IDENTITY, CheckedFields
 from llmbatch.llm.placement import check_placement_group
 from llmbatch.llm.stage_configs import (
     ChatTemplateStageConfig,
@@ -250,6 +250,7 @@ class EngineProcessorConfig(ProcessorConfig):
             if value is not None:
                 self.check_positive(optional, value)
         self.check_concurrency()
+        self.check_dashboard()
         rate = self.max_error_rate  # type: ignore[attr-defined]
         if rate is not None and not 0 <= rate <= 1:
             raise ValueError(
@@ -288,6 +289,7 @@ ENGINE_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "prepare_multimodal_stage": (bool, dict, PrepareMultimodalStageConfig, _NONE),
     "max_engine_restarts": (int,),
     "engine_stall_timeout_s": (float, int),
+    **DASHBOARD_FIELD_TYPES,
 }
 MODEL_SOURCE_HINT = "a local model folder, a .gguf file or a Hub id"
 
@@ -343,6 +345,11 @@ class LLMProcessorConfig(EngineProcessorConfig):
         engine_stall_timeout_s: an engine that makes no progress for this long stops the job
             with an error showing every thread's stack (default 30 minutes, longer than any
             start-up).
+        dashboard: serve a live dashboard of each run (and Prometheus metrics at /metrics);
+            its address is printed once.
+        dashboard_host: the address it listens on; the default, 127.0.0.1, lets only this
+            machine see it (another address is reachable from others: a warning says so).
+        dashboard_port: its port; 0 picks a free one.
     """
 
     model_source: str
@@ -371,6 +378,9 @@ class LLMProcessorConfig(EngineProcessorConfig):
     dynamic_lora_loading_path: str | None = None
     max_engine_restarts: int = 3
     engine_stall_timeout_s: float = 1800.0
+    dashboard: bool = field(default=False, metadata=NOT_IDENTITY)
+    dashboard_host: str = field(default="127.0.0.1", metadata=NOT_IDENTITY)
+    dashboard_port: int = field(default=0, metadata=NOT_IDENTITY)
 
     _REQUIRED: ClassVar[dict[str, str]] = {"model_source": MODEL_SOURCE_HINT}
     _TYPES: ClassVar[dict[str, tuple[type, ...]]] = {

@@ -6,6 +6,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from llmbatch.data.identity import IDENTITY
+
+# Where a processor serves its live dashboard. They change nothing in the output, so a job's
+# fingerprint leaves them out (a resumed job may turn the dashboard on or off): declare them
+# with ``field(default=..., metadata=NOT_IDENTITY)``.
+NOT_IDENTITY = {IDENTITY: False}
+DASHBOARD_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "dashboard": (bool,),
+    "dashboard_host": (str,),
+    "dashboard_port": (int,),
+}
+
 
 def _rebuild(cls: type, values: dict[str, Any]) -> Any:
     return cls(**values)
@@ -44,6 +56,14 @@ class CheckedFields:
         """The fields as a dict (shallow: nested configs stay objects)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
+    def identity_values(self) -> dict[str, Any]:
+        """The fields that decide a job's output (see `llmbatch.data.identity.IDENTITY`)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.metadata.get(IDENTITY, True)
+        }
+
     @classmethod
     def field_types(cls) -> dict[str, tuple[type, ...]]:
         types: dict[str, tuple[type, ...]] = {}
@@ -65,6 +85,17 @@ class CheckedFields:
     def check_positive(self, name: str, value: int | float) -> None:
         if value < 1:
             raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {value}")
+
+    def check_dashboard(self) -> None:
+        """A host to listen on, and a port in 0..65535 (0: a free one)."""
+        label = type(self).__name__
+        if not self.dashboard_host:  # type: ignore[attr-defined]
+            raise ValueError(f"{label}.dashboard_host must name an address, e.g. '127.0.0.1'")
+        if not 0 <= self.dashboard_port <= 65535:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{label}.dashboard_port must be in 0..65535 (0 picks a free port), "
+                f"got {self.dashboard_port}"  # type: ignore[attr-defined]
+            )
 
     def check_concurrency(self, name: str = "concurrency") -> None:
         """An int >= 1 or a ``(min, max)`` pair with 1 <= min <= max (stored as a tuple)."""

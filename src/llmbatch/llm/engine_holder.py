@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 class EngineHolder:
     """Starts the engine (its replicas, with ``concurrency`` > 1) on first use and lends it to
-    one run at a time; closes it when a run ends unless `keep_loaded` is set."""
+    one run at a time; closes it when a run ends unless `keep_loaded` is set (``on_close``
+    sees it last, before it closes)."""
 
     def __init__(
         self,
@@ -26,9 +27,11 @@ class EngineHolder:
         has_image: bool,
         current_stats: Callable[[], RunStats],
         recovery: RecoveryPolicy | None = None,
+        on_close: Callable[[EngineClient], None] | None = None,
     ) -> None:
         self._engine_args = engine_args
         self._recovery = recovery
+        self._on_close = on_close
         self._concurrency = concurrency
         self._has_image = has_image
         self._current_stats = current_stats
@@ -50,12 +53,18 @@ class EngineHolder:
             if self._engine is None:
                 from llmbatch.runtime.start import start_engine
 
+                stats = self._current_stats()  # the run's clock starts before the load
                 started = time.perf_counter()
                 self._engine = start_engine(
                     self._engine_args, self._concurrency, self._recovery or _default_recovery()
                 )
-                self._current_stats().engine_startup_s += time.perf_counter() - started
+                stats.engine_startup_s += time.perf_counter() - started
             return self._engine
+
+    @property
+    def loaded(self) -> EngineClient | None:
+        """The engine if it is loaded (never loads it)."""
+        return self._engine
 
     def tokenizer(self) -> Any:
         return self.load().tokenizer
@@ -122,6 +131,8 @@ class EngineHolder:
                 self._supersede_current()
                 self._supersede_current = None
             if self._engine is not None:
+                if self._on_close is not None:
+                    self._on_close(self._engine)
                 self._engine.close()
                 self._engine = None
 

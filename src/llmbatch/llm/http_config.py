@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from llmbatch.llm.config import ProcessorConfig
+from llmbatch.llm.config_fields import DASHBOARD_FIELD_TYPES, NOT_IDENTITY
 from llmbatch.llm.stage_configs import HttpRequestStageConfig, resolve_stage_config
 
 _NONE = type(None)
@@ -42,6 +43,8 @@ class HttpRequestProcessorConfig(ProcessorConfig):
             request times out after 300 s).
         http_request_stage: Ray's stage config; it cannot be disabled.
         max_error_rate: stop a run once more than this fraction of its rows are error rows.
+        dashboard, dashboard_host, dashboard_port: a live dashboard, as for
+            `vLLMEngineProcessorConfig`.
     """
 
     url: str
@@ -55,6 +58,9 @@ class HttpRequestProcessorConfig(ProcessorConfig):
     accelerator_type: str | None = None
     http_request_stage: Any = True
     max_error_rate: float | None = None
+    dashboard: bool = field(default=False, metadata=NOT_IDENTITY)
+    dashboard_host: str = field(default="127.0.0.1", metadata=NOT_IDENTITY)
+    dashboard_port: int = field(default=0, metadata=NOT_IDENTITY)
 
     _REQUIRED: ClassVar[dict[str, str]] = {"url": "the endpoint to POST each row's payload to"}
     _TYPES: ClassVar[dict[str, tuple[type, ...]]] = {
@@ -68,6 +74,7 @@ class HttpRequestProcessorConfig(ProcessorConfig):
         "accelerator_type": (str, _NONE),
         "http_request_stage": (bool, dict, HttpRequestStageConfig),
         "max_error_rate": (float, int, _NONE),
+        **DASHBOARD_FIELD_TYPES,
     }
 
     def __post_init__(self) -> None:
@@ -95,6 +102,7 @@ class HttpRequestProcessorConfig(ProcessorConfig):
             raise TypeError(f"{name}.session_factory must be a function returning a session")
         self.check_positive("batch_size", self.batch_size)
         self.check_concurrency()
+        self.check_dashboard()
         rate = self.max_error_rate
         if rate is not None and not 0 <= rate <= 1:
             raise ValueError(f"{name}.max_error_rate must be in [0, 1], got {rate!r}")
@@ -132,7 +140,7 @@ class HttpRequestProcessorConfig(ProcessorConfig):
     def identity(self) -> dict[str, Any]:
         """What decides the output, for resumable writes: header values left out, so a rotated
         key continues the same job."""
-        values = self.field_values()
+        values = self.identity_values()
         values["url"] = self._public_url()
         values["headers"] = sorted(self.headers or {})
         return values

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
+from llmbatch.monitor.meters import waiting
+
 T = TypeVar("T")
 
 _END = object()
@@ -62,7 +64,9 @@ class Prefetcher(Generic[T]):
         if self.exhausted:
             return None
         try:
-            item = self._items.get(block=block)
+            # time waiting for the source is the source's, not the consumer's
+            with waiting():
+                item = self._items.get(block=block)
         except queue.Empty:
             return None
         if item is _END:

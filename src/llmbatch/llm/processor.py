@@ -14,6 +14,7 @@ from llmbatch.integrations.ray import is_ray_dataset
 from llmbatch.llm.config import EngineProcessorConfig, ProcessorConfig
 from llmbatch.llm.engine_holder import EngineHolder, recovery_policy
 from llmbatch.llm.http_config import HttpRequestProcessorConfig
+from llmbatch.llm.monitoring import SHOWN_STAGES, TOKEN_STAGE, monitor_for
 from llmbatch.llm.ray_resume import resumable_ray
 from llmbatch.llm.ray_stages import process_ray_dataset
 from llmbatch.llm.stages import Stage, build_engine_stages, build_http_stages, run_stages
@@ -110,9 +111,12 @@ class Processor:
                 self.plan.has_image,
                 self._current_stats,
                 recovery_policy(config),
+                on_close=lambda engine: self.monitor.engine_closing(engine),
             )
         elif not isinstance(config, HttpRequestProcessorConfig):
             raise TypeError(f"{type(config).__name__} is not a processor config llmbatch runs")
+        self.monitor = monitor_for(self)
+        self._source_rows: Any = None
 
     def __call__(self, dataset: Dataset) -> Dataset:
         """The processed rows of `dataset`, lazily: nothing runs until the result is consumed.
@@ -120,6 +124,8 @@ class Processor:
         A Ray Dataset gives a Ray Dataset, whose stages run in Ray actors; written with
         ``llmbatch.data.write_parquet`` (or ``write_json``, ``write_csv``) it resumes."""
         if is_ray_dataset(dataset):
+            if self.config.dashboard:  # type: ignore[attr-defined]
+                logger.warning("dashboard=True has no effect on a Ray Dataset: see Ray's dashboard")
             return resumable_ray(
                 lambda rows: process_ray_dataset(self, rows), dataset, self._identity
             )
@@ -128,7 +134,8 @@ class Processor:
                 f"a processor takes an llmbatch.data.Dataset, got {type(dataset).__name__}; "
                 "wrap rows with llmbatch.data.from_items, from_pandas or from_arrow"
             )
-        stages = self.stages()
+        stages = self.monitor.wrap(self.stages(), SHOWN_STAGES, TOKEN_STAGE)
+        self._source_rows = dataset.count_if_known
         output = dataset
         for stage in stages:
             output = output.transform(stage, stage.name)
@@ -138,11 +145,22 @@ class Processor:
             lambda blocks: run_stages(stages, blocks),
             self._identity,
             self.prepare,
+            watch=self.monitor.watch_write,
         )
 
     def summary(self) -> RunSummary | None:
         """The latest run's summary (live while it runs); None before any run."""
         return self._stats.summary() if self._stats is not None else None
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The live dashboard's address once it is served (``dashboard=True``), else None."""
+        return self.monitor.url
+
+    @property
+    def loaded_engine(self) -> EngineClient | None:
+        """The engine if it is loaded now (None for the HTTP processor), without loading it."""
+        return None if self._engine is None else self._engine.loaded
 
     @property
     def engine(self) -> EngineClient:
@@ -166,9 +184,11 @@ class Processor:
         logger.info("The processor reads, from each row (or its preprocess): %s", needed)
 
     def close(self) -> None:
-        """Releases the engine and its memory; a later run loads it again."""
+        """Releases the engine and its memory (a later run loads it again) and stops the
+        dashboard."""
         if self._engine is not None:
             self._engine.close()
+        self.monitor.close()
 
     def __enter__(self) -> Processor:
         if self._engine is not None:
@@ -226,14 +246,26 @@ class Processor:
 
     def prepare(self) -> None:
         """Loads what a run needs (the engine) now, so that a missing or broken model fails
-        before any row is read."""
+        before any row is read. The dashboard, when asked for, is served first, so the model's
+        loading shows there."""
+        self._serve_dashboard()
         if self._engine is not None:
             self._engine.load()
             crash_point("engine_loaded")
 
     def _start_run(self) -> RunStats:
-        self._stats = RunStats()
+        previous = self._stats
+        if previous is None or previous.rows or previous.finished_at is not None:
+            self._stats = RunStats()
+        # else the run began when its engine loaded (prepare), and its stats hold that time
+        self.monitor.start_run(self._source_rows)
+        self._serve_dashboard()
         return self._stats
+
+    def _serve_dashboard(self) -> None:
+        config = self.config
+        if config.dashboard:  # type: ignore[attr-defined]
+            self.monitor.serve(config.dashboard_host, config.dashboard_port)  # type: ignore[attr-defined]
 
     def _current_stats(self) -> RunStats:
         return self._stats if self._stats is not None else self._start_run()

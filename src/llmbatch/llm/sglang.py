@@ -18,6 +18,7 @@ from llmbatch.llm.config import (
     EngineProcessorConfig,
     check_task_type,
 )
+from llmbatch.llm.config_fields import NOT_IDENTITY
 
 # SGLang server argument -> engine argument, for those with the same meaning.
 _ENGINE_NAMES = {
@@ -128,6 +129,9 @@ class SGLangEngineProcessorConfig(EngineProcessorConfig):
     tokenize_stage: Any = None
     detokenize_stage: Any = None
     prepare_multimodal_stage: Any = None
+    dashboard: bool = field(default=False, metadata=NOT_IDENTITY)
+    dashboard_host: str = field(default="127.0.0.1", metadata=NOT_IDENTITY)
+    dashboard_port: int = field(default=0, metadata=NOT_IDENTITY)
 
     sampling_params_names: ClassVar[str] = "sglang"
     _REQUIRED: ClassVar[dict[str, str]] = {"model_source": MODEL_SOURCE_HINT}

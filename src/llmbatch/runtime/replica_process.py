@@ -26,6 +26,8 @@ CLOSE_TIMEOUT_S = 30.0
 # A replica with requests says it is alive at least this often, so the parent tells a slow
 # engine from a stuck one.
 HEARTBEAT_S = 1.0
+# how often a busy replica sends its engine's stats (running, waiting, KV use, tokens)
+STATS_INTERVAL_S = 0.5
 
 
 @dataclass(slots=True)
@@ -72,7 +74,7 @@ def replica_main(
 
 def _serve(engine: Any, inbox: mp.Queue, outbox: Connection) -> None:
     seeds: dict[str, int | None] = {}
-    last_sent = time.monotonic()
+    last_sent = stats_sent = time.monotonic()
     while True:
         rejected: list[RequestRejected] = []
         block = not engine.has_unfinished()
@@ -104,6 +106,11 @@ def _serve(engine: Any, inbox: mp.Queue, outbox: Connection) -> None:
         for result in results:
             seeds.pop(result.request_id, None)
         now = time.monotonic()
+        # also when going idle, so the last word is that nothing runs; sent before the
+        # outputs, so the parent has it when it has the last of them
+        if now - stats_sent >= STATS_INTERVAL_S or not engine.has_unfinished():
+            outbox.send(("stats", engine.stats))
+            stats_sent = now
         if results or now - last_sent >= HEARTBEAT_S:
             outbox.send(("outputs", results))
             last_sent = now

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmbatch.engine.config import EngineConfig
 from llmbatch.engine.multimodal import MultiModalInputs
@@ -23,6 +23,9 @@ from llmbatch.runtime.recovery import EngineFailed, PendingRequest, Recovery, Re
 from llmbatch.runtime.replica_plan import ReplicaPlan
 from llmbatch.runtime.replica_process import ReplicaInfo, ReplicaProcess
 from llmbatch.runtime.watchdog import EngineStalled, stall_message, thread_stacks
+
+if TYPE_CHECKING:
+    from llmbatch.engine.llm_engine import EngineStats
 
 STARTUP_TIMEOUT_S = 1800.0
 POLL_INTERVAL_S = 1.0
@@ -56,6 +59,7 @@ class ReplicatedEngine:
         self._unsent: list[list[PendingRequest]] = [[] for _ in self._replicas]
         self._waiting: deque[str] = deque()
         self._given_up: list[RequestRejected] = []
+        self._stats: list[EngineStats | None] = [None] * plan.num_replicas
         self._closed = False
         try:
             infos = [self._started(i) for i in range(plan.num_replicas)]
@@ -69,6 +73,11 @@ class ReplicatedEngine:
     @property
     def num_replicas(self) -> int:
         return self.plan.num_replicas
+
+    @property
+    def replica_stats(self) -> list[EngineStats | None]:
+        """Each replica's engine stats as it last sent them (None before it sent any)."""
+        return list(self._stats)
 
     @property
     def pids(self) -> list[int | None]:
@@ -169,6 +178,9 @@ class ReplicatedEngine:
         kind, payload = message
         if kind == "failed":
             return self._restart(index, f"its engine raised:\n{payload}")
+        if kind == "stats":
+            self._stats[index] = payload
+            return []
         taken = []
         for result in payload:
             if self._owner.get(result.request_id) != index:
