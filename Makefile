@@ -5,15 +5,11 @@ PY := $(VENV)/bin/python
 # Where no GPU is present, pin the CPU build of torch so pip never pulls a multi-GB CUDA build.
 TORCH_SPEC := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: install demo test lint bench-cpu clean
+.PHONY: install demo test lint browser bench-cpu clean
 
 install: $(VENV)/.installed
 
-# The browser tests drive the OS's Chromium (no browser is downloaded): installed here as root
-# on Debian when missing.
 $(VENV)/.installed: pyproject.toml Makefile
-	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
@@ -28,7 +24,13 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/ruff format --check src tests bench examples
 
-test: lint
+# The browser tests drive the OS's Chromium (no browser is downloaded): installed for the
+# tests only, as root on Debian, when missing.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; fi
+
+test: lint browser
 	$(PY) -m pytest -q
 
 clean:
