@@ -243,7 +243,10 @@ class OutputStage:
         types = ColumnTypes(self.name)
         for block in blocks:
             table = as_table(block)
-            table = types.settle(self._apply(table, types) if self._fn is not None else table)
+            if self._fn is not None:
+                # only a user's function can give a column two types; the engine's own columns
+                # may differ by row on purpose (a list of n answers beside single answers)
+                table = types.settle(self._apply(table, types))
             errors = errors_of(table)
             table = with_errors(
                 table.drop_columns([ERROR]) if ERROR in table.column_names else table, errors

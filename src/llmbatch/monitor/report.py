@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 from llmbatch.data.checkpoint import MANIFEST_NAME
+from llmbatch.data.files import OutputFolder
 from llmbatch.monitor.report_figures import (
     engines_figure,
     error_counts,
@@ -70,10 +71,8 @@ def _write(timeline_path: str, manifest: dict[str, Any] | None, report_path: str
         )
     page = render_report(timeline.segments, manifest)
     folder, name = os.path.split(report_path)
-    temporary = os.path.join(folder, f".{name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(page)
-    os.replace(temporary, report_path)
+    with OutputFolder.create(folder or ".").atomic_file(name) as stream:
+        stream.write(page.encode())
     return report_path
 
 
