@@ -15,6 +15,7 @@ from llmbatch.engine.cuda_graphs import StepGraphs, capture_sizes, prompt_captur
 from llmbatch.engine.kv_cache import allocate_kv_cache
 from llmbatch.engine.multimodal import ImageChunk, mrope_step_positions
 from llmbatch.engine.outputs import Logprob
+from llmbatch.engine.pooler import PooledStep, StepPooler
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampler import Sampler, token_logprobs
 from llmbatch.engine.scheduler import ScheduledBatch
@@ -50,6 +51,8 @@ class LaunchedStep:
     host_sampled: torch.Tensor | None = None
     logprobs: list[dict[int, Logprob] | None] = field(default_factory=list)
     done: torch.cuda.Event | None = None
+    pooled: PooledStep | None = None
+    """A pooling model's results for the prompts the step completes."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,6 +86,9 @@ class ModelRunner:
             host_int32=self._host_int32,
         )
         self.kv_caches = allocate_kv_cache(model, config)
+        self._pooler = (
+            StepPooler(model, self.device.type == "cuda") if model.pooler is not None else None
+        )
         self._decode_graphs: StepGraphs | None = None
         self._prompt_graphs: StepGraphs | None = None
         # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
@@ -105,6 +111,8 @@ class ModelRunner:
             self._prompt_graphs = StepGraphs(
                 self.model, prompt_sizes, self.kv_caches, config, False, pool
             )
+        if self._pooler is not None:
+            return  # a pooling model's steps are all prompt tokens
         decode_sizes = capture_sizes(config.max_num_seqs)
         self._decode_graphs = StepGraphs(
             self.model, decode_sizes, self.kv_caches, config, True, pool
@@ -117,6 +125,9 @@ class ModelRunner:
         self._parity ^= 1
         inputs = self._prepare_inputs(batch, previous)
         hidden = self._forward(inputs)
+        if self._pooler is not None:
+            pooled = self._pooler.pool(hidden, batch.requests, batch.num_new_tokens)
+            return LaunchedStep([], False, pooled=pooled)
         if any(r.wants_prompt_logprobs for r in batch.requests):
             self._score_prompts(batch, hidden)
         sampling = inputs.sampling
@@ -277,6 +288,8 @@ class ModelRunner:
         query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
         np.cumsum(query_lens, out=query_start_loc[1:])
         samples = seq_lens == np.array([r.num_tokens for r in requests], dtype=np.int64)
+        if self._pooler is not None:
+            samples[:] = False  # a pooling model samples nothing
         sampling = requests if samples.all() else list(itertools.compress(requests, samples))
         sample_rows = query_start_loc[1:][samples] - 1
 

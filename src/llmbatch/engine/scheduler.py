@@ -124,11 +124,10 @@ class Scheduler:
             reserved = sum(self._expected_growth(r, len(r.block_ids)) for r in self.running)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            # prompt log-probabilities need every prompt token computed, none from the cache
+            # prompt log-probabilities (and MEAN or CLS pooling) need every prompt token
+            # computed, none from the cache
             cached_blocks = (
-                []
-                if request.wants_prompt_logprobs
-                else self.block_manager.find_cached_prefix(request)
+                [] if request.needs_whole_prompt else self.block_manager.find_cached_prefix(request)
             )
             num_cached = len(cached_blocks) * self.block_manager.block_size
             num_new = request.num_tokens - num_cached

@@ -10,6 +10,7 @@ from torch import nn
 
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.layers.tensor_parallel import SINGLE, TensorParallel
+from llmbatch.models.pooling import PoolerConfig
 
 
 class CausalLM(nn.Module, ABC):
@@ -27,6 +28,9 @@ class CausalLM(nn.Module, ABC):
     """Positions the model can encode (the length of its rotary table)."""
     tensor_parallel: TensorParallel = SINGLE
     """The shard of the model this instance holds."""
+    pooler: PoolerConfig | None = None
+    """Set on a pooling model (see `llmbatch.models.pooling`): it has no LM head, and a
+    classifier has a ``score`` head over the pooled hidden state."""
     uses_mrope: bool = False
     """Whether positions are M-RoPE's three rows ``[3, T]`` (temporal, height, width), as
     ``mrope_positions`` gives them, rather than ``[T]``."""

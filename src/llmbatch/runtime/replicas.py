@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmbatch.engine.config import EngineConfig
+from llmbatch.engine.lora_request import LoRARequest
 from llmbatch.engine.multimodal import MultiModalInputs
 from llmbatch.engine.outputs import RequestOutput, RequestRejected
+from llmbatch.engine.pooling_params import PoolingParams
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.runtime.replica_plan import ReplicaPlan
 
@@ -87,10 +89,12 @@ def _serve(index: int, engine: Any, inbox: mp.Queue, outbox: mp.Queue) -> None:
                 for request_id in payload:
                     engine.abort_request(request_id)
             else:
-                for request_id, prompt, params, images in payload:
+                for request_id, prompt, params, images, lora in payload:
                     multi_modal = MultiModalInputs.from_record(images)
                     try:
-                        engine.add_request(request_id, prompt, params, multi_modal=multi_modal)
+                        engine.add_request(
+                            request_id, prompt, params, multi_modal=multi_modal, lora_request=lora
+                        )
                     except RequestRejected as exc:
                         rejected.append(exc)
         results: list[Any] = list(rejected)
@@ -123,7 +127,7 @@ class ReplicatedEngine:
             for i, device in enumerate(plan.devices)
         ]
         self._owner: dict[str, int] = {}
-        self._unsent: list[list[tuple[str, Any, SamplingParams, dict[str, Any] | None]]] = [
+        self._unsent: list[list[tuple[str, Any, Any, dict[str, Any] | None, Any]]] = [
             [] for _ in plan.devices
         ]
         self._load = [0] * plan.num_replicas
@@ -152,8 +156,9 @@ class ReplicatedEngine:
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         multi_modal: MultiModalInputs | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queues a request on the least-loaded replica (sent with the next `step`)."""
         if request_id in self._owner:
@@ -162,7 +167,7 @@ class ReplicatedEngine:
         self._owner[request_id] = replica
         self._load[replica] += 1
         images = None if multi_modal is None else multi_modal.to_record()
-        self._unsent[replica].append((request_id, prompt, params, images))
+        self._unsent[replica].append((request_id, prompt, params, images, lora_request))
 
     def abort_request(self, request_id: str) -> bool:
         replica = self._owner.pop(request_id, None)
