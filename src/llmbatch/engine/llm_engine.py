@@ -13,6 +13,7 @@ from llmbatch.engine.args import EngineArgs
 from llmbatch.engine.block_manager import BlockManager
 from llmbatch.engine.config import EngineConfig, resolve_config
 from llmbatch.engine.kv_cache import measure_num_blocks
+from llmbatch.engine.lora_manager import LoRAManager
 from llmbatch.engine.lora_request import LoRARequest
 from llmbatch.engine.model_runner import LaunchedStep, ModelRunner
 from llmbatch.engine.multimodal import MultiModalInputs
@@ -25,6 +26,7 @@ from llmbatch.engine.request_builder import RequestBuilder
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.scheduler import Scheduler
 from llmbatch.models import LoadedModel, load_model
+from llmbatch.models.lora_adapter import IncompatibleAdapter, add_lora_layers
 
 
 @dataclass(slots=True)
@@ -43,8 +45,9 @@ class EngineStats:
 
 def load_model_for(config: EngineConfig) -> LoadedModel:
     """The model `config` names, on its device and dtype (this rank's shard inside
-    ``sharded_over``)."""
-    return load_model(
+    ``sharded_over``), with its LoRA slots when ``enable_lora`` (allocated before the KV cache
+    is measured, so that it counts them)."""
+    loaded = load_model(
         config.model,
         dtype=config.dtype,
         device=config.device,
@@ -55,6 +58,10 @@ def load_model_for(config: EngineConfig) -> LoadedModel:
         model_impl=config.model_impl,
         pooler=config.pooler,
     )
+    if config.enable_lora:
+        max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)
+        add_lora_layers(loaded.model, config.max_loras, config.max_lora_rank, max_tokens)
+    return loaded
 
 
 @dataclass(slots=True)
@@ -96,7 +103,8 @@ class LLMEngine:
         self._block_manager = BlockManager(
             config.num_kv_blocks, config.block_size, config.enable_prefix_caching
         )
-        self._scheduler = Scheduler(config.scheduler, self._block_manager)
+        self._adapters = LoRAManager(loaded.model, config) if config.enable_lora else None
+        self._scheduler = Scheduler(config.scheduler, self._block_manager, self._adapters)
         self._requests: dict[str, Request] = {}
         self._stats = EngineStats()
         self._in_flight: LaunchedStep | None = None
@@ -155,6 +163,8 @@ class LLMEngine:
             if request_id in self._requests or request_id in self._samples:
                 raise RequestRejected(f"request_id {request_id!r} is already in the engine")
             sequences = self._builder.build(request_id, prompt, params, multi_modal, lora_request)
+            if lora_request is not None:
+                self._check_adapter(lora_request)
         except RequestRejected as exc:
             exc.request_id = request_id
             raise
@@ -164,6 +174,17 @@ class LLMEngine:
             self._requests[sequence.request_id] = sequence
             self._scheduler.add(sequence)
         self._stats.num_requests += 1
+
+    def _check_adapter(self, lora: LoRARequest) -> None:
+        if self._adapters is None:
+            raise RequestRejected(
+                f"the request names LoRA adapter {lora.lora_name!r}, but the engine runs "
+                "without LoRA: set enable_lora=True (and max_lora_rank, max_loras)"
+            )
+        try:
+            self._adapters.check(lora)
+        except IncompatibleAdapter as exc:
+            raise RequestRejected(str(exc)) from None
 
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         """Runs one scheduler step; returns the requests that finished in it.

@@ -93,7 +93,7 @@ class ModelRunner:
         self._prompt_graphs: StepGraphs | None = None
         # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
         # copies of step N may still be reading theirs.
-        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 6, [None] * 6]
+        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 7, [None] * 7]
         self._parity = 0
         if config.cuda_graphs:
             self._capture_cuda_graphs()
@@ -103,6 +103,9 @@ class ModelRunner:
         steps with prompt tokens (the attention backend must allow capture)."""
         config = self.config
         pool = torch.cuda.graph_pool_handle()
+        if self.model.lora is not None:
+            # the warm-ups compile the LoRA kernels, which every captured graph holds
+            self.model.lora.batch.active = True
         prompt_sizes = prompt_capture_sizes(
             min(config.cuda_graph_max_tokens, config.max_num_batched_tokens)
         )
@@ -293,6 +296,9 @@ class ModelRunner:
         sampling = requests if samples.all() else list(itertools.compress(requests, samples))
         sample_rows = query_start_loc[1:][samples] - 1
 
+        if self.model.lora is not None:
+            slots = np.repeat(np.array([r.lora_slot for r in requests], np.int32), query_lens)
+            self.model.lora.batch.set_step(slots, self._lora_to_device)
         num_sample_rows = sample_rows.size if sample_rows.size != num_tokens else 0
         num_pending = len(pending_at)
         model_positions, image_chunks = positions, []
@@ -355,6 +361,12 @@ class ModelRunner:
         if values.dtype == np.int64:
             return self._to_device([values], torch.int64, 3)
         return self._to_device([values], torch.float32, 4)
+
+    def _lora_to_device(self, values: np.ndarray) -> torch.Tensor:
+        """The step's LoRA slots or plan, copied without a host sync."""
+        return self._to_device(
+            [values], torch.int32 if values.dtype == np.int32 else torch.int64, 6
+        )
 
     def _host_int32(self, size: int) -> torch.Tensor:
         """The sampler's int32 buffer of a step (grammar masks), pinned on a GPU host."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,9 @@ class CausalLM(nn.Module, ABC):
     pooler: PoolerConfig | None = None
     """Set on a pooling model (see `llmbatch.models.pooling`): it has no LM head, and a
     classifier has a ``score`` head over the pooled hidden state."""
+    lora: Any = None
+    """The model's LoRA layers (`llmbatch.models.lora_adapter.LoRALayers`) once
+    ``add_lora_layers`` wrapped its projections."""
     uses_mrope: bool = False
     """Whether positions are M-RoPE's three rows ``[3, T]`` (temporal, height, width), as
     ``mrope_positions`` gives them, rather than ``[T]``."""

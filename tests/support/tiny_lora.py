@@ -1,0 +1,43 @@
+"""LoRA adapters made with PEFT on tiny models, and their merged transformers references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+
+def make_adapter(
+    base_folder: Path,
+    folder: Path,
+    target_modules: list[str],
+    rank: int,
+    seed: int,
+    **config,
+) -> None:
+    """A PEFT adapter of random A and B (PEFT starts B at zero, which would change nothing)
+    saved to ``folder``."""
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=config.pop("lora_alpha", 2 * rank),
+        target_modules=target_modules,
+        **config,
+    )
+    model = get_peft_model(base, lora)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    model.save_pretrained(folder)
+
+
+def merged_model(base_folder: Path, adapter_folder: Path | None) -> PreTrainedModel:
+    """The base model with the adapter merged into its weights (the base alone for None)."""
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    if adapter_folder is None:
+        return base.eval()
+    return PeftModel.from_pretrained(base, adapter_folder).merge_and_unload().eval()
