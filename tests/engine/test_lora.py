@@ -4,7 +4,7 @@ with rows of three adapters and the base model interleaved in one batch."""
 from __future__ import annotations
 
 import pytest
-from tiny_lora import make_adapter, merged_model
+from tiny_lora import make_adapter, make_lora_setup, merged_model
 from tiny_models import hf_greedy, random_prompts, save_tiny_model, tiny_configs
 
 from llmbatch import LLM, LoRARequest, SamplingParams
@@ -18,46 +18,11 @@ ENGINE = dict(
     enable_lora=True,
     max_lora_rank=16,
 )
-# three adapters of different ranks, targets and scalings
-ADAPTERS = {
-    "attention-qv": dict(target_modules=["q_proj", "v_proj"], rank=4, seed=1),
-    "everything": dict(
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        rank=16,
-        seed=2,
-    ),
-    "mlp-rslora": dict(
-        target_modules=["up_proj", "down_proj", "o_proj"], rank=8, seed=3, use_rslora=True
-    ),
-}
 
 
 @pytest.fixture(scope="module")
 def lora_setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    base = root / "base"
-    save_tiny_model(base, tiny_configs()["qwen3-qk-norm"])
-    folders = {}
-    for name, spec in ADAPTERS.items():
-        spec = dict(spec)
-        folders[name] = root / name
-        make_adapter(
-            base,
-            folders[name],
-            spec.pop("target_modules"),
-            spec.pop("rank"),
-            spec.pop("seed"),
-            **spec,
-        )
-    return base, folders
+    return make_lora_setup(tmp_path_factory.mktemp("lora"))
 
 
 def requests_of(folders) -> list[LoRARequest | None]:

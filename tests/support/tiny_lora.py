@@ -6,7 +6,49 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from tiny_models import save_tiny_model, tiny_configs
 from transformers import AutoModelForCausalLM, PreTrainedModel
+
+# three adapters of different ranks, targets and scalings
+ADAPTERS = {
+    "attention-qv": dict(target_modules=["q_proj", "v_proj"], rank=4, seed=1),
+    "everything": dict(
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        rank=16,
+        seed=2,
+    ),
+    "mlp-rslora": dict(
+        target_modules=["up_proj", "down_proj", "o_proj"], rank=8, seed=3, use_rslora=True
+    ),
+}
+
+
+def make_lora_setup(root: Path) -> tuple[Path, dict[str, Path]]:
+    """A tiny Qwen3 base model in ``root/base`` and the `ADAPTERS` made on it, each in
+    ``root/<name>``."""
+    base = root / "base"
+    save_tiny_model(base, tiny_configs()["qwen3-qk-norm"])
+    folders = {}
+    for name, spec in ADAPTERS.items():
+        spec = dict(spec)
+        folders[name] = root / name
+        make_adapter(
+            base,
+            folders[name],
+            spec.pop("target_modules"),
+            spec.pop("rank"),
+            spec.pop("seed"),
+            **spec,
+        )
+    return base, folders
 
 
 def make_adapter(
