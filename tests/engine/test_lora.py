@@ -4,7 +4,7 @@ with rows of three adapters and the base model interleaved in one batch."""
 from __future__ import annotations
 
 import pytest
-from tiny_lora import make_adapter, make_lora_setup, merged_model
+from tiny_lora import make_adapter, make_lora_setup, merged_model, write_peft_adapter
 from tiny_models import hf_greedy, random_prompts, save_tiny_model, tiny_configs
 
 from llmbatch import LLM, LoRARequest, SamplingParams
@@ -120,3 +120,17 @@ def test_adapters_need_enable_lora(lora_setup):
     with LLM(str(base), kv_cache_memory_bytes=1 << 22) as llm:
         with pytest.raises(ValueError, match="enable_lora=True"):
             llm.generate(["w5 w6"], SamplingParams(max_tokens=2), lora_request=lora)
+
+
+def test_an_adapter_written_in_peft_s_format_equals_peft_merged(lora_setup, tmp_path):
+    """The form the GPU tests and benchmarks write adapters in (no PEFT there)."""
+    base, _ = lora_setup
+    folder = tmp_path / "written"
+    write_peft_adapter(folder, tiny_configs()["qwen3-qk-norm"], ["k_proj", "gate_proj"], 8, seed=7)
+    prompts = random_prompts([9, 15], seed=8)
+    reference = merged_model(base, folder)
+    expected = [hf_greedy(reference, [p], NEW_TOKENS, [])[0] for p in prompts]
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    with LLM(str(base), **ENGINE) as llm:
+        outputs = llm.generate(prompts, params, lora_request=LoRARequest("written", 1, str(folder)))
+    assert [o.outputs[0].token_ids for o in outputs] == expected
