@@ -7,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_models import random_prompts
-from tiny_pooling import bert_config, qwen3_config, save_base_model, save_classifier
+from tiny_pooling import (
+    bert_config,
+    qwen3_config,
+    save_base_model,
+    save_bert_cross_encoder,
+    save_classifier,
+)
 
 from llmbatch import LLM, PoolingParams, SamplingParams
 from llmbatch.engine.outputs import RequestRejected
@@ -216,3 +222,18 @@ def test_bert_classifier_probabilities_equal_transformers(tmp_path):
         with torch.no_grad():
             logits = model(torch.tensor([prompt])).logits[0]
         torch.testing.assert_close(vector(output), logits.softmax(-1), atol=TOLERANCE, rtol=0)
+
+
+def test_a_bert_cross_encoder_scores_pairs_with_their_token_types(tmp_path):
+    folder = tmp_path / "cross_encoder"
+    model = save_bert_cross_encoder(folder, seed=2)
+    query, documents = "w5 w9 w11", ["w20 w21 w7", "w40", "w7 w70 w71 w72 w9"]
+    with LLM(str(folder), max_num_batched_tokens=64) as llm:
+        scores = llm.score(query, documents)
+        tokenizer = llm.get_tokenizer()
+    for document, scored in zip(documents, scores):
+        inputs = tokenizer(query, document, return_tensors="pt")
+        assert inputs["token_type_ids"].sum() > 0, "the pair's second text has type 1"
+        with torch.no_grad():
+            logit = model(**inputs).logits[0, 0]
+        assert abs(scored.outputs.score - float(torch.sigmoid(logit))) < TOLERANCE

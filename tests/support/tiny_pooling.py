@@ -13,6 +13,7 @@ from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     BertConfig,
+    BertTokenizerFast,
     PretrainedConfig,
     PreTrainedModel,
     Qwen3Config,
@@ -111,4 +112,27 @@ def save_classifier(folder: Path, config: PretrainedConfig, seed: int = 0) -> Pr
     )
     model.save_pretrained(folder)
     tiny_tokenizer(config.vocab_size).save_pretrained(folder)
+    return model
+
+
+def bert_tokenizer(folder: Path, vocab_size: int = VOCAB_SIZE) -> BertTokenizerFast:
+    """A WordPiece tokenizer with BERT's special tokens (``[CLS] a [SEP] b [SEP]`` for a pair,
+    with token types) over the words ``w5`` ... as single tokens."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + [f"w{i}" for i in range(len(specials), vocab_size)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=False)
+
+
+def save_bert_cross_encoder(folder: Path, seed: int = 0) -> PreTrainedModel:
+    """A one-label BERT classifier with two token types and a BERT tokenizer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = bert_config(
+        num_labels=1, type_vocab_size=2, architectures=["BertForSequenceClassification"]
+    )
+    model = _randomize(
+        AutoModelForSequenceClassification.from_config(config, dtype=torch.float32), seed
+    )
+    model.save_pretrained(folder)
+    bert_tokenizer(folder).save_pretrained(folder)
     return model

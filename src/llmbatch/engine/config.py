@@ -226,7 +226,9 @@ def resolve_pooler(args: EngineArgs, folder: str, hf_config: object) -> PoolerCo
     on the engine; any other (BERT-like encoders) on its transformers code (`encoder`)."""
     architectures = list(getattr(hf_config, "architectures", None) or [])
     st_pooling = read_sentence_transformers_pooling(folder)
-    if not wants_pooling(args.runner, args.task, architectures, st_pooling is not None):
+    if not wants_pooling(
+        args.runner, args.convert, args.task, architectures, st_pooling is not None
+    ):
         return None
     if args.model_impl == "llmbatch":
         architecture_of(hf_config)  # a clear error when our own code has no such family

@@ -59,6 +59,7 @@ class EncoderEngine:
             load_weights=config.load_format != "dummy",
             trust_remote_code=config.trust_remote_code,
             seed=config.seed,
+            sep_token_id=self.tokenizer.sep_token_id,
         )
         self._builder = RequestBuilder(config, self._model, self.tokenizer, [], False)
         self._waiting: dict[str, Request] = {}

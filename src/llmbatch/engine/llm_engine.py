@@ -254,7 +254,8 @@ class LLMEngine:
         self._scheduler.waiting.clear()
         self._scheduler.running.clear()
         self._runner.close()
-        self._builder.model = None  # the last reference to the model
+        self._builder.model = None  # the last references to the model
+        self._adapters = self._scheduler.adapters = None
 
     def __enter__(self) -> LLMEngine:
         return self

@@ -47,6 +47,7 @@ class EncoderModel:
         load_weights: bool = True,
         trust_remote_code: bool = False,
         seed: int = 0,
+        sep_token_id: int | None = None,
     ) -> None:
         auto = AutoModelForSequenceClassification if pooler.task == "classify" else AutoModel
         if load_weights:
@@ -64,6 +65,8 @@ class EncoderModel:
         self.vocab_size: int = text.vocab_size
         self.hidden_size: int = text.hidden_size
         self.pad_token_id = int(getattr(text, "pad_token_id", None) or 0)
+        # a text pair's second text has token type 1 (BERT's cross-encoders read it)
+        self._sep = sep_token_id if getattr(text, "type_vocab_size", 1) > 1 else None
         # a decoder's classifier (transformers' generic head) scores the last token itself;
         # llmbatch pools that token so that padding never matters
         self._score = getattr(self.model, "score", None) if pooler.task == "classify" else None
@@ -78,12 +81,23 @@ class EncoderModel:
             ids[row, : len(prompt)] = torch.tensor(prompt)
         ids = ids.to(self.device)
         mask = (torch.arange(width, device=self.device) < lengths.unsqueeze(1)).long()
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if self._sep is not None:
+            inputs["token_type_ids"] = token_types(ids, mask, self._sep)
         if self.pooler.task == "classify" and self._score is None:
-            return self.model(input_ids=ids, attention_mask=mask).logits
+            return self.model(**inputs).logits
         base = self.model if self._score is None else self.model.base_model
-        hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = base(**inputs).last_hidden_state
         pooled = pool_padded(hidden, mask, lengths, self.pooler.pooling_type)
         return pooled if self._score is None else self._score(pooled)
+
+
+def token_types(ids: torch.Tensor, mask: torch.Tensor, sep_token_id: int) -> torch.Tensor:
+    """BERT's segment ids, rebuilt from the tokens: 1 after the first separator (a pair's second
+    text and its closing separator), 0 before and on it."""
+    is_sep = (ids == sep_token_id).long()
+    before = is_sep.cumsum(dim=1) - is_sep
+    return (before > 0).long() * mask
 
 
 def pool_padded(

@@ -85,12 +85,14 @@ def check_pooling_args(runner: str, convert: str, task: str) -> None:
             )
     if runner == "generate" and convert not in ("auto", "none"):
         raise ValueError(f"convert={convert!r} needs runner='pooling' (or 'auto'), not 'generate'")
-    if task != "auto" and (runner != "auto" or convert != "auto"):
-        wants_pooling = task != "generate"
-        if (runner == "generate" and wants_pooling) or (runner == "pooling" and not wants_pooling):
-            raise ValueError(f"task={task!r} contradicts runner={runner!r}; give one of them")
-        if convert not in ("auto", "none") and task in POOLING_TASKS and convert != task:
-            raise ValueError(f"task={task!r} contradicts convert={convert!r}; give one of them")
+    if task == "auto":
+        return
+    task_pools = task != "generate"
+    if runner != "auto" and (runner == "pooling") != task_pools:
+        raise ValueError(f"task={task!r} contradicts runner={runner!r}; give one of them")
+    pooled_as = "embed" if task == "embedding" else task
+    if convert in POOLING_TASKS and (not task_pools or pooled_as not in (convert, "score")):
+        raise ValueError(f"task={task!r} contradicts convert={convert!r}; give one of them")
 
 
 def read_sentence_transformers_pooling(folder: str) -> dict[str, Any] | None:
@@ -145,10 +147,15 @@ def _st_pooling_type(config: dict[str, Any], path: Path) -> str:
     return chosen[0] if chosen else "CLS"
 
 
-def wants_pooling(runner: str, task: str, architectures: list[str], st_pooling: bool) -> bool:
-    """Whether the engine runs the model as a pooling model."""
+def wants_pooling(
+    runner: str, convert: str, task: str, architectures: list[str], st_pooling: bool
+) -> bool:
+    """Whether the engine runs the model as a pooling model (a ``convert`` to a pooling task
+    implies the pooling runner)."""
     if runner != "auto":
         return runner == "pooling"
+    if convert in POOLING_TASKS:
+        return True
     if task != "auto":
         return task != "generate"
     if st_pooling:
