@@ -62,13 +62,17 @@ def test_embeddings_equal_transformers_last_token_normalised(embedding_folder, e
         )
 
 
-def test_dimensions_truncate_before_normalising(embedding_folder, embedder):
+def test_dimensions_and_prompt_truncation(embedding_folder, embedder):
     _, model = embedding_folder
     (output,) = embedder.embed([PROMPTS[1]], PoolingParams(dimensions=16))
     expected = F.normalize(hidden_states(model, PROMPTS[1])[-1][:16], dim=-1)
     torch.testing.assert_close(
         torch.tensor(output.outputs.embedding), expected, atol=TOLERANCE, rtol=0
     )
+    (cut,) = embedder.embed([PROMPTS[1]], truncate_prompt_tokens=10)
+    expected = F.normalize(hidden_states(model, PROMPTS[1][-10:])[-1], dim=-1)
+    assert cut.prompt_token_ids == PROMPTS[1][-10:]
+    torch.testing.assert_close(vector(cut), expected, atol=TOLERANCE, rtol=0)
     (raw,) = embedder.embed([PROMPTS[1]], PoolingParams(normalize=False))
     torch.testing.assert_close(
         torch.tensor(raw.outputs.embedding),

@@ -87,13 +87,15 @@ class ModelRunner:
         )
         self.kv_caches = allocate_kv_cache(model, config)
         self._pooler = (
-            StepPooler(model, self.device.type == "cuda") if model.pooler is not None else None
+            StepPooler(model, lambda size: self._pinned(7, size, torch.float32))
+            if model.pooler is not None
+            else None
         )
         self._decode_graphs: StepGraphs | None = None
         self._prompt_graphs: StepGraphs | None = None
         # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
         # copies of step N may still be reading theirs.
-        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 7, [None] * 7]
+        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 8, [None] * 8]
         self._parity = 0
         if config.cuda_graphs:
             self._capture_cuda_graphs()

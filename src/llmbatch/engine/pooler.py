@@ -7,6 +7,7 @@ each chunk on the request; LAST pooling reads only the chunk that ends the promp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,11 +55,13 @@ def finish_pooled(
 class StepPooler:
     """Pools a pooling model's steps (`pool`), on the step's device."""
 
-    def __init__(self, model: CausalLM, pin_memory: bool) -> None:
+    def __init__(self, model: CausalLM, host_float32: Callable[[int], torch.Tensor]) -> None:
+        """``host_float32(n)``: a pinned host buffer of n floats that stays the step's until
+        the step is read back."""
         assert model.pooler is not None
         self.model = model
         self.pooler: PoolerConfig = model.pooler
-        self._pin_memory = pin_memory
+        self._host_float32 = host_float32
 
     def pool(
         self, hidden: torch.Tensor, requests: list[Request], num_new_tokens: list[int]
@@ -101,7 +104,7 @@ class StepPooler:
     ) -> PooledStep:
         if values.device.type != "cuda":
             return PooledStep(requests, values, widths)
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=self._pin_memory)
+        host = self._host_float32(values.numel()).view(values.shape)
         host.copy_(values, non_blocking=True)
         done = torch.cuda.Event()
         done.record()

@@ -62,7 +62,6 @@ class LoRAAdapter:
     ``(a [parts * max_rank, in], b [parts * max_rank, out])`` (scaling folded into b)."""
 
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    rank: int
 
 
 class IncompatibleAdapter(ValueError):
@@ -132,12 +131,10 @@ def load_peft_adapter(path: str, model: CausalLM, dtype: torch.dtype) -> LoRAAda
     named = _model_names(model, pairs, path, lora)
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     max_rank = lora.max_rank
-    top_rank = 0
     for part, (down, up) in named.items():
         layer_name, index = lora.part_of[part]
         target = lora.targets[layer_name]
         rank = down.shape[0]
-        top_rank = max(top_rank, rank)
         if rank > max_rank:
             raise IncompatibleAdapter(
                 f"LoRA adapter {path!r}: rank {rank} of {part} exceeds max_lora_rank="
@@ -157,7 +154,7 @@ def load_peft_adapter(path: str, model: CausalLM, dtype: torch.dtype) -> LoRAAda
         scale = _scaling(config, part, rank)
         b[start : start + rank, offset : offset + rows] = (up.float() * scale).T.to(dtype)
         weights[layer_name] = (a, b)
-    return LoRAAdapter(weights, top_rank)
+    return LoRAAdapter(weights)
 
 
 def _empty_slot(

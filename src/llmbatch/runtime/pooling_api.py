@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch.nn.functional as F
@@ -34,14 +35,23 @@ class PoolingAPI:
         use_tqdm: bool = False,
         lora_request: LoRAArg = None,
         pooling_task: str | None = None,
+        truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput]:
         """The pooled output of each prompt (a ``data`` tensor), in input order, on a pooling
-        model (engine argument ``runner="pooling"``, or a checkpoint that is one)."""
+        model (engine argument ``runner="pooling"``, or a checkpoint that is one).
+        ``truncate_prompt_tokens`` keeps each prompt's last tokens (unless its params say)."""
         prompts = self._as_prompts(prompts)  # type: ignore[attr-defined]
         task = self._pooler_task()
         if pooling_task not in (None, "encode", "score", task):
             raise ValueError(f"pooling_task={pooling_task!r}: this model runs {task}")
         params = _params_for(pooling_params, len(prompts), task)
+        if truncate_prompt_tokens is not None:
+            params = [
+                p
+                if p.truncate_prompt_tokens is not None
+                else replace(p, truncate_prompt_tokens=truncate_prompt_tokens)
+                for p in params
+            ]
         return self._run(prompts, params, use_tqdm, lora_request)  # type: ignore[attr-defined]
 
     def embed(
@@ -51,6 +61,7 @@ class PoolingAPI:
         *,
         use_tqdm: bool = False,
         lora_request: LoRAArg = None,
+        truncate_prompt_tokens: int | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding per prompt (``outputs.embedding``), in input order."""
         self._require_task("embed")
@@ -60,6 +71,7 @@ class PoolingAPI:
             use_tqdm=use_tqdm,
             lora_request=lora_request,
             pooling_task="embed",
+            truncate_prompt_tokens=truncate_prompt_tokens,
         )
         return [EmbeddingRequestOutput.from_base(o) for o in outputs]
 
@@ -70,6 +82,7 @@ class PoolingAPI:
         *,
         use_tqdm: bool = False,
         lora_request: LoRAArg = None,
+        truncate_prompt_tokens: int | None = None,
     ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt (``outputs.probs``), in input order."""
         self._require_task("classify")
@@ -79,6 +92,7 @@ class PoolingAPI:
             use_tqdm=use_tqdm,
             lora_request=lora_request,
             pooling_task="classify",
+            truncate_prompt_tokens=truncate_prompt_tokens,
         )
         return [ClassificationRequestOutput.from_base(o) for o in outputs]
 
