@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from llmbatch.engine.outputs import RequestOutput, RequestRejected
-from llmbatch.engine.pooling_outputs import PoolingRequestOutput
 from llmbatch.llm.columns import (
     ERROR,
     GENERATION_TYPES,
@@ -44,6 +43,7 @@ from llmbatch.llm.summary import RunStats
 if TYPE_CHECKING:
     from llmbatch.engine.lora_request import LoRARequest
     from llmbatch.engine.multimodal import MultiModalInputs
+    from llmbatch.engine.pooling_outputs import PoolingRequestOutput
     from llmbatch.engine.pooling_params import PoolingParams
     from llmbatch.engine.sampling_params import SamplingParams
     from llmbatch.runtime.client import EngineClient
@@ -288,7 +288,7 @@ class _Run:
             slot.output = output
             slot.seconds = now - slot.submitted_at
             self.stats.input_tokens += output.num_prompt_tokens
-            if not isinstance(output, PoolingRequestOutput):
+            if isinstance(output, RequestOutput):  # a pooling model's output has no tokens
                 self.stats.output_tokens += len(output.token_ids)
             self.stats.cached_input_tokens += output.num_cached_tokens
             self.stats.preemptions += output.num_preemptions

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from llmbatch.engine.pooling_outputs import PoolingRequestOutput
 from llmbatch.engine.pooling_params import PoolingParams
 from llmbatch.llm.columns import GENERATION_TYPES, POOLING_COLUMN_OF_TASK, POOLING_TYPES
+
+if TYPE_CHECKING:
+    from llmbatch.engine.pooling_outputs import PoolingRequestOutput
 
 
 def pooling_params_of(value: Any, sampling_params: Any) -> PoolingParams:
