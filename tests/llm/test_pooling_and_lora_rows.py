@@ -151,3 +151,22 @@ def test_an_incompatible_adapter_row_is_an_error_row(lora_setup, tmp_path):
     assert out[0]["error"].startswith("engine: RequestRejected: LoRA adapter")
     assert "rank 64" in out[0]["error"] and "max_lora_rank=16" in out[0]["error"]
     assert out[1]["error"] is None and out[1]["generated_tokens"]
+
+
+def test_embed_rows_messages_get_no_generation_prompt(embedding_model):
+    folder, model = embedding_model
+    template = (
+        "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}w99{% endif %}"
+    )
+    config = LLMProcessorConfig(
+        model_source=str(folder), engine_kwargs=ENGINE, task_type="embed", chat_template=template
+    )
+    rows = [{"messages": [{"role": "user", "content": "w5 w6"}, {"role": "user", "content": "w7"}]}]
+    (row,) = build_llm_processor(config)(data.from_items(rows)).take_all()
+    assert row["prompt"] == "w5 w6 w7 "
+    with torch.no_grad():
+        hidden = model(torch.tensor([[5, 6, 7]])).last_hidden_state[0, -1]
+    torch.testing.assert_close(
+        torch.tensor(row["embeddings"]), F.normalize(hidden, dim=-1), atol=TOLERANCE, rtol=0
+    )

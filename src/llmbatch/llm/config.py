@@ -186,11 +186,15 @@ class EngineProcessorConfig(ProcessorConfig):
         given = self.should_continue_on_error  # type: ignore[attr-defined]
         continue_on_error = (not ray_outputs) if given is None else given
         kwargs = chat.chat_template_kwargs
+        kwargs = kwargs if kwargs is not None else chat_template_kwargs
+        if getattr(self, "task_type", GENERATE) != GENERATE:
+            # a pooling model reads the conversation as it is: no turn is opened for an answer
+            kwargs = {"add_generation_prompt": False, **(kwargs or {})}
         return StagePlan(
             has_image=multimodal.enabled,
             chat_template=chat.enabled,
             chat_template_text=chat.chat_template,
-            chat_template_kwargs=kwargs if kwargs is not None else chat_template_kwargs,
+            chat_template_kwargs=kwargs,
             chat_template_source=_other_source(chat.model_source, model),
             tokenize=tokenize.enabled,
             tokenize_source=_other_source(tokenize.model_source, model),
