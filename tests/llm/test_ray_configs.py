@@ -56,14 +56,23 @@ def test_should_continue_on_error_defaults_to_the_builder_s_behaviour():
     assert (plan.stop_on_error, plan.error_column) == (False, True)
 
 
-@pytest.mark.parametrize("task_type", ["embed", "classify", "score"])
-def test_pooling_task_types_say_they_are_not_supported_yet(task_type):
-    with pytest.raises(ValueError, match="pooling models .* are not supported yet"):
-        vLLMEngineProcessorConfig(model_source=MODEL, task_type=task_type)
+@pytest.mark.parametrize("task_type", ["embed", "classify"])
+def test_pooling_task_types_choose_the_engine_s_task(task_type):
+    config = vLLMEngineProcessorConfig(model_source=MODEL, task_type=task_type)
+    assert config.engine_kwargs_with_vllm_names()["task"] == task_type
+    chosen = vLLMEngineProcessorConfig(
+        model_source=MODEL, task_type=task_type, engine_kwargs={"runner": "pooling"}
+    )
+    assert "task" not in chosen.engine_kwargs_with_vllm_names()
+
+
+def test_score_task_type_points_to_llm_score():
+    with pytest.raises(ValueError, match="score pairs with llmbatch.LLM.score"):
+        vLLMEngineProcessorConfig(model_source=MODEL, task_type="score")
 
 
 def test_an_unknown_task_type_lists_ray_s():
-    with pytest.raises(ValueError, match="accepted: 'generate', 'embed', 'classify', 'score'"):
+    with pytest.raises(ValueError, match="accepted: 'generate', 'embed', 'classify'"):
         vLLMEngineProcessorConfig(model_source=MODEL, task_type="chat")
     with pytest.raises(ValueError, match="accepted: 'generate'"):
         SGLangEngineProcessorConfig(model_source=MODEL, task_type="embed")
@@ -103,7 +112,12 @@ def test_an_unknown_task_type_lists_ray_s():
         (
             dict(dynamic_lora_loading_path="s3://adapters"),
             ValueError,
-            "LoRA adapters are not supported",
+            "adapters are read from a local folder",
+        ),
+        (
+            dict(dynamic_lora_loading_path="."),
+            ValueError,
+            "needs engine_kwargs enable_lora=True",
         ),
         (dict(max_tasks_in_flight_per_actor=0), ValueError, "must be >= 1"),
         (dict(should_continue_on_error="yes"), TypeError, "must be bool or None"),

@@ -15,7 +15,10 @@ logger = logging.getLogger("llmbatch")
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
-ENDPOINTS = (CHAT, COMPLETIONS)
+ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS)
+# Fields of an embeddings request (OpenAI's), and the encodings of its answer.
+_EMBEDDING_FIELDS = ("model", "input", "dimensions", "encoding_format", "user")
+ENCODING_FORMATS = ("float", "base64")
 
 # Body fields that map onto the engine's sampling parameters under the same name, with their
 # JSON type (checked here: rows of one table must agree on each field's type).
@@ -89,14 +92,17 @@ class UnsupportedEndpoint(ValueError):
 @dataclass(frozen=True, slots=True)
 class RequestReader:
     """Turns one request line into a processor row: ``messages`` (chat) or ``prompt``
-    (completions) with ``sampling_params``, and what the output line needs.
+    (completions) with ``sampling_params``, or ``prompt`` with ``pooling_params``
+    (embeddings), and what the output line needs.
 
     ``served_models`` are the names a request's ``model`` may give; ``max_model_len()`` (the
     engine's, known once it is loaded) is the chat endpoint's default ``max_tokens``: as in
-    vLLM, an answer may run until the context is full."""
+    vLLM, an answer may run until the context is full. ``pooling_task()`` is the engine's
+    pooling task (None for a generative model), which decides the endpoints it serves."""
 
     served_models: tuple[str, ...]
     max_model_len: Callable[[], int]
+    pooling_task: Callable[[], str | None] = lambda: None
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         line = _json_object(row["text"], row["line"])
@@ -109,21 +115,19 @@ class RequestReader:
         if not isinstance(method, str) or method.upper() != "POST":
             raise InvalidRequest(f"method must be 'POST', got {method!r}")
         url = line.get("url")
-        if url == EMBEDDINGS:
-            raise UnsupportedEndpoint(
-                f"url {url!r}: embeddings need a pooling model, which are not supported yet; "
-                f"supported: {', '.join(ENDPOINTS)}"
-            )
         if url not in ENDPOINTS:
             raise UnsupportedEndpoint(
                 f"url {url!r} is not supported; supported: {', '.join(ENDPOINTS)}"
             )
+        self._check_endpoint(url)
         body = line.get("body")
         if not isinstance(body, dict):
             raise MalformedLine(f"line {row['line']}: 'body' must be a JSON object, got {body!r}")
         model = body.get("model")
         if model is not None and model not in self.served_models:
             raise ModelNotFound(f"The model `{model}` does not exist.")
+        if url == EMBEDDINGS:
+            return _embedding_request(custom_id, body)
         _check_fields(body)
         chat = url == CHAT
         request = {
@@ -137,6 +141,20 @@ class RequestReader:
         else:
             request["prompt"] = _prompt(body.get("prompt"))
         return request
+
+    def _check_endpoint(self, url: str) -> None:
+        task = self.pooling_task()
+        if url == EMBEDDINGS and task != "embed":
+            kind = "a generative model" if task is None else f"a {task} model"
+            raise UnsupportedEndpoint(
+                f"url {url!r}: embeddings need a pooling model (an embedding model, or "
+                f"--runner pooling --convert embed); this is {kind}"
+            )
+        if url != EMBEDDINGS and task is not None:
+            serves = f"; it serves {EMBEDDINGS}" if task == "embed" else ""
+            raise UnsupportedEndpoint(
+                f"url {url!r}: this is a pooling model ({task}), which generates no text{serves}"
+            )
 
     def _sampling_params(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
         params = {
@@ -162,6 +180,39 @@ class RequestReader:
         if structured is not None:
             params["structured_outputs"] = structured
         return params
+
+
+def _embedding_request(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """An embeddings line as a row: its one text input with its pooling params."""
+    unknown = sorted(set(body) - set(_EMBEDDING_FIELDS))
+    if unknown:
+        logger.warning(
+            "ignored embeddings request field(s) %s (run-batch does not know them)", unknown
+        )
+    text = body.get("input")
+    if isinstance(text, list) and len(text) == 1 and isinstance(text[0], str):
+        text = text[0]
+    if not isinstance(text, str):
+        raise InvalidRequest(
+            "'input' must be one string (one input per request line: split lists of inputs "
+            "into lines; token ids are not supported yet)"
+        )
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ENCODING_FORMATS:
+        raise InvalidRequest(
+            f"encoding_format must be one of {', '.join(ENCODING_FORMATS)}, got {encoding!r}"
+        )
+    dimensions = body.get("dimensions")
+    params = (
+        {} if dimensions is None else {"dimensions": _typed("dimensions", dimensions, "integer")}
+    )
+    return {
+        "custom_id": custom_id,
+        "endpoint": EMBEDDINGS,
+        "prompt": text,
+        "pooling_params": params or None,
+        "encoding_format": encoding,
+    }
 
 
 def structured_outputs(response_format: Any) -> dict[str, Any] | None:

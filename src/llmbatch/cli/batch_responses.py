@@ -4,13 +4,16 @@ responses, or an error line with the request's ``custom_id`` (or line number).""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from llmbatch.cli.batch_requests import CHAT
+import numpy as np
+
+from llmbatch.cli.batch_requests import CHAT, EMBEDDINGS
 
 # The status and code of an error line, by the exception type at the start of the row's error.
 _ERRORS = {
@@ -43,11 +46,12 @@ def output_line(
             "response": {"status_code": status, "request_id": f"req_{_random_id()}", "body": None},
             "error": {"code": code, "message": message, "line": row["line"], "param": None},
         }
-    body = (
-        _chat_body(row, model, role, decode)
-        if row["endpoint"] == CHAT
-        else _completion_body(row, model, decode)
-    )
+    if row["endpoint"] == EMBEDDINGS:
+        body = _embedding_body(row, model)
+    elif row["endpoint"] == CHAT:
+        body = _chat_body(row, model, role, decode)
+    else:
+        body = _completion_body(row, model, decode)
     return {
         "id": f"batch_req_{_random_id()}",
         "custom_id": custom_id,
@@ -152,6 +156,23 @@ def _completion_body(
         "model": model,
         "choices": choices,
         "usage": _usage(row),
+    }
+
+
+def _embedding_body(row: dict[str, Any], model: str) -> dict[str, Any]:
+    """OpenAI's embeddings response: the input's embedding as floats, or base64 of its
+    little-endian float32 values."""
+    embedding: Any = row["embeddings"]
+    if row.get("encoding_format") == "base64":
+        embedding = base64.b64encode(np.asarray(embedding, dtype="<f4").tobytes()).decode()
+    tokens = row["num_input_tokens"]
+    return {
+        "id": f"embd-{_random_id()}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": [{"index": 0, "object": "embedding", "embedding": embedding}],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 

@@ -71,6 +71,13 @@ _ENGINE_HELP = {
     "max_logprobs": "Largest logprobs / top_logprobs a request may ask for.",
     "device": "auto, cpu, cuda or cuda:N.",
     "attention_backend": "auto, torch or triton.",
+    "runner": "auto, generate or pooling (embeddings, classification).",
+    "convert": "auto, none, embed or classify: what a pooling runner makes of the model.",
+    "task": "The older single name: generate, embed, classify or score.",
+    "enable_lora": "Requests may name LoRA adapters.",
+    "max_loras": "LoRA adapters on the device at once.",
+    "max_lora_rank": "Largest LoRA rank.",
+    "max_cpu_loras": "LoRA adapters kept in host memory.",
 }
 _OUTPUT_FORMAT_VERSION = "openai-batch-output-1"
 
@@ -181,6 +188,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     engine_kwargs = {
         name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name) is not None
     }
+    if not {"runner", "convert", "task"} & set(engine_kwargs):
+        engine_kwargs["task"] = "auto"  # the checkpoint says whether it generates or pools
     config = vLLMEngineProcessorConfig(
         model_source=args.model,
         engine_kwargs=engine_kwargs,
@@ -201,7 +210,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
     def max_model_len() -> int:
         return processor.engine.config.max_model_len
 
-    reader = RequestReader(served, max_model_len)
+    def pooling_task() -> str | None:
+        pooler = processor.engine.config.pooler
+        return None if pooler is None else pooler.task
+
+    reader = RequestReader(served, max_model_len, pooling_task)
     processor = build_llm_processor(config, preprocess=reader)
     with processor:
         job = resumable_job(processor(lines))

@@ -14,6 +14,7 @@ from llmbatch.engine.structured_outputs import check_backend
 from llmbatch.layers.attention import ATTENTION_BACKENDS
 from llmbatch.layers.attention.base import KV_CACHE_DTYPES
 from llmbatch.models.loader import check_dtype
+from llmbatch.models.pooling import check_pooling_args
 from llmbatch.models.registry import MODEL_IMPLS
 from llmbatch.models.weights import LOAD_FORMATS
 
@@ -64,6 +65,15 @@ class EngineArgs:
       transformers code), "llmbatch" or "transformers" (the model's transformers code with
       llmbatch's paged KV cache and attention: any decoder-only causal LM whose code takes an
       external attention function; one device, no CUDA graphs).
+    - runner: "auto", "generate" or "pooling" (embeddings, classification, scores);
+      convert: "auto", "none", "embed" or "classify" (what a pooling runner makes of the
+      model); task: the older single name ("generate", "embed", "embedding", "classify",
+      "score"). "auto" decides from the checkpoint (`llmbatch.models.pooling`).
+    - pooler_config (older name override_pooler_config): {"pooling_type": "LAST" | "MEAN" |
+      "CLS", "normalize": bool, "use_activation": bool} over the checkpoint's own pooling.
+    - enable_lora: requests may name a LoRA adapter (PEFT format); max_loras adapters are on
+      the device at once (least recently used evicted), each of rank at most max_lora_rank;
+      max_cpu_loras adapters stay loaded in host memory (default max_loras).
     """
 
     model: str
@@ -94,6 +104,15 @@ class EngineArgs:
     attention_backend: str = "auto"
     structured_outputs_config: dict[str, Any] | None = None
     model_impl: str = "auto"
+    runner: str = "auto"
+    convert: str = "auto"
+    task: str = "auto"
+    pooler_config: dict[str, Any] | None = None
+    override_pooler_config: dict[str, Any] | None = None
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -207,6 +226,17 @@ def _check_values(a: EngineArgs) -> None:
     _require(a.seed >= 0, f"seed must be >= 0, got {a.seed}")
     _check_device(a.device)
     check_backend(a.structured_outputs_config or {})
+    check_pooling_args(a.runner, a.convert, a.task)
+    _require(
+        a.pooler_config is None or a.override_pooler_config is None,
+        "give pooler_config or override_pooler_config (its older name), not both",
+    )
+    _require(a.max_loras >= 1, f"max_loras must be at least 1, got {a.max_loras}")
+    _require(a.max_lora_rank >= 1, f"max_lora_rank must be at least 1, got {a.max_lora_rank}")
+    _require(
+        a.max_cpu_loras is None or a.max_cpu_loras >= a.max_loras,
+        f"max_cpu_loras ({a.max_cpu_loras}) must be at least max_loras ({a.max_loras})",
+    )
 
 
 def _check_device(device: str) -> None:

@@ -1,7 +1,8 @@
 """Paged KV cache bookkeeping: fixed-size blocks, reference counts and a prefix cache.
 
 A full block is identified by a hash chain: the hash of (its parent block's hash, its token ids),
-so equal hashes mean equal whole prefixes. Blocks whose last user finished stay in the cache
+so equal hashes mean equal whole prefixes (the chain of a request with a LoRA adapter starts
+from its adapter). Blocks whose last user finished stay in the cache
 until their slot is needed; the free queue hands out never-cached blocks first, then cached ones
 least recently used first.
 """
@@ -17,6 +18,15 @@ ROOT_HASH = hash("llmbatch-prefix-root")
 
 def cdiv(a: int, b: int) -> int:
     return -(a // -b)
+
+
+def _root_hash(request: Request) -> int:
+    """The hash chain's start: a request run with a LoRA adapter computes other K/V for the
+    same tokens, so its blocks are only shared with requests of the same adapter."""
+    lora = request.lora
+    if lora is None:
+        return ROOT_HASH
+    return hash((ROOT_HASH, lora.lora_int_id, lora.lora_path))
 
 
 class BlockManager:
@@ -119,7 +129,7 @@ class BlockManager:
         images = request.images
         while len(hashes) < num_blocks:
             start = len(hashes) * size
-            parent = hashes[-1] if hashes else ROOT_HASH
+            parent = hashes[-1] if hashes else _root_hash(request)
             key = (parent, tuple(tokens[start : start + size]))
             if images is not None:
                 # image placeholders are one repeated token: the pixels tell images apart

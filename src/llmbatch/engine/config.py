@@ -9,8 +9,21 @@ import torch
 
 from llmbatch.engine.args import EngineArgs
 from llmbatch.layers.attention.base import KV_CACHE_DTYPES
+from llmbatch.models.encoder import encoder_max_length
 from llmbatch.models.loader import read_config, resolve_dtype
-from llmbatch.models.registry import max_positions_of, resolve_model_impl
+from llmbatch.models.pooling import (
+    PoolerConfig,
+    build_pooler_config,
+    pooling_task,
+    read_sentence_transformers_pooling,
+    wants_pooling,
+)
+from llmbatch.models.registry import (
+    architecture_of,
+    max_positions_of,
+    own_architecture_of,
+    resolve_model_impl,
+)
 from llmbatch.models.source import resolve_model_folder
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
@@ -69,6 +82,12 @@ class EngineConfig:
     async_scheduling: bool
     tensor_parallel_size: int
     max_logprobs: int
+    pooler: PoolerConfig | None = None
+    """Set for a pooling model (runner "pooling"): what each prompt returns instead of text."""
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int = 1
     num_kv_blocks: int | None = None
 
     @property
@@ -126,6 +145,9 @@ _UNCHANGED = (
     "cuda_graph_max_tokens",
     "tensor_parallel_size",
     "max_logprobs",
+    "enable_lora",
+    "max_loras",
+    "max_lora_rank",
 )
 
 
@@ -149,7 +171,12 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         backend = "triton" if device.startswith("cuda") else "torch"
     elif backend == "triton" and not device.startswith("cuda"):
         raise ValueError("attention_backend='triton' needs a CUDA device; use 'torch' or 'auto'")
-    model_impl = resolve_model_impl(hf_config, args.model_impl, args.trust_remote_code)
+    pooler = resolve_pooler(args, folder, hf_config)
+    if pooler is None:
+        model_impl = resolve_model_impl(hf_config, args.model_impl, args.trust_remote_code)
+    else:
+        model_impl = "transformers" if pooler.encoder else "llmbatch"
+    _check_feature_support(args, model_impl, pooler)
     if model_impl == "transformers" and args.tensor_parallel_size > 1:
         raise ValueError(
             f"tensor_parallel_size={args.tensor_parallel_size}: a model run with its transformers "
@@ -157,7 +184,11 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
             "and concurrency for more devices"
         )
     max_num_seqs = args.max_num_seqs or _default_max_num_seqs(device, args.max_num_batched_tokens)
-    max_positions = max_positions_of(hf_config, model_impl)
+    max_positions = (
+        encoder_max_length(hf_config)
+        if pooler is not None and pooler.encoder
+        else max_positions_of(hf_config, model_impl)
+    )
     max_model_len, max_batched = _resolve_lengths(args, max_num_seqs, max_positions)
     return EngineConfig(
         args=args,
@@ -171,6 +202,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         max_model_len=max_model_len,
         max_num_batched_tokens=max_batched,
         max_num_seqs=max_num_seqs,
+        pooler=pooler,
+        max_cpu_loras=args.max_cpu_loras or args.max_loras,
         cuda_graphs=(
             device.startswith("cuda")
             and backend == "triton"
@@ -185,6 +218,48 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
             else device.startswith("cuda")
         ),
     )
+
+
+def resolve_pooler(args: EngineArgs, folder: str, hf_config: object) -> PoolerConfig | None:
+    """The pooler of a pooling engine (runner "pooling", or "auto" on a checkpoint that is a
+    pooling model); None for generation. A pooling model of a family with llmbatch code runs
+    on the engine; any other (BERT-like encoders) on its transformers code (`encoder`)."""
+    architectures = list(getattr(hf_config, "architectures", None) or [])
+    st_pooling = read_sentence_transformers_pooling(folder)
+    if not wants_pooling(
+        args.runner, args.convert, args.task, architectures, st_pooling is not None
+    ):
+        return None
+    if args.model_impl == "llmbatch":
+        architecture_of(hf_config)  # a clear error when our own code has no such family
+    encoder = args.model_impl == "transformers" or own_architecture_of(hf_config) is None
+    return build_pooler_config(
+        pooling_task(args.convert, args.task, architectures),
+        hf_config,
+        st_pooling,
+        args.pooler_config or args.override_pooler_config,
+        encoder,
+    )
+
+
+def _check_feature_support(args: EngineArgs, model_impl: str, pooler: PoolerConfig | None) -> None:
+    """Pooling models and LoRA adapters run on one device with llmbatch's own model code."""
+    features = [
+        name
+        for name, used in (("a pooling model", pooler is not None), ("LoRA", args.enable_lora))
+        if used
+    ]
+    for feature in features:
+        if args.tensor_parallel_size > 1:
+            raise ValueError(
+                f"{feature} runs with tensor_parallel_size=1; scale it with data-parallel "
+                "replicas (concurrency) instead"
+            )
+    if args.enable_lora and model_impl != "llmbatch":
+        raise ValueError(
+            "enable_lora needs llmbatch's own code for the model (model_impl='llmbatch'); "
+            "this model runs with its transformers code"
+        )
 
 
 def _check_kv_cache_dtype_on(device: str, name: str, dtype: torch.dtype) -> None:

@@ -159,12 +159,12 @@ def _profile_free_gpu_memory(model: CausalLM, config: EngineConfig) -> int:
     baseline = torch.cuda.memory_allocated(device)
     with torch.inference_mode():
         hidden = model(input_ids, positions, scratch_cache, meta)
-        rows = min(config.max_num_seqs, num_tokens)
-        logits = model.compute_logits(hidden[:rows])
-        logits.sort(dim=-1)
+        if model.pooler is None:  # a pooling model computes no logits
+            rows = min(config.max_num_seqs, num_tokens)
+            model.compute_logits(hidden[:rows]).sort(dim=-1)
     torch.cuda.synchronize(device)
     activation_peak = torch.cuda.max_memory_allocated(device) - baseline
-    del hidden, logits, scratch_cache
+    del hidden, scratch_cache
     gc.collect()
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)

@@ -13,14 +13,20 @@ from llmbatch.engine.args import EngineArgs
 from llmbatch.engine.block_manager import BlockManager
 from llmbatch.engine.config import EngineConfig, resolve_config
 from llmbatch.engine.kv_cache import measure_num_blocks
+from llmbatch.engine.lora_manager import LoRAManager
+from llmbatch.engine.lora_request import LoRARequest
 from llmbatch.engine.model_runner import LaunchedStep, ModelRunner
 from llmbatch.engine.multimodal import MultiModalInputs
 from llmbatch.engine.outputs import CompletionOutput, RequestOutput, RequestRejected
+from llmbatch.engine.pooler import PooledStep
+from llmbatch.engine.pooling_outputs import PoolingOutput, PoolingRequestOutput
+from llmbatch.engine.pooling_params import PoolingParams
 from llmbatch.engine.request import Request
 from llmbatch.engine.request_builder import RequestBuilder
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.scheduler import Scheduler
 from llmbatch.models import LoadedModel, load_model
+from llmbatch.models.lora_adapter import IncompatibleAdapter, add_lora_layers
 
 
 @dataclass(slots=True)
@@ -45,8 +51,9 @@ class EngineStats:
 
 def load_model_for(config: EngineConfig) -> LoadedModel:
     """The model `config` names, on its device and dtype (this rank's shard inside
-    ``sharded_over``)."""
-    return load_model(
+    ``sharded_over``), with its LoRA slots when ``enable_lora`` (allocated before the KV cache
+    is measured, so that it counts them)."""
+    loaded = load_model(
         config.model,
         dtype=config.dtype,
         device=config.device,
@@ -55,7 +62,12 @@ def load_model_for(config: EngineConfig) -> LoadedModel:
         load_format=config.load_format,
         seed=config.seed,
         model_impl=config.model_impl,
+        pooler=config.pooler,
     )
+    if config.enable_lora:
+        max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)
+        add_lora_layers(loaded.model, config.max_loras, config.max_lora_rank, max_tokens)
+    return loaded
 
 
 @dataclass(slots=True)
@@ -97,7 +109,8 @@ class LLMEngine:
         self._block_manager = BlockManager(
             config.num_kv_blocks, config.block_size, config.enable_prefix_caching
         )
-        self._scheduler = Scheduler(config.scheduler, self._block_manager)
+        self._adapters = LoRAManager(loaded.model, config) if config.enable_lora else None
+        self._scheduler = Scheduler(config.scheduler, self._block_manager, self._adapters)
         self._requests: dict[str, Request] = {}
         self._stats = EngineStats()
         self._in_flight: LaunchedStep | None = None
@@ -147,31 +160,47 @@ class LLMEngine:
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         multi_modal: MultiModalInputs | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queues a request. Raises RequestRejected, leaving the engine unchanged, when the
         request cannot run (duplicate id, empty or too long prompt, bad token ids or params,
-        images the model cannot take).
+        images the model cannot take, a missing or incompatible LoRA adapter).
 
-        `multi_modal` holds the request's images, processed with the model's processor
-        (`llmbatch.engine.multimodal.process_images`, which also expands the prompt's image
-        placeholders)."""
+        `params`: SamplingParams for text, PoolingParams on a pooling model (its output is a
+        PoolingRequestOutput). `multi_modal` holds the request's images, processed with the
+        model's processor (`llmbatch.engine.multimodal.process_images`, which also expands the
+        prompt's image placeholders). `lora_request` runs it with a LoRA adapter
+        (``enable_lora``)."""
         try:
             if request_id in self._requests or request_id in self._samples:
                 raise RequestRejected(f"request_id {request_id!r} is already in the engine")
-            sequences = self._builder.build(request_id, prompt, params, multi_modal)
+            sequences = self._builder.build(request_id, prompt, params, multi_modal, lora_request)
+            if lora_request is not None:
+                self._check_adapter(lora_request)
         except RequestRejected as exc:
             exc.request_id = request_id
             raise
-        if params.n > 1:
-            self._samples[request_id] = _Samples(params.n)
+        if len(sequences) > 1:
+            self._samples[request_id] = _Samples(len(sequences))
         for sequence in sequences:
             self._requests[sequence.request_id] = sequence
             self._scheduler.add(sequence)
         self._stats.num_requests += 1
 
-    def step(self) -> list[RequestOutput]:
+    def _check_adapter(self, lora: LoRARequest) -> None:
+        if self._adapters is None:
+            raise RequestRejected(
+                f"the request names LoRA adapter {lora.lora_name!r}, but the engine runs "
+                "without LoRA: set enable_lora=True (and max_lora_rank, max_loras)"
+            )
+        try:
+            self._adapters.check(lora)
+        except IncompatibleAdapter as exc:
+            raise RequestRejected(str(exc)) from None
+
+    def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         """Runs one scheduler step; returns the requests that finished in it.
 
         With async_scheduling, the step is launched before the previous one is read back, so
@@ -239,7 +268,8 @@ class LLMEngine:
         self._scheduler.waiting.clear()
         self._scheduler.running.clear()
         self._runner.close()
-        self._builder.model = None  # the last reference to the model
+        self._builder.model = None  # the last references to the model
+        self._adapters = self._scheduler.adapters = None
 
     def __enter__(self) -> LLMEngine:
         return self
@@ -247,11 +277,13 @@ class LLMEngine:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _resolve(self, step: LaunchedStep) -> list[RequestOutput]:
+    def _resolve(self, step: LaunchedStep) -> list[RequestOutput | PoolingRequestOutput]:
         """Appends a launched step's tokens; returns the requests they finish. Requests that
         finished (or were aborted) after the step was launched ignore their token."""
+        finished: list[RequestOutput | PoolingRequestOutput] = []
+        if step.pooled is not None:
+            finished += self._finish_pooled(step.pooled)
         result = self._runner.resolve(step)
-        finished: list[RequestOutput] = []
         for request, token_id, logprobs in zip(result.requests, result.token_ids, result.logprobs):
             request.num_pending -= 1
             if request.is_finished:
@@ -264,12 +296,38 @@ class LLMEngine:
                     finished.append(output)
         return finished
 
-    def _retire(self, request: Request) -> RequestOutput | None:
-        """The request's output once its last sequence finishes (None before that)."""
+    def _finish_pooled(self, pooled: PooledStep) -> list[PoolingRequestOutput]:
+        """Ends the pooling requests of a step (their KV blocks are released now); requests
+        aborted since the step was launched are skipped."""
+        outputs = []
+        for request, data in zip(pooled.requests, pooled.results()):
+            if request.is_finished:
+                continue
+            request.finish_pooling()
+            self._scheduler.finish(request)
+            self._count_finished(request)
+            outputs.append(
+                PoolingRequestOutput(
+                    request_id=request.request_id,
+                    outputs=PoolingOutput(data.clone()),
+                    prompt_token_ids=request.token_ids,
+                    num_cached_tokens=max(request.num_cached_tokens, 0),
+                    prompt=request.prompt,
+                    num_preemptions=request.num_preemptions,
+                    metrics=request.metrics,
+                )
+            )
+        return outputs
+
+    def _count_finished(self, request: Request) -> None:
         del self._requests[request.request_id]
         self._stats.num_finished += 1
         self._stats.num_prompt_tokens += request.num_prompt_tokens
         self._stats.num_cached_tokens += max(request.num_cached_tokens, 0)
+
+    def _retire(self, request: Request) -> RequestOutput | None:
+        """The request's output once its last sequence finishes (None before that)."""
+        self._count_finished(request)
         decode = self._decode_token if request.params.detokenize else None
         completion = request.to_completion(decode)
         if request.output_id == request.request_id:

@@ -15,6 +15,7 @@ from llmbatch.engine.cuda_graphs import StepGraphs, capture_sizes, prompt_captur
 from llmbatch.engine.kv_cache import allocate_kv_cache
 from llmbatch.engine.multimodal import ImageChunk, mrope_step_positions
 from llmbatch.engine.outputs import Logprob
+from llmbatch.engine.pooler import PooledStep, StepPooler
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampler import Sampler, token_logprobs
 from llmbatch.engine.scheduler import ScheduledBatch
@@ -50,6 +51,8 @@ class LaunchedStep:
     host_sampled: torch.Tensor | None = None
     logprobs: list[dict[int, Logprob] | None] = field(default_factory=list)
     done: torch.cuda.Event | None = None
+    pooled: PooledStep | None = None
+    """A pooling model's results for the prompts the step completes."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,11 +86,16 @@ class ModelRunner:
             host_int32=self._host_int32,
         )
         self.kv_caches = allocate_kv_cache(model, config)
+        self._pooler = (
+            StepPooler(model, lambda size: self._pinned(7, size, torch.float32))
+            if model.pooler is not None
+            else None
+        )
         self._decode_graphs: StepGraphs | None = None
         self._prompt_graphs: StepGraphs | None = None
         # Two sets of pinned buffers, used by alternate steps: while step N+1 is prepared, the
         # copies of step N may still be reading theirs.
-        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 6, [None] * 6]
+        self._host_buffers: list[list[torch.Tensor | None]] = [[None] * 8, [None] * 8]
         self._parity = 0
         if config.cuda_graphs:
             self._capture_cuda_graphs()
@@ -97,6 +105,9 @@ class ModelRunner:
         steps with prompt tokens (the attention backend must allow capture)."""
         config = self.config
         pool = torch.cuda.graph_pool_handle()
+        if self.model.lora is not None:
+            # the warm-ups compile the LoRA kernels, which every captured graph holds
+            self.model.lora.batch.active = True
         prompt_sizes = prompt_capture_sizes(
             min(config.cuda_graph_max_tokens, config.max_num_batched_tokens)
         )
@@ -105,6 +116,8 @@ class ModelRunner:
             self._prompt_graphs = StepGraphs(
                 self.model, prompt_sizes, self.kv_caches, config, False, pool
             )
+        if self._pooler is not None:
+            return  # a pooling model's steps are all prompt tokens
         decode_sizes = capture_sizes(config.max_num_seqs)
         self._decode_graphs = StepGraphs(
             self.model, decode_sizes, self.kv_caches, config, True, pool
@@ -117,6 +130,9 @@ class ModelRunner:
         self._parity ^= 1
         inputs = self._prepare_inputs(batch, previous)
         hidden = self._forward(inputs)
+        if self._pooler is not None:
+            pooled = self._pooler.pool(hidden, batch.requests, batch.num_new_tokens)
+            return LaunchedStep([], False, pooled=pooled)
         if any(r.wants_prompt_logprobs for r in batch.requests):
             self._score_prompts(batch, hidden)
         sampling = inputs.sampling
@@ -277,9 +293,14 @@ class ModelRunner:
         query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
         np.cumsum(query_lens, out=query_start_loc[1:])
         samples = seq_lens == np.array([r.num_tokens for r in requests], dtype=np.int64)
+        if self._pooler is not None:
+            samples[:] = False  # a pooling model samples nothing
         sampling = requests if samples.all() else list(itertools.compress(requests, samples))
         sample_rows = query_start_loc[1:][samples] - 1
 
+        if self.model.lora is not None:
+            slots = np.repeat(np.array([r.lora_slot for r in requests], np.int32), query_lens)
+            self.model.lora.batch.set_step(slots, self._lora_to_device)
         num_sample_rows = sample_rows.size if sample_rows.size != num_tokens else 0
         num_pending = len(pending_at)
         model_positions, image_chunks = positions, []
@@ -342,6 +363,12 @@ class ModelRunner:
         if values.dtype == np.int64:
             return self._to_device([values], torch.int64, 3)
         return self._to_device([values], torch.float32, 4)
+
+    def _lora_to_device(self, values: np.ndarray) -> torch.Tensor:
+        """The step's LoRA slots or plan, copied without a host sync."""
+        return self._to_device(
+            [values], torch.int32 if values.dtype == np.int32 else torch.int64, 6
+        )
 
     def _host_int32(self, size: int) -> torch.Tensor:
         """The sampler's int32 buffer of a step (grammar masks), pinned on a GPU host."""

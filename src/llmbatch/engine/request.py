@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from llmbatch.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from llmbatch.engine.lora_request import LoRARequest
 from llmbatch.engine.multimodal import RequestImages
 from llmbatch.engine.outputs import (
     CompletionOutput,
@@ -20,6 +21,7 @@ from llmbatch.engine.outputs import (
     RequestMetrics,
     RequestOutput,
 )
+from llmbatch.engine.pooling_params import PoolingParams
 from llmbatch.engine.sampling_params import SamplingParams
 
 
@@ -63,6 +65,16 @@ class Request:
     request's (the sequences of a request with n > 1 are ``{output_id}\x1f{index}``)."""
     index: int = 0
     """Which of its prompt's ``n`` samples this sequence is."""
+    pooling: PoolingParams | None = None
+    """A pooling request's params (its ``params`` are then unused defaults): it computes its
+    prompt and returns the pooled result, never a token."""
+    pools_every_token: bool = False
+    """Its pooling reads every prompt token's hidden state (none may come from the cache)."""
+    pooled: Any = None
+    """The pooling of its prompt chunks computed so far (MEAN and CLS over several steps)."""
+    lora: LoRARequest | None = None
+    lora_slot: int = -1
+    """The device slot of its adapter while it runs (-1: none)."""
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1
@@ -94,6 +106,8 @@ class Request:
             if max_tokens is None
             else min(self.max_model_len, self.num_prompt_tokens + max_tokens)
         )
+        if self.pooling is not None:
+            self.length_limit = self.num_prompt_tokens
         if self.params.logprobs is not None:
             self.logprobs = []
         if self.params.prompt_logprobs is not None:
@@ -107,7 +121,10 @@ class Request:
 
     @property
     def certain_to_finish(self) -> bool:
-        """True when the pending tokens reach the length limit: nothing more need be computed."""
+        """True when nothing more need be computed: the pending tokens reach the length limit,
+        or a pooling request's whole prompt is computed (its result is on the way)."""
+        if self.pooling is not None:
+            return self.num_computed_tokens >= self.num_prompt_tokens
         return self.num_pending > 0 and self.num_tokens >= self.length_limit
 
     @property
@@ -131,6 +148,11 @@ class Request:
     def masks_stop_tokens(self) -> bool:
         """True while min_tokens is not reached: EOS and stop tokens may not be sampled yet."""
         return self.num_output_tokens < self.params.min_tokens and bool(self.stop_token_ids)
+
+    @property
+    def needs_whole_prompt(self) -> bool:
+        """True when every prompt token must be computed, none served from the prefix cache."""
+        return self.pools_every_token or self.wants_prompt_logprobs
 
     @property
     def wants_prompt_logprobs(self) -> bool:
@@ -196,6 +218,12 @@ class Request:
         self.finish_reason = reason
         self.stop_reason = stop_reason
         self.metrics.finished_time = time.time()
+
+    def finish_pooling(self) -> None:
+        """Ends a pooling request once its result is known."""
+        self.status = RequestStatus.FINISHED
+        self.pooled = None
+        self.metrics.finished_time = self.metrics.last_token_time = time.time()
 
     def to_completion(self, decode: Callable[[int], str] | None = None) -> CompletionOutput:
         """This sequence's completion; `decode` names each logprob's token (``decoded_token``)."""

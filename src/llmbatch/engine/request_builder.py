@@ -12,8 +12,10 @@ from transformers import PreTrainedTokenizerBase
 
 from llmbatch.engine.config import EngineConfig
 from llmbatch.engine.detokenizer import IncrementalDetokenizer
+from llmbatch.engine.lora_request import LoRARequest
 from llmbatch.engine.multimodal import MultiModalInputs, RequestImages
 from llmbatch.engine.outputs import RequestRejected
+from llmbatch.engine.pooling_params import PoolingParams
 from llmbatch.engine.request import Request
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.engine.structured_outputs import GrammarCompiler
@@ -35,6 +37,7 @@ class RequestBuilder:
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.vocab_size: int = model.vocab_size
+        self.hidden_size: int = model.hidden_size
         self._gumbel_race = gumbel_race
         self._grammars: GrammarCompiler | None = None
 
@@ -42,17 +45,29 @@ class RequestBuilder:
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         multi_modal: MultiModalInputs | None,
+        lora: LoRARequest | None = None,
     ) -> list[Request]:
         """The request's ``n`` sequences: its samples share the prompt (computed once: the later
         ones find its KV blocks in the prefix cache) and sample independently, each seeded
-        ``seed + index`` when the request has a seed."""
+        ``seed + index`` when the request has a seed. A pooling request is one sequence."""
         if not isinstance(request_id, str):
             raise RequestRejected(f"request_id must be a str, got {type(request_id).__name__}")
+        if lora is not None and not isinstance(lora, LoRARequest):
+            raise RequestRejected(f"lora_request must be a LoRARequest, got {type(lora).__name__}")
+        pooler = self.config.pooler
+        if isinstance(params, PoolingParams):
+            return [self._pooling_request(request_id, prompt, params, multi_modal, lora)]
+        if pooler is not None and isinstance(params, SamplingParams):
+            raise RequestRejected(
+                f"this engine runs a pooling model ({pooler.task}): give PoolingParams "
+                "(LLM.embed / classify / score), or start the engine with runner='generate' "
+                "for text"
+            )
         if not isinstance(params, SamplingParams):
             raise RequestRejected(
-                f"params must be a SamplingParams, got {type(params).__name__} "
+                f"params must be a SamplingParams or PoolingParams, got {type(params).__name__} "
                 "(use SamplingParams.from_dict for a dict)"
             )
         if self.tokenizer is None and (isinstance(prompt, str) or params.detokenize):
@@ -94,9 +109,66 @@ class RequestBuilder:
                     bad_words=bad_words,
                     output_id=request_id,
                     index=index,
+                    lora=lora,
                 )
             )
         return sequences
+
+    def _pooling_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: PoolingParams,
+        multi_modal: MultiModalInputs | None,
+        lora: LoRARequest | None,
+    ) -> Request:
+        pooler = self.config.pooler
+        if pooler is None:
+            raise RequestRejected(
+                "this engine runs a generative model; start it with runner='pooling' (and "
+                "convert='embed' or 'classify') for embeddings or classification"
+            )
+        if multi_modal is not None:
+            raise RequestRejected("pooling requests take text (or token ids) only")
+        if params.task in ("embed", "classify") and params.task != pooler.task:
+            raise RequestRejected(
+                f"a {params.task} request cannot run on this {pooler.task} model "
+                f"(use LLM.{pooler.task})"
+            )
+        try:
+            params = params.for_task(pooler.task)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
+        self._check_dimensions(params.dimensions)
+        if self.tokenizer is None and isinstance(prompt, str):
+            raise RequestRejected("this model folder has no tokenizer: give token ids")
+        token_ids = self._tokenize(prompt)
+        if params.truncate_prompt_tokens is not None:
+            token_ids = token_ids[-params.truncate_prompt_tokens :]
+        self._check_request(token_ids, SamplingParams())
+        return Request(
+            request_id=request_id,
+            prompt=prompt if isinstance(prompt, str) else None,
+            token_ids=token_ids,
+            params=SamplingParams(detokenize=False),
+            eos_token_ids=frozenset(),
+            max_model_len=self.config.max_model_len,
+            pooling=params,
+            pools_every_token=pooler.reads_every_token,
+            lora=lora,
+        )
+
+    def _check_dimensions(self, dimensions: int | None) -> None:
+        if dimensions is None:
+            return
+        pooler, hidden = self.config.pooler, self.hidden_size
+        if dimensions > hidden:
+            raise RequestRejected(f"dimensions={dimensions} exceeds the model's {hidden}")
+        allowed = pooler.matryoshka_dimensions
+        if allowed is not None and dimensions not in allowed:
+            raise RequestRejected(
+                f"dimensions={dimensions}: this model is trained for {list(allowed)} only"
+            )
 
     def _bad_word_tokens(self, params: SamplingParams) -> list[list[int]] | None:
         """Each bad word's tokens, alone and after a space (as it appears mid-text)."""

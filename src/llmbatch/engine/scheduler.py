@@ -5,10 +5,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from llmbatch.engine.block_manager import BlockManager, cdiv
 from llmbatch.engine.config import SchedulerConfig
 from llmbatch.engine.request import Request, RequestStatus
+
+if TYPE_CHECKING:
+    from llmbatch.engine.lora_manager import LoRAManager
 
 
 @dataclass(slots=True)
@@ -41,10 +45,19 @@ class Scheduler:
     When a running request needs a block and none is free, the newest running request is
     preempted: its blocks are freed and it goes back to the front of the queue, to be recomputed
     later (mostly from the prefix cache).
+
+    With LoRA `adapters`, a waiting request is admitted only while its adapter has a device
+    slot (running requests hold theirs until they stop running).
     """
 
-    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        block_manager: BlockManager,
+        adapters: LoRAManager | None = None,
+    ) -> None:
         self.block_manager = block_manager
+        self.adapters = adapters
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.max_num_seqs = config.max_num_seqs
         self.enable_chunked_prefill = config.enable_chunked_prefill
@@ -77,7 +90,7 @@ class Scheduler:
             self.running.remove(request)
         except ValueError:
             self.waiting.remove(request)
-        self.block_manager.free(request)
+        self._release(request)
         if not request.stops_only_at_length_limit:
             self._generated_tokens += request.num_output_tokens
             self._allowed_tokens += request.length_limit - request.num_prompt_tokens
@@ -93,7 +106,7 @@ class Scheduler:
             for request in queue:
                 if request.request_id == request_id:
                     queue.remove(request)
-                    self.block_manager.free(request)
+                    self._release(request)
                     request.status = RequestStatus.FINISHED
                     return request
         return None
@@ -124,11 +137,10 @@ class Scheduler:
             reserved = sum(self._expected_growth(r, len(r.block_ids)) for r in self.running)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            # prompt log-probabilities need every prompt token computed, none from the cache
+            # prompt log-probabilities (and MEAN or CLS pooling) need every prompt token
+            # computed, none from the cache
             cached_blocks = (
-                []
-                if request.wants_prompt_logprobs
-                else self.block_manager.find_cached_prefix(request)
+                [] if request.needs_whole_prompt else self.block_manager.find_cached_prefix(request)
             )
             num_cached = len(cached_blocks) * self.block_manager.block_size
             num_new = request.num_tokens - num_cached
@@ -140,8 +152,12 @@ class Scheduler:
                 growth = self._expected_growth(request, len(cached_blocks))
                 if growth + reserved > self.block_manager.num_free_blocks:
                     return
+            if self.adapters is not None and not self.adapters.can_admit(request):
+                return
             if not self.block_manager.allocate(request, num_cached + num_new, cached_blocks):
                 return
+            if self.adapters is not None:
+                self.adapters.admit(request)
             if self.reserve_output_kv:
                 reserved += self._expected_growth(request, len(request.block_ids))
             self.waiting.popleft()
@@ -164,9 +180,15 @@ class Scheduler:
             cdiv(request.num_tokens + remaining, self.block_manager.block_size) - num_held_blocks, 0
         )
 
+    def _release(self, request: Request) -> None:
+        """Frees what a request held while it ran: its KV blocks and its adapter's slot."""
+        self.block_manager.free(request)
+        if self.adapters is not None:
+            self.adapters.release(request)
+
     def _preempt(self, request: Request) -> None:
         request.num_preemptions += 1
-        self.block_manager.free(request)
+        self._release(request)
         request.num_computed_tokens = 0
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)

@@ -44,6 +44,18 @@ RAY_GENERATION_TYPES: dict[str, pa.DataType] = {
     "request_id": pa.int64(),
     "params": pa.string(),
 }
+# A pooling model's rows: a row's optional pooling params, and its answer (an embedding or
+# class probabilities) in place of the generation columns.
+POOLING_PARAMS = "pooling_params"
+POOLING_TYPES: dict[str, pa.DataType] = {
+    "embeddings": pa.list_(pa.float32()),
+    "probs": pa.list_(pa.float32()),
+}
+POOLING_COLUMN_OF_TASK = {"embed": "embeddings", "classify": "probs"}
+# The LoRA adapter a row runs with: a folder in ``lora``, or (Ray Data LLM's convention) an
+# adapter named in ``model`` when it is not the processor's model.
+MODEL = "model"
+LORA = "lora"
 # Only on tables where a row asked for logprobs in its sampling params.
 LOGPROBS = "logprobs"
 LOGPROBS_TYPE = pa.list_(

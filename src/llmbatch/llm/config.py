@@ -30,23 +30,23 @@ logger = logging.getLogger("llmbatch")
 _NONE = type(None)
 
 GENERATE = "generate"
-# The pooling tasks of Ray Data LLM. They plug in here once the engine runs pooling models:
-# accept them in `check_task_type`, and have the engine stage write `embeddings`.
+# Ray Data LLM's pooling tasks; a processor runs embed and classify (one row, one prompt).
 POOLING_TASK_TYPES = ("embed", "classify", "score")
 TASK_TYPES = (GENERATE, *POOLING_TASK_TYPES)
 
 
 def check_task_type(owner: str, task_type: str, accepted: tuple[str, ...] = TASK_TYPES) -> None:
-    if task_type == GENERATE:
+    if task_type in accepted and task_type != "score":
         return
-    if task_type in POOLING_TASK_TYPES and task_type in accepted:
+    if task_type == "score":
         raise ValueError(
-            f"{owner}.task_type={task_type!r}: pooling models (embeddings, classification, "
-            "scores) are not supported yet; only task_type='generate' runs"
+            f"{owner}.task_type='score' is not supported in a processor: a row holds one "
+            "prompt; score pairs with llmbatch.LLM.score, or give a cross-encoder's rows their "
+            "pair as one prompt with task_type='classify'"
         )
     raise ValueError(
         f"{owner}.task_type={task_type!r} is not a task type; accepted: "
-        f"{', '.join(map(repr, accepted))}"
+        f"{', '.join(repr(t) for t in accepted if t != 'score')}"
     )
 
 
@@ -186,11 +186,15 @@ class EngineProcessorConfig(ProcessorConfig):
         given = self.should_continue_on_error  # type: ignore[attr-defined]
         continue_on_error = (not ray_outputs) if given is None else given
         kwargs = chat.chat_template_kwargs
+        kwargs = kwargs if kwargs is not None else chat_template_kwargs
+        if getattr(self, "task_type", GENERATE) != GENERATE:
+            # a pooling model reads the conversation as it is: no turn is opened for an answer
+            kwargs = {"add_generation_prompt": False, **(kwargs or {})}
         return StagePlan(
             has_image=multimodal.enabled,
             chat_template=chat.enabled,
             chat_template_text=chat.chat_template,
-            chat_template_kwargs=kwargs if kwargs is not None else chat_template_kwargs,
+            chat_template_kwargs=kwargs,
             chat_template_source=_other_source(chat.model_source, model),
             tokenize=tokenize.enabled,
             tokenize_source=_other_source(tokenize.model_source, model),
@@ -328,7 +332,10 @@ class LLMProcessorConfig(EngineProcessorConfig):
         max_concurrent_batches: how many ``batch_size`` tables of finished rows may wait for an
             earlier, slower row (output keeps input order); feeding pauses beyond that.
         max_error_rate: stop a run once more than this fraction of its rows are error rows.
-        task_type: "generate" (the pooling kinds are not supported yet).
+        task_type: "generate" (text), "embed" (an ``embeddings`` column) or "classify" (a
+            ``probs`` column): the engine runs the model as a pooling model for the latter two
+            (unless engine_kwargs give runner, convert or task). Rows may give
+            ``pooling_params`` (``dimensions``, ``normalize``, ``use_activation``).
         should_continue_on_error: False stops a run at the first row that fails; True makes it
             an error row (``error`` and Ray's ``__inference_error__``) and goes on. Unset, it is
             False with ``build_processor`` (as in Ray Data LLM) and error rows with
@@ -337,7 +344,10 @@ class LLMProcessorConfig(EngineProcessorConfig):
         placement_group_config: on a Ray cluster, the resources each engine actor asks for
             (``bundle_per_worker`` or ``bundles``, and ``strategy``); no effect on one host.
         max_tasks_in_flight_per_actor: on Ray, passed to the actor pool; no effect on one host.
-        dynamic_lora_loading_path: LoRA adapters are not supported; must stay None.
+        dynamic_lora_loading_path: a local folder of LoRA adapters by name: a row whose
+            ``model`` is not ``model_source`` runs the adapter of that name in it (without it,
+            ``model`` must be an adapter folder). A row's ``lora`` column may give a folder too.
+            Needs ``engine_kwargs`` ``enable_lora=True`` (and ``max_lora_rank``, ``max_loras``).
         max_engine_restarts: an engine (or replica) that dies is started again and its requests
             run again; after this many restarts in a row with no request finishing (not
             counting those that narrow down a request that kills it every time, which becomes
@@ -407,15 +417,36 @@ class LLMProcessorConfig(EngineProcessorConfig):
                 f"model_source={self.model_source!r}; give the model only as model_source"
             )
         if self.dynamic_lora_loading_path is not None:
-            raise ValueError(
-                f"{name}.dynamic_lora_loading_path: LoRA adapters are not supported; leave it "
-                "unset (rows run the model_source model)"
-            )
+            self._check_adapters_root(name)
         if self.placement_group_config is not None:
             self.placement_group_config = check_placement_group(
                 f"{name}.placement_group_config", self.placement_group_config
             )
         self.check_engine_fields()
+
+    def _check_adapters_root(self, name: str) -> None:
+        root = os.fspath(self.dynamic_lora_loading_path)
+        if "://" in root:
+            raise ValueError(
+                f"{name}.dynamic_lora_loading_path={root!r}: adapters are read from a local "
+                "folder; copy them there first (e.g. aws s3 sync)"
+            )
+        if not os.path.isdir(os.path.expanduser(root)):
+            raise ValueError(f"{name}.dynamic_lora_loading_path={root!r} is not a folder")
+        if not self.engine_kwargs.get("enable_lora"):
+            raise ValueError(
+                f"{name}.dynamic_lora_loading_path needs engine_kwargs enable_lora=True (and "
+                "max_lora_rank at least the adapters' rank)"
+            )
+        self.dynamic_lora_loading_path = os.path.expanduser(root)
+
+    def engine_kwargs_with_vllm_names(self) -> dict[str, Any]:
+        """``engine_kwargs``, with the task type as the engine's ``task`` unless they choose
+        the runner themselves."""
+        kwargs = dict(self.engine_kwargs)
+        if not {"runner", "convert", "task"} & set(kwargs):
+            kwargs["task"] = self.task_type
+        return kwargs
 
     def _take_task_type_from_engine_kwargs(self) -> None:
         # Ray Data LLM copies task_type into engine_kwargs; the engine has no such argument.

@@ -18,8 +18,11 @@ from llmbatch.llm.columns import (
     GENERATION_TYPES,
     LOGPROBS,
     LOGPROBS_TYPE,
+    LORA,
+    MODEL,
     MULTI_MODAL,
     PER_SAMPLE_COLUMNS,
+    POOLING_PARAMS,
     PROMPT,
     PROMPT_TOKEN_IDS,
     RAY_GENERATION_TYPES,
@@ -32,11 +35,16 @@ from llmbatch.llm.columns import (
     format_error,
     set_column,
 )
+from llmbatch.llm.lora_rows import RowAdapters
+from llmbatch.llm.pooling_rows import pooling_columns, pooling_params_of
 from llmbatch.llm.prefetch import Prefetcher
 from llmbatch.llm.summary import RunStats
 
 if TYPE_CHECKING:
+    from llmbatch.engine.lora_request import LoRARequest
     from llmbatch.engine.multimodal import MultiModalInputs
+    from llmbatch.engine.pooling_outputs import PoolingRequestOutput
+    from llmbatch.engine.pooling_params import PoolingParams
     from llmbatch.engine.sampling_params import SamplingParams
     from llmbatch.runtime.client import EngineClient
 
@@ -50,10 +58,11 @@ class _Slot:
     request_id: str
     number: int
     prompt: str | list[int] | None = None
-    params: SamplingParams | None = None
+    params: SamplingParams | PoolingParams | None = None
     multi_modal: MultiModalInputs | None = None
+    lora: LoRARequest | None = None
     error: str | None = None
-    output: RequestOutput | None = None
+    output: RequestOutput | PoolingRequestOutput | None = None
     submitted_at: float = 0.0
     seconds: float | None = None
 
@@ -89,7 +98,9 @@ class EngineStage:
     read until the head of the order is done. Memory therefore stays bounded whatever the row
     lengths. `parse_params` turns a row's ``sampling_params`` into the engine's; with
     `ray_columns`, rows also get ``prompt_token_ids``, ``request_id`` and ``params`` as Ray
-    Data LLM 2.60 writes them.
+    Data LLM 2.60 writes them. On a pooling model, rows give ``pooling_params`` and get
+    ``embeddings`` or ``probs``. A row's ``lora`` (or ``model``, when it is not `model_source`)
+    names its LoRA adapter (`llm/lora_rows.py`; names under `adapters_root`).
     """
 
     name = "engine"
@@ -104,6 +115,8 @@ class EngineStage:
         max_concurrent_batches: int,
         parse_params: ParamsParser | None = None,
         ray_columns: bool = False,
+        model_source: str | None = None,
+        adapters_root: str | None = None,
     ) -> None:
         self.acquire = acquire
         self.release = release
@@ -113,6 +126,8 @@ class EngineStage:
         self.max_waiting = max_concurrent_batches * batch_size
         self.parse_params = parse_params or sampling_params_of
         self.ray_columns = ray_columns
+        self.model_source = model_source
+        self.adapters_root = adapters_root
 
     def __call__(self, blocks: Iterator[pa.Table]) -> Iterator[pa.Table]:
         run = _Run(self, blocks)
@@ -134,6 +149,9 @@ class _Run:
             stage.max_pending_requests
             or 2 * self.engine.config.max_num_seqs * self.engine.num_replicas
         )
+        pooler = getattr(self.engine.config, "pooler", None)
+        self.pooling_task: str | None = None if pooler is None else pooler.task
+        self.adapters = RowAdapters(stage.model_source or "", stage.adapters_root)
         self.prefix = f"r{next(_run_ids)}-"
         self.counter = itertools.count()
         self.tables: deque[pa.Table] = deque()
@@ -172,6 +190,8 @@ class _Run:
             params = column_values(table, SAMPLING_PARAMS)
             multi_modal = column_values(table, MULTI_MODAL)
             tokenization = column_values(table, TOKENIZATION_KWARGS)
+            pooling = column_values(table, POOLING_PARAMS)
+            models, loras = column_values(table, MODEL), column_values(table, LORA)
             slots = []
             for i in range(table.num_rows):
                 number = next(self.counter)
@@ -187,9 +207,19 @@ class _Run:
                     slot.prompt = token_ids[i] if token_ids[i] is not None else prompts[i]
                     slot.multi_modal = MultiModalInputs.from_record(multi_modal[i])
                     try:
-                        slot.params = self.stage.parse_params(params[i])
+                        slot.params = (
+                            self.stage.parse_params(params[i])
+                            if self.pooling_task is None
+                            else pooling_params_of(pooling[i], params[i])
+                        )
                     except (TypeError, ValueError) as exc:
-                        slot.error = format_error(SAMPLING_PARAMS, exc)
+                        name = SAMPLING_PARAMS if self.pooling_task is None else POOLING_PARAMS
+                        slot.error = format_error(name, exc)
+                if slot.error is None:
+                    try:
+                        slot.lora = self.adapters.of(models[i], loras[i])
+                    except (TypeError, ValueError) as exc:
+                        slot.error = format_error(LORA, exc)
                 slots.append(slot)
             yield drop_intermediate_columns(table), slots
 
@@ -234,7 +264,11 @@ class _Run:
     def submit(self, slot: _Slot) -> None:
         try:
             self.engine.add_request(
-                slot.request_id, slot.prompt, slot.params, multi_modal=slot.multi_modal
+                slot.request_id,
+                slot.prompt,
+                slot.params,
+                multi_modal=slot.multi_modal,
+                lora_request=slot.lora,
             )
         except ValueError as exc:
             slot.error = format_error(self.stage.name, exc)
@@ -254,7 +288,8 @@ class _Run:
             slot.output = output
             slot.seconds = now - slot.submitted_at
             self.stats.input_tokens += output.num_prompt_tokens
-            self.stats.output_tokens += len(output.token_ids)
+            if isinstance(output, RequestOutput):  # a pooling model's output has no tokens
+                self.stats.output_tokens += len(output.token_ids)
             self.stats.cached_input_tokens += output.num_cached_tokens
             self.stats.preemptions += output.num_preemptions
 
@@ -269,6 +304,12 @@ class _Run:
     def emit(self, num_rows: int) -> pa.Table:
         slots = [self.order.popleft() for _ in range(num_rows)]
         table = self.take_rows(num_rows)
+        if self.pooling_task is not None:
+            outputs = [s.output if s.error is None else None for s in slots]
+            columns = pooling_columns(self.pooling_task, outputs, [s.seconds for s in slots])
+            for name, values in columns.items():
+                table = set_column(table, name, values)
+            return set_column(table, ERROR, pa.array([s.error for s in slots], type=pa.string()))
         per_sample = any(s.params is not None and s.params.n > 1 for s in slots)
         for name, values in _generation_columns(slots, per_sample).items():
             kind = GENERATION_TYPES[name]

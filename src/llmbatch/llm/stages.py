@@ -78,6 +78,8 @@ def build_engine_stages(
             max_concurrent_batches=config.max_concurrent_batches,  # type: ignore[attr-defined]
             parse_params=parse_params,
             ray_columns=plan.ray_columns,
+            model_source=config.model_source,  # type: ignore[attr-defined]
+            adapters_root=getattr(config, "dynamic_lora_loading_path", None),
         )
     )
     if plan.detokenize:

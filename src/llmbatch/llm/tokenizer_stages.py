@@ -257,6 +257,9 @@ class DetokenizeStage:
         tokenizer = self._tokenizer()
         for block in blocks:
             table = as_table(block)
+            if "generated_text" not in table.column_names:  # a pooling model's rows
+                yield table
+                continue
             errors = errors_of(table)
             texts = column_values(table, "generated_text")
             tokens = column_values(table, "generated_tokens")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from llmbatch.layers.attention.base import AttentionMetadata
 from llmbatch.layers.tensor_parallel import SINGLE, TensorParallel
+from llmbatch.models.pooling import PoolerConfig
 
 
 class CausalLM(nn.Module, ABC):
@@ -27,6 +29,12 @@ class CausalLM(nn.Module, ABC):
     """Positions the model can encode (the length of its rotary table)."""
     tensor_parallel: TensorParallel = SINGLE
     """The shard of the model this instance holds."""
+    pooler: PoolerConfig | None = None
+    """Set on a pooling model (see `llmbatch.models.pooling`): it has no LM head, and a
+    classifier has a ``score`` head over the pooled hidden state."""
+    lora: Any = None
+    """The model's LoRA layers (`llmbatch.models.lora_adapter.LoRALayers`) once
+    ``add_lora_layers`` wrapped its projections."""
     uses_mrope: bool = False
     """Whether positions are M-RoPE's three rows ``[3, T]`` (temporal, height, width), as
     ``mrope_positions`` gives them, rather than ``[T]``."""

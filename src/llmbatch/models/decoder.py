@@ -14,13 +14,14 @@ from transformers import PretrainedConfig
 
 from llmbatch.layers.activation import act_and_mul, check_activation
 from llmbatch.layers.attention.base import AttentionBackend, AttentionMetadata
-from llmbatch.layers.linear import MergedLinear
+from llmbatch.layers.linear import Linear, MergedLinear
 from llmbatch.layers.norm import RMSNorm
 from llmbatch.layers.parallel import RowParallelLinear, VocabParallelEmbedding, VocabParallelLMHead
 from llmbatch.layers.rotary import PositionRotation, RotaryEmbedding
 from llmbatch.layers.tensor_parallel import TensorParallel, current_tensor_parallel
 from llmbatch.models.base import CausalLM
 from llmbatch.models.checkpoint import WeightSlot, checkpoint_layout, load_checkpoint
+from llmbatch.models.pooling import PoolerConfig
 
 # the checkpoint projections a model's merged layers stack, where the checkpoint keeps them apart
 SEPARATE_PROJECTIONS = {
@@ -249,7 +250,17 @@ class DecoderForCausalLM(CausalLM):
     ) -> torch.Tensor:
         return self.model(input_ids, positions, kv_caches, meta)
 
+    def as_pooling_model(self, pooler: PoolerConfig) -> None:
+        """Makes this a pooling model: no LM head (a checkpoint's is skipped), and for a
+        classifier the ``score`` head of ``*ForSequenceClassification`` checkpoints."""
+        self.lm_head = None
+        self.pooler = pooler
+        if pooler.task == "classify":
+            self.score = Linear(self.hidden_size, pooler.num_labels, bias=False)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is None:
+            raise RuntimeError("a pooling model has no LM head: it computes no token logits")
         logits = self.lm_head.logits(hidden)
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
@@ -259,8 +270,11 @@ class DecoderForCausalLM(CausalLM):
         return {name: slot.full_shape for name, slot in self._checkpoint_layout().items()}
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        layout = self._checkpoint_layout()
         load_checkpoint(
-            self._checkpoint_layout(), self.checkpoint_tensors(weights), self.tensor_parallel
+            layout,
+            _base_model_names(self.checkpoint_tensors(weights), layout),
+            self.tensor_parallel,
         )
 
     def checkpoint_tensors(
@@ -271,11 +285,22 @@ class DecoderForCausalLM(CausalLM):
         for name, tensor in weights:
             if name.endswith("rotary_emb.inv_freq"):
                 continue  # derived from the config, never trained
-            if name == "lm_head.weight" and self.tie_word_embeddings:
-                continue  # the same matrix as the embedding
+            if name == "lm_head.weight" and (self.tie_word_embeddings or self.lm_head is None):
+                continue  # the same matrix as the embedding, or unused by a pooling model
             yield name, tensor
 
     def _checkpoint_layout(self) -> dict[str, WeightSlot]:
         return checkpoint_layout(
             self, self.vocab_size, self.tensor_parallel, self.split_projections
         )
+
+
+def _base_model_names(
+    weights: Iterable[tuple[str, torch.Tensor]], layout: dict[str, WeightSlot]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A base-model checkpoint (``Qwen3Model``, as embedding models are saved) names its
+    tensors without the ``model.`` prefix of the causal LM's decoder."""
+    for name, tensor in weights:
+        if name not in layout and f"model.{name}" in layout:
+            name = f"model.{name}"
+        yield name, tensor

@@ -18,6 +18,7 @@ from transformers import (
 
 from llmbatch.layers.attention import get_attention_backend
 from llmbatch.models.base import CausalLM
+from llmbatch.models.pooling import PoolerConfig
 from llmbatch.models.registry import build_model, resolve_model_impl
 from llmbatch.models.source import resolve_model_folder
 from llmbatch.models.transformers_fallback import TransformersCausalLM, load_transformers_model
@@ -155,12 +156,14 @@ def load_model(
     load_format: str = "auto",
     seed: int = 0,
     model_impl: str = "auto",
+    pooler: PoolerConfig | None = None,
 ) -> LoadedModel:
     """Loads a model folder, a .gguf file (converted once, then cached) or a Hub id.
 
     ``load_format="dummy"`` needs only config.json and draws weights from ``seed``.
     ``model_impl``: "llmbatch" (our own code), "transformers" (the model's transformers code on
-    our paged attention) or "auto" (our own code where it exists).
+    our paged attention) or "auto" (our own code where it exists). ``pooler``: load it as a
+    pooling model (our own code only; `llmbatch.models.encoder` runs the others).
     """
     check_dtype(dtype)
     if load_format not in LOAD_FORMATS:
@@ -172,6 +175,11 @@ def load_model(
     config = read_config(folder, trust_remote_code)
     tokenizer = _load_tokenizer(folder, trust_remote_code, required=not dummy)
     torch_dtype = resolve_dtype(dtype, config, device)
+    if pooler is not None and model_impl == "transformers":
+        raise ValueError(
+            "a pooling model run with its transformers code loads with "
+            "llmbatch.models.encoder.load_encoder"
+        )
     if resolve_model_impl(config, model_impl, trust_remote_code) == "transformers":
         hf_model = load_transformers_model(
             folder, config, torch_dtype, device, not dummy, trust_remote_code
@@ -181,7 +189,7 @@ def load_model(
             init_dummy_weights(net, seed)
     else:
         with torch.device(device), _default_dtype(torch_dtype):
-            net = build_model(config, backend)
+            net = build_model(config, backend, pooler)
         net.to(device)
         net.requires_grad_(False)
         if dummy:

@@ -10,6 +10,7 @@ from llmbatch.models.base import CausalLM
 from llmbatch.models.gemma import GemmaForCausalLM
 from llmbatch.models.llama import LlamaForCausalLM
 from llmbatch.models.moe import MoEForCausalLM
+from llmbatch.models.pooling import PoolerConfig
 from llmbatch.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from llmbatch.models.transformers_fallback import check_transformers_support
 from llmbatch.models.transformers_fallback import max_positions_of as fallback_max_positions
@@ -48,12 +49,28 @@ _ARCHITECTURE_OF_MODEL_TYPE = {
 }
 
 
+# a classifier or base model of a family: its decoder is the causal LM's
+_POOLING_SUFFIXES = ("ForSequenceClassification", "Model")
+
+
+def _own_name(architecture: str) -> str | None:
+    if architecture in MODEL_CLASSES:
+        return architecture
+    for suffix in _POOLING_SUFFIXES:
+        if architecture.endswith(suffix):
+            causal = architecture[: -len(suffix)] + "ForCausalLM"
+            if causal in MODEL_CLASSES:
+                return causal
+    return None
+
+
 def own_architecture_of(config: PretrainedConfig) -> str | None:
-    """The architecture llmbatch's own code runs for this config, or None."""
+    """The architecture llmbatch's own code runs for this config (a family's classifier or base
+    model runs as its causal LM's decoder), or None."""
     named = list(getattr(config, "architectures", None) or [])
     if not named:
         return _ARCHITECTURE_OF_MODEL_TYPE.get(config.model_type)
-    return next((name for name in named if name in MODEL_CLASSES), None)
+    return next((own for own in map(_own_name, named) if own is not None), None)
 
 
 def architecture_of(config: PretrainedConfig) -> str:
@@ -85,9 +102,17 @@ def resolve_model_impl(
     return "transformers"
 
 
-def build_model(config: PretrainedConfig, attention_backend: AttentionBackend) -> CausalLM:
+def build_model(
+    config: PretrainedConfig,
+    attention_backend: AttentionBackend,
+    pooler: PoolerConfig | None = None,
+) -> CausalLM:
+    """The model of ``config``'s architecture; with ``pooler``, as a pooling model."""
     architecture = architecture_of(config)
-    return MODEL_CLASSES[architecture](config, architecture, attention_backend)
+    model = MODEL_CLASSES[architecture](config, architecture, attention_backend)
+    if pooler is not None:
+        model.as_pooling_model(pooler)
+    return model
 
 
 def max_positions_of(config: PretrainedConfig, model_impl: str = "llmbatch") -> int:

@@ -9,12 +9,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llmbatch.engine.args import EngineArgs
+from llmbatch.engine.lora_request import LoRARequest
 from llmbatch.engine.multimodal import MultiModalInputs, process_images
 from llmbatch.engine.outputs import RequestOutput
+from llmbatch.engine.pooling_outputs import PoolingRequestOutput
+from llmbatch.engine.pooling_params import PoolingParams
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.models.processor import load_image_processor
 from llmbatch.runtime.beam_search import BeamSearchOutput, BeamSearchParams, beam_search
 from llmbatch.runtime.client import EngineClient
+from llmbatch.runtime.pooling_api import LoRAArg, PoolingAPI
 from llmbatch.runtime.start import start_engine
 
 Prompt = str | list[int] | dict[str, Any]
@@ -22,11 +26,13 @@ PROMPT_KEYS = ("prompt", "prompt_token_ids", "multi_modal_data")
 Message = dict[str, Any]
 
 
-class LLM:
+class LLM(PoolingAPI):
     """Runs batches of prompts or chat conversations through one engine.
 
     `LLM(model, **engine_kwargs)` takes vLLM's engine argument names (see EngineArgs); with
-    tensor_parallel_size > 1 the engine drives a group of worker processes.
+    tensor_parallel_size > 1 the engine drives a group of worker processes. A pooling model
+    (``runner="pooling"``, or a checkpoint that is one) answers ``embed``, ``classify``,
+    ``score`` and ``encode`` instead of ``generate``.
     """
 
     def __init__(self, model: str, **engine_kwargs: Any) -> None:
@@ -44,14 +50,20 @@ class LLM:
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = False,
+        lora_request: LoRAArg = None,
     ) -> list[RequestOutput]:
         """One output per prompt, in input order. A prompt is a str, a list of token ids, or a
         dict as in vLLM: ``{"prompt": text}`` or ``{"prompt_token_ids": ids}``, and for
         vision-language models ``{"prompt": text, "multi_modal_data": {"image": images}}`` with
-        one PIL image (or a list) for the image placeholders of the text, in order."""
+        one PIL image (or a list) for the image placeholders of the text, in order.
+        ``lora_request``: a LoRARequest for every prompt, or one (or None) per prompt
+        (``enable_lora``)."""
         prompt_list = _as_prompt_list(prompts)
         return self._run(
-            prompt_list, _params_per_prompt(sampling_params, len(prompt_list)), use_tqdm
+            prompt_list,
+            _params_per_prompt(sampling_params, len(prompt_list)),
+            use_tqdm,
+            lora_request,
         )
 
     def chat(
@@ -62,6 +74,7 @@ class LLM:
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
+        lora_request: LoRAArg = None,
     ) -> list[RequestOutput]:
         """One output per conversation (a list of {"role", "content"} messages), in input order.
         ``chat_template_kwargs`` go to the template (e.g. Qwen3's ``enable_thinking=False``)."""
@@ -83,7 +96,9 @@ class LLM:
                 raise ValueError(f"conversation {index}: chat template failed: {exc}") from exc
         # The template already holds any BOS token; encoding must not add another.
         prompt_ids = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
-        outputs = self._run(prompt_ids, _params_per_prompt(sampling_params, len(texts)), use_tqdm)
+        outputs = self._run(
+            prompt_ids, _params_per_prompt(sampling_params, len(texts)), use_tqdm, lora_request
+        )
         for output, text in zip(outputs, texts):
             output.prompt = text
         return outputs
@@ -126,21 +141,31 @@ class LLM:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _as_prompts(self, prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+        return _as_prompt_list(prompts)
+
     def _run(
-        self, prompts: list[Prompt], params: list[SamplingParams], use_tqdm: bool
-    ) -> list[RequestOutput]:
+        self,
+        prompts: list[Prompt],
+        params: Sequence[SamplingParams | PoolingParams],
+        use_tqdm: bool,
+        lora_request: LoRAArg = None,
+    ) -> list[Any]:
         engine = self.llm_engine
+        loras = _loras_per_prompt(lora_request, len(prompts))
         request_ids = [f"llm-{next(self._ids)}" for _ in prompts]
         for index, (request_id, prompt, p) in enumerate(zip(request_ids, prompts, params)):
             try:
                 engine_prompt, images = self._engine_prompt(prompt)
-                engine.add_request(request_id, engine_prompt, p, multi_modal=images)
+                engine.add_request(
+                    request_id, engine_prompt, p, multi_modal=images, lora_request=loras[index]
+                )
             except ValueError as exc:  # RequestRejected, or images the processor refuses
                 for added in request_ids[:index]:
                     engine.abort_request(added)
                 raise ValueError(f"prompt {index}: {exc}") from exc
         position = {request_id: i for i, request_id in enumerate(request_ids)}
-        results: list[RequestOutput | None] = [None] * len(prompts)
+        results: list[RequestOutput | PoolingRequestOutput | None] = [None] * len(prompts)
         with tqdm(total=len(prompts), disable=not use_tqdm, desc="generating") as progress:
             remaining = len(prompts)
             while remaining:
@@ -237,3 +262,19 @@ def _params_per_prompt(
                 f"sampling params {index} must be a SamplingParams, got {type(p).__name__}"
             )
     return params
+
+
+def _loras_per_prompt(lora_request: LoRAArg, count: int) -> list[LoRARequest | None]:
+    if lora_request is None or isinstance(lora_request, LoRARequest):
+        return [lora_request] * count
+    loras = list(lora_request)
+    if len(loras) != count:
+        raise ValueError(
+            f"got {len(loras)} lora requests for {count} prompts; give one, or one per prompt"
+        )
+    for index, lora in enumerate(loras):
+        if lora is not None and not isinstance(lora, LoRARequest):
+            raise TypeError(
+                f"lora_request {index} must be a LoRARequest or None, got {type(lora).__name__}"
+            )
+    return loras

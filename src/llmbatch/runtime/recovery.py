@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 from llmbatch.engine.outputs import RequestRejected
 
 if TYPE_CHECKING:
+    from llmbatch.engine.lora_request import LoRARequest
     from llmbatch.engine.multimodal import MultiModalInputs
+    from llmbatch.engine.pooling_params import PoolingParams
     from llmbatch.engine.sampling_params import SamplingParams
 
 logger = logging.getLogger("llmbatch")
@@ -45,8 +47,9 @@ class PendingRequest:
 
     request_id: str
     prompt: str | list[int]
-    params: SamplingParams
+    params: SamplingParams | PoolingParams
     multi_modal: MultiModalInputs | None = None
+    lora_request: LoRARequest | None = None
     crashes: int = 0
 
 

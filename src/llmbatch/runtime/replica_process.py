@@ -92,11 +92,13 @@ def _serve(engine: Any, inbox: mp.Queue, outbox: Connection) -> None:
                     engine.abort_request(request_id)
                     seeds.pop(request_id, None)
                 continue
-            for request_id, prompt, params, images in payload:
+            for request_id, prompt, params, images, lora in payload:
                 multi_modal = MultiModalInputs.from_record(images)
                 try:
-                    engine.add_request(request_id, prompt, params, multi_modal=multi_modal)
-                    seeds[request_id] = params.seed
+                    engine.add_request(
+                        request_id, prompt, params, multi_modal=multi_modal, lora_request=lora
+                    )
+                    seeds[request_id] = getattr(params, "seed", None)
                 except RequestRejected as exc:
                     rejected.append(exc)
         results: list[Any] = list(rejected)

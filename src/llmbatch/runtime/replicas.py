@@ -16,8 +16,10 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from llmbatch.engine.config import EngineConfig
+from llmbatch.engine.lora_request import LoRARequest
 from llmbatch.engine.multimodal import MultiModalInputs
 from llmbatch.engine.outputs import RequestOutput, RequestRejected
+from llmbatch.engine.pooling_params import PoolingParams
 from llmbatch.engine.sampling_params import SamplingParams
 from llmbatch.runtime.recovery import EngineFailed, PendingRequest, Recovery, RecoveryPolicy
 from llmbatch.runtime.replica_plan import ReplicaPlan
@@ -92,13 +94,16 @@ class ReplicatedEngine:
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         multi_modal: MultiModalInputs | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queues a request on the least-loaded replica (sent with the next `step`)."""
         if request_id in self._pending:
             raise RequestRejected(f"request_id {request_id!r} is already in the engine", request_id)
-        self._pending[request_id] = PendingRequest(request_id, prompt, params, multi_modal)
+        self._pending[request_id] = PendingRequest(
+            request_id, prompt, params, multi_modal, lora_request
+        )
         self._waiting.append(request_id)
         self._place_waiting()
 
@@ -247,7 +252,8 @@ class ReplicatedEngine:
         for index, requests in enumerate(self._unsent):
             if requests:
                 payload = [
-                    (r.request_id, r.prompt, r.params, _record(r.multi_modal)) for r in requests
+                    (r.request_id, r.prompt, r.params, _record(r.multi_modal), r.lora_request)
+                    for r in requests
                 ]
                 if self._inside[index] <= {r.request_id for r in requests}:
                     # The replica was idle: its silence until now was no stall.

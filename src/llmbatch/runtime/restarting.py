@@ -22,7 +22,9 @@ from llmbatch.runtime.recovery import (
 from llmbatch.runtime.watchdog import EngineStalled, StepWatchdog
 
 if TYPE_CHECKING:
+    from llmbatch.engine.lora_request import LoRARequest
     from llmbatch.engine.multimodal import MultiModalInputs
+    from llmbatch.engine.pooling_params import PoolingParams
     from llmbatch.engine.sampling_params import SamplingParams
     from llmbatch.runtime.client import EngineClient
 
@@ -65,12 +67,13 @@ class RestartingEngine:
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         multi_modal: MultiModalInputs | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         if request_id in self._pending:
             raise RequestRejected(f"request_id {request_id!r} is already in the engine", request_id)
-        request = PendingRequest(request_id, prompt, params, multi_modal)
+        request = PendingRequest(request_id, prompt, params, multi_modal, lora_request)
         if self._recovery.isolating:
             self._pending[request_id] = request
             self._waiting.append(request_id)
@@ -86,7 +89,11 @@ class RestartingEngine:
 
     def _add(self, request: PendingRequest) -> None:
         self._engine.add_request(
-            request.request_id, request.prompt, request.params, multi_modal=request.multi_modal
+            request.request_id,
+            request.prompt,
+            request.params,
+            multi_modal=request.multi_modal,
+            lora_request=request.lora_request,
         )
         self._pending[request.request_id] = request
         self._inside.add(request.request_id)
@@ -96,7 +103,7 @@ class RestartingEngine:
         self._given_up = []
         try:
             with self._watchdog.watching():
-                seeds = [self._pending[i].params.seed for i in self._inside]
+                seeds = [getattr(self._pending[i].params, "seed", None) for i in self._inside]
                 fault_injection.before_step(seeds, in_replica_process=False)
                 outputs = self._engine.step()
         except EngineStalled:
