@@ -9,7 +9,8 @@ import torch
 
 from llmbatch.engine.args import EngineArgs
 from llmbatch.layers.attention.base import KV_CACHE_DTYPES
-from llmbatch.models.loader import read_config, resolve_dtype
+from llmbatch.models.loader import check_own_code_for, read_config, resolve_dtype
+from llmbatch.models.quant_formats import resolve_quantization
 from llmbatch.models.registry import max_positions_of, resolve_model_impl
 from llmbatch.models.source import resolve_model_folder
 
@@ -51,6 +52,8 @@ class EngineConfig:
     attention_backend: str
     model_impl: str
     """"llmbatch" (our own model code) or "transformers" (the model's transformers code)."""
+    quantization: str | None
+    """vLLM's name of the weights' quantization (the checkpoint's, or "fp8" at load), or None."""
     max_model_len: int
     max_num_batched_tokens: int
     max_num_seqs: int
@@ -150,6 +153,9 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     elif backend == "triton" and not device.startswith("cuda"):
         raise ValueError("attention_backend='triton' needs a CUDA device; use 'torch' or 'auto'")
     model_impl = resolve_model_impl(hf_config, args.model_impl, args.trust_remote_code)
+    quantization = resolve_quantization(folder, hf_config, args.quantization)
+    if model_impl == "transformers":
+        check_own_code_for(quantization)
     if model_impl == "transformers" and args.tensor_parallel_size > 1:
         raise ValueError(
             f"tensor_parallel_size={args.tensor_parallel_size}: a model run with its transformers "
@@ -168,6 +174,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         device=device,
         attention_backend=backend,
         model_impl=model_impl,
+        quantization=quantization.method if quantization is not None else None,
         max_model_len=max_model_len,
         max_num_batched_tokens=max_batched,
         max_num_seqs=max_num_seqs,

@@ -49,6 +49,7 @@ def load_model_for(config: EngineConfig) -> LoadedModel:
         load_format=config.load_format,
         seed=config.seed,
         model_impl=config.model_impl,
+        quantization=config.quantization,
     )
 
 
