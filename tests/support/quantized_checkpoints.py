@@ -380,3 +380,12 @@ def _with_weights(model: PreTrainedModel, weights: dict[str, torch.Tensor]) -> P
             elif name in weights:
                 tensor.copy_(weights[name])
     return model
+
+
+def fp8_at_load_reference(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` with each linear weight of its decoder blocks (experts included) quantized to
+    FP8 per output row, as ``quantization="fp8"`` does at load, and dequantized back."""
+    dequantized = {
+        name: _fp8(weight, "channel", torch.float32)[2] for name, weight in _linear_weights(model)
+    }
+    return _with_weights(model, dequantized)

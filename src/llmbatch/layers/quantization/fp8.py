@@ -61,15 +61,16 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor,
 
 
 @cache
-def _has_fp8_tensor_cores(device: torch.device) -> bool:
-    return torch.cuda.get_device_capability(device) >= (8, 9)
+def has_fp8_tensor_cores(device: torch.device) -> bool:
+    """A CUDA device of compute capability 8.9 or newer (Ada, Hopper, Blackwell)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def uses_fp8_tensor_cores(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``x @ weight.T`` runs as W8A8 on this device and shape (``torch._scaled_mm`` takes
     inner and output sizes that are multiples of 16)."""
     n, k = weight.shape
-    return x.is_cuda and _has_fp8_tensor_cores(x.device) and n % 16 == 0 and k % 16 == 0
+    return has_fp8_tensor_cores(x.device) and n % 16 == 0 and k % 16 == 0
 
 
 def scaled_matmul(

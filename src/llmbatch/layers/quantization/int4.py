@@ -65,18 +65,19 @@ def awq_unpack(packed: torch.Tensor) -> torch.Tensor:
 def sort_by_group(
     values: torch.Tensor, group_of_row: torch.Tensor, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Rows of ``values`` ``[K, N]`` sorted by their group (stable), when ``group_of_row`` ``[K]``
-    is not already ``k // group_size``: (sorted values, ``perm`` or None, ``group_index`` of the
-    sorted rows, or None where it is ``k // group_size`` again)."""
+    """Rows of ``values`` ``[K, N]`` sorted by their group ``group_of_row`` ``[K]`` (stable):
+    (the sorted values, ``perm`` (None: already sorted), and each sorted row's group, None
+    where it is ``k // group_size``)."""
+    group_of_row = group_of_row.to(values.device, torch.int64)
+    perm = None
+    if not bool((group_of_row[1:] >= group_of_row[:-1]).all()):
+        perm = torch.argsort(group_of_row, stable=True)
+        values, group_of_row = values[perm], group_of_row[perm]
     k = values.shape[0]
     natural = torch.arange(k, device=values.device) // group_size
-    group_of_row = group_of_row.to(values.device, torch.int64)
-    if torch.equal(group_of_row, natural):
-        return values, None, None
-    perm = torch.argsort(group_of_row, stable=True)
-    sorted_groups = group_of_row[perm]
-    group_index = None if torch.equal(sorted_groups, natural) else sorted_groups.to(torch.int32)
-    return values[perm], perm, group_index
+    if k % group_size == 0 and torch.equal(group_of_row, natural):
+        return values, perm, None
+    return values, perm, group_of_row.to(torch.int32)
 
 
 def dequantize_int4(

@@ -82,7 +82,7 @@ class Fp8MoEExperts(MoEExperts):
         if self.dequantized:
             return super().forward(hidden, weights, ids)
         ops = triton_ops_for(hidden)
-        if ops is not None:
+        if ops is not None and fp8.has_fp8_tensor_cores(hidden.device):
             return ops.fused_experts(
                 hidden,
                 self.w13,
