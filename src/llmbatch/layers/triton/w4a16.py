@@ -119,10 +119,13 @@ def w4a16_matmul(
     zeros: torch.Tensor,
     group_size: int,
     group_index: torch.Tensor | None = None,
+    tile: tuple[int, int, int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """``x`` ``[M, K]`` times the 4-bit weight ``[K, N]`` (``qweight`` int32 ``[K / 8, N]``,
     ``scales`` and ``zeros`` ``[G, N]``; row k in group ``k // group_size``, or
-    ``group_index[k]``) -> ``[M, N]`` in ``x``'s dtype."""
+    ``group_index[k]``) -> ``[M, N]`` in ``x``'s dtype. ``tile``: (BLOCK_M, BLOCK_N, BLOCK_K,
+    SPLIT_K, num_warps, num_stages), chosen by shape when None (bench/quantized_gemm.py tries
+    others)."""
     m, k = x.shape
     n = qweight.shape[1]
     if qweight.shape[0] * 8 != k or scales.shape != zeros.shape or scales.shape[1] != n:
@@ -131,7 +134,7 @@ def w4a16_matmul(
             f"[{k // 8}, N]) with scales {tuple(scales.shape)} and zeros {tuple(zeros.shape)}"
         )
     x = x.contiguous()
-    block_m, block_n, block_k, split, warps, stages = _tile_shape(m, n, k, x.device)
+    block_m, block_n, block_k, split, warps, stages = tile or _tile_shape(m, n, k, x.device)
     if split == 1:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     else:
