@@ -67,6 +67,10 @@ def shaped_cards(shape: str, weights: str, kv_cache_dtype: str) -> tuple[Card, C
     flops = 2 * (linear + VOCAB * hidden)
     kv_bytes = 2 * layers * kv * (1 if kv_cache_dtype == "fp8" else 2)
     kv_tokens = int((CARD_BYTES - weight_bytes - ACTIVATION_BYTES) // kv_bytes)
+    if kv_tokens <= 0:
+        raise SystemExit(
+            f"{shape} in {weights} ({weight_bytes / 1e9:.0f} GB) does not fit the card"
+        )
     # the fitted model keeps its measured efficiency relative to the floor
     serial = Card(3.0e12, FLOPS_PER_S[weights] * 6.5 / 8, weight_bytes, flops * 16 / 15, kv_bytes)
     floor = Card(3.0e12, FLOPS_PER_S[weights], weight_bytes, flops, kv_bytes)
