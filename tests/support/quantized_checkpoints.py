@@ -103,7 +103,8 @@ def _input_scale(name: str, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([0.02 + 0.001 * (hash(name) % 7)], dtype=dtype)
 
 
-def _fp8_tensors(name: str, weight: torch.Tensor, fmt: Format) -> tuple[dict, torch.Tensor]:
+def fp8_tensors(name: str, weight: torch.Tensor, fmt: Format) -> tuple[dict, torch.Tensor]:
+    """One layer's checkpoint tensors in ``fmt`` and its dequantized weight."""
     tool, static = fmt.options["tool"], fmt.options.get("static", False)
     strategy = fmt.options["strategy"]
     scale_dtype = torch.bfloat16 if tool == "ct" else torch.float32
@@ -117,6 +118,9 @@ def _fp8_tensors(name: str, weight: torch.Tensor, fmt: Format) -> tuple[dict, to
     if static:
         input_scale = _input_scale(name, scale_dtype)
         tensors[f"{base}.input_scale"] = input_scale.reshape(()) if tool != "ct" else input_scale
+    if tool == "modelopt" and strategy == "tensor" and base.endswith(("k_proj", "v_proj")):
+        # ModelOpt's FP8 KV cache scales, next to the projections that write the cache
+        tensors[f"{base}.{base[-6]}_scale"] = torch.tensor(0.05)
     return tensors, dequantized
 
 
@@ -173,9 +177,10 @@ def _group_index(name: str, k: int, fmt: Format, seed: int) -> torch.Tensor:
     return g_idx
 
 
-def _int4_tensors(
+def int4_tensors(
     name: str, weight: torch.Tensor, fmt: Format, seed: int
 ) -> tuple[dict, torch.Tensor]:
+    """One layer's checkpoint tensors in ``fmt`` and its dequantized weight."""
     tool, sym = fmt.options["tool"], fmt.options.get("sym", True)
     g_idx = _group_index(name, weight.shape[1], fmt, seed)
     scale_dtype = torch.bfloat16 if tool == "ct" else torch.float16
@@ -331,9 +336,9 @@ def save_quantized_model(
     dequantized: dict[str, torch.Tensor] = {}
     for name, weight in _linear_weights(model):
         if fmt.kind == "fp8":
-            written, weight_back = _fp8_tensors(name, weight, fmt)
+            written, weight_back = fp8_tensors(name, weight, fmt)
         else:
-            written, weight_back = _int4_tensors(name, weight, fmt, seed)
+            written, weight_back = int4_tensors(name, weight, fmt, seed)
             bias = name.removesuffix(".weight") + ".bias"
             if bias in state and fmt.options["tool"] != "ct":
                 written[bias] = state[bias].half()
@@ -350,7 +355,7 @@ def save_quantized_model(
     quantization_config = _tool_config(fmt)
     if quantization_config is None:
         producer = {"name": "modelopt", "version": "0.29.0"}
-        quantization = {"quant_algo": "FP8", "kv_cache_quant_algo": None}
+        quantization = {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}
         quantization["exclude_modules"] = ["lm_head"]
         (folder / "hf_quant_config.json").write_text(
             json.dumps({"producer": producer, "quantization": quantization}, indent=2)
