@@ -1,9 +1,9 @@
 """Quantized weights: FP8 (W8A8 on FP8 tensor cores) and 4-bit integers (W4A16), as linear
 layers and mixture-of-experts stacks that the model's own layers are swapped for at load."""
 
+from llmbatch.layers.quantization.int4_linear import Int4Linear
 from llmbatch.layers.quantization.linear import (
     Fp8Linear,
-    Int4Linear,
     LinearShape,
     ParamLayout,
     QuantizedLinear,

@@ -11,6 +11,7 @@ from torch import nn
 from llmbatch.layers.dispatch import triton_ops_for
 from llmbatch.layers.moe import MoEExperts, experts_reference
 from llmbatch.layers.quantization import fp8
+from llmbatch.layers.quantization.linear import frozen
 
 
 class Fp8MoEExperts(MoEExperts):
@@ -40,19 +41,20 @@ class Fp8MoEExperts(MoEExperts):
         self.online = online
         dtype = None if online else fp8.FP8
         rows = intermediate_size
-        self.w13 = _frozen(torch.empty(num_experts, 2 * rows, hidden_size, dtype=dtype))
-        self.w2 = _frozen(torch.empty(num_experts, hidden_size, rows, dtype=dtype))
+        self.w13 = frozen(torch.empty(num_experts, 2 * rows, hidden_size, dtype=dtype))
+        self.w2 = frozen(torch.empty(num_experts, hidden_size, rows, dtype=dtype))
         if not online:
             w13_rows, w2_rows = (2, 1) if per_tensor_scales else (2 * rows, hidden_size)
-            self.w13_weight_scale = _frozen(torch.empty(num_experts, w13_rows, 1))
-            self.w2_weight_scale = _frozen(torch.empty(num_experts, w2_rows, 1))
+            float32 = torch.float32  # scales stay exact until finish_loading
+            self.w13_weight_scale = frozen(torch.empty(num_experts, w13_rows, 1, dtype=float32))
+            self.w2_weight_scale = frozen(torch.empty(num_experts, w2_rows, 1, dtype=float32))
 
     def finish_loading(self) -> None:
         if self.online:
             w13, w13_scale = fp8.quantize_weight(self.w13.flatten(0, 1))
             w2, w2_scale = fp8.quantize_weight(self.w2.flatten(0, 1))
-            self.w13 = _frozen(w13.view_as(self.w13))
-            self.w2 = _frozen(w2.view_as(self.w2))
+            self.w13 = frozen(w13.view_as(self.w13))
+            self.w2 = frozen(w2.view_as(self.w2))
             w13_scale = w13_scale.view(self.num_experts, -1)
             w2_scale = w2_scale.view(self.num_experts, -1)
         else:
@@ -62,11 +64,11 @@ class Fp8MoEExperts(MoEExperts):
                 w13_scale = w13_scale.repeat_interleave(self.intermediate_size, dim=1)
                 w2_scale = w2_scale.expand(-1, self.w2.shape[1])
             del self.w13_weight_scale, self.w2_weight_scale
-        self.w13_scale = _frozen(w13_scale.contiguous())
-        self.w2_scale = _frozen(w2_scale.contiguous())
+        self.w13_scale = frozen(w13_scale.contiguous())
+        self.w2_scale = frozen(w2_scale.contiguous())
         if not self.w13.is_cuda:
-            self.w13 = _frozen(fp8.dequantize_weight(self.w13, self.w13_scale, self.dtype))
-            self.w2 = _frozen(fp8.dequantize_weight(self.w2, self.w2_scale, self.dtype))
+            self.w13 = frozen(fp8.dequantize_weight(self.w13, self.w13_scale, self.dtype))
+            self.w2 = frozen(fp8.dequantize_weight(self.w2, self.w2_scale, self.dtype))
             del self.w13_scale, self.w2_scale
             self.dequantized = True
 
@@ -96,7 +98,3 @@ class Fp8MoEExperts(MoEExperts):
         w13 = fp8.dequantize_weight(self.w13, self.w13_scale, hidden.dtype)
         w2 = fp8.dequantize_weight(self.w2, self.w2_scale, hidden.dtype)
         return experts_reference(hidden, w13, w2, weights, ids, self.activation)
-
-
-def _frozen(tensor: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor, requires_grad=False)
