@@ -70,6 +70,8 @@ _ENGINE_HELP = {
     "max_logprobs": "Largest logprobs / top_logprobs a request may ask for.",
     "device": "auto, cpu, cuda or cuda:N.",
     "attention_backend": "auto, torch or triton.",
+    "quantization": "The checkpoint's quantization (read from it when left out), or fp8: "
+    "quantize a full-precision checkpoint at load.",
 }
 _OUTPUT_FORMAT_VERSION = "openai-batch-output-1"
 

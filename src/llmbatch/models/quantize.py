@@ -35,7 +35,6 @@ def quantize_layers(
     tp: TensorParallel = getattr(model, "tensor_parallel", TensorParallel())
     split: Mapping[str, tuple[str, ...]] = getattr(model, "split_projections", {})
     for name, module in list(model.named_modules()):
-        replacement = None
         if isinstance(module, MoEExperts):
             replacement = _quantized_experts(name, module, quantization)
         elif isinstance(module, MergedLinear | RowParallelLinear | Linear):
