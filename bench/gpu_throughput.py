@@ -7,6 +7,16 @@ prefix of each workload (its static batches take minutes on the full sets): its 
 per-second figures over the requests it ran, which is what the comparison needs.
 ``--variants "" model_impl=transformers`` times the model's transformers code on llmbatch's
 engine (the fallback for architectures without llmbatch code) next to llmbatch's own.
+
+Quantized weights: ``--variants "" quantization=fp8,kv_cache_dtype=fp8`` runs bf16 and FP8
+(W8A8, weights quantized at load, FP8 KV cache) in one call; ``--checkpoint-quantization awq``
+(or gptq, fp8) writes that format's quantization_config into the model's config, so every
+variant loads random weights in its layout, e.g. the Llama-70B shape, which fits one H100 only
+quantized (no transformers peer: ``--peers ""``):
+
+    PYTHONPATH=src python bench/gpu_throughput.py --shape llama-70b --checkpoint-quantization awq --peers "" --workloads short --requests 256
+
+Quantized variants run on their own random weights (transformers' are not quantized).
 """
 
 from __future__ import annotations
@@ -63,6 +73,22 @@ SHAPES = {
         tie_word_embeddings=True,
         rms_norm_eps=1e-6,
     ),
+    # 70.6B parameters: 141 GB in bf16, 40.6 GB with 4-bit linear layers
+    "llama-70b": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_size=8192,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=28672,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+    ),
     # 30.5B parameters, 3.3B active: 128 experts of 768, 8 a token (61 GB in bf16)
     "qwen3-30b-a3b": dict(
         architectures=["Qwen3MoeForCausalLM"],
@@ -107,20 +133,50 @@ SHAPES = {
 }
 
 
-def make_hf_model(shape: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
+# what a checkpoint of each format says in config.json (random weights load in its layout)
+CHECKPOINT_QUANTIZATION = {
+    "awq": dict(quant_method="awq", bits=4, group_size=128, zero_point=True, version="gemm"),
+    "gptq": dict(quant_method="gptq", bits=4, group_size=128, desc_act=False, sym=True),
+    "fp8": dict(
+        quant_method="compressed-tensors",
+        format="float-quantized",
+        config_groups={
+            "group_0": dict(
+                targets=["Linear"],
+                weights=dict(num_bits=8, type="float", strategy="channel", symmetric=True),
+                input_activations=dict(num_bits=8, type="float", strategy="token", dynamic=True),
+            )
+        },
+        ignore=["lm_head"],
+    ),
+}
+
+
+def make_config(shape: str, checkpoint_quantization: str | None = None):
+    from transformers import AutoConfig
 
     kwargs = dict(SHAPES[shape])
     model_type = kwargs.pop("model_type")
-    attention = kwargs.pop("hf_attention", "sdpa")
+    kwargs.pop("hf_attention", None)
     config = AutoConfig.for_model(model_type, **kwargs)
     config.pad_token_id = 0
+    if checkpoint_quantization is not None:
+        config.quantization_config = CHECKPOINT_QUANTIZATION[checkpoint_quantization]
+    return config
+
+
+def make_hf_model(shape: str):
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(shape)
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(
-            config, dtype=torch.bfloat16, attn_implementation=attention
+            config,
+            dtype=torch.bfloat16,
+            attn_implementation=SHAPES[shape].get("hf_attention", "sdpa"),
         )
-    return model.eval(), config
+    return model.eval()
 
 
 def hf_generate(model, workload: Workload, batch_size: int) -> dict:
@@ -301,6 +357,13 @@ def main() -> None:
         default=None,
         help="with --trace: cProfile the host's launch of every step of more tokens than this",
     )
+    parser.add_argument(
+        "--checkpoint-quantization",
+        choices=sorted(CHECKPOINT_QUANTIZATION),
+        default=None,
+        help="random weights in this format's layout (AWQ and GPTQ: 4-bit, groups of 128; "
+        "fp8: compressed-tensors FP8, per-channel weights, dynamic per-token activations)",
+    )
     parser.add_argument("--out", type=Path, default=Path("gpu_throughput.json"))
     args = parser.parse_args()
     if args.tokenizer is None:
@@ -321,16 +384,19 @@ def main() -> None:
         workloads = {name: w.head(args.requests) for name, w in workloads.items()}
     rows: list[dict] = []
 
-    hf_model, hf_config = make_hf_model(args.shape)
+    hf_config = make_config(args.shape, args.checkpoint_quantization)
     peers = [p for p in args.peers.split(",") if p]
-    for name, workload in workloads.items():
-        long_outputs = name.startswith("sharegpt") or name == "decode"
-        subset = workload.head(min(args.peer_requests, 32) if long_outputs else args.peer_requests)
-        rows.extend(run_peers(hf_model, name, subset, peers))
-    weights = {k: v.to("cpu") for k, v in hf_model.state_dict().items()}
-    del hf_model
-    gc.collect()
-    torch.cuda.empty_cache()
+    weights = None
+    if peers:
+        hf_model = make_hf_model(args.shape)
+        for name, workload in workloads.items():
+            long_outputs = name.startswith("sharegpt") or name == "decode"
+            head = min(args.peer_requests, 32) if long_outputs else args.peer_requests
+            rows.extend(run_peers(hf_model, name, workload.head(head), peers))
+        weights = {k: v.to("cpu") for k, v in hf_model.state_dict().items()}
+        del hf_model
+        gc.collect()
+        torch.cuda.empty_cache()
 
     reports: list[str] = []
     profiles: list[str] = []
@@ -350,8 +416,10 @@ def main() -> None:
                 **variant_kwargs,
             )
             startup = time.perf_counter() - start
-            # Same weights as the transformers peer.
-            llm.llm_engine._runner.model.load_weights(weights.items())
+            quantized = llm.llm_engine.config.quantization is not None
+            if weights is not None and not quantized:
+                # Same weights as the transformers peer.
+                llm.llm_engine._runner.model.load_weights(weights.items())
             runner = llm.llm_engine._runner
             card = Card.detect(runner.model, llm.llm_engine.config.kv_cache_dtype)
             for name, workload in workloads.items():
@@ -393,7 +461,11 @@ def main() -> None:
     args.out.write_text(json.dumps(record, indent=2))
     for report in reports:
         print("\n" + report)
-    print(f"\n{card_name}, {args.shape}, bf16, random weights; llmbatch start-up {startup:.1f} s")
+    weights_kind = args.checkpoint_quantization or "bf16"
+    print(
+        f"\n{card_name}, {args.shape}, {weights_kind} weights (random); llmbatch start-up "
+        f"{startup:.1f} s"
+    )
     print("| workload | engine | requests | rows/s | output tok/s | total tok/s | vs generate() |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in workloads:

@@ -30,14 +30,24 @@ class Card:
 
     @classmethod
     def detect(cls, model, kv_cache_dtype: torch.dtype = torch.bfloat16) -> Card:
-        """This GPU's bandwidth, for the engine's (bf16) model and its KV cache's dtype."""
+        """This GPU's bandwidth, for the engine's model (its weights' bytes as stored: FP8 and
+        4-bit layers count theirs, and FP8 products run at twice the bf16 rate) and its KV
+        cache's dtype."""
         from llmbatch.engine.kv_cache import bytes_per_block
+        from llmbatch.layers.quantization import Fp8Linear, Int4Linear
 
         name = torch.cuda.get_device_name()
         bandwidth = 4.8e12 if "H200" in name else 3.35e12
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         num_params = sum(p.numel() for p in model.parameters())
+        for module in model.modules():
+            if isinstance(module, Int4Linear) and not module.dequantized:
+                # eight weights an int32; its scales and zero points are no weights
+                num_params += 7 * module.qweight.numel() - module.scales.numel() * 2
+        fp8 = any(isinstance(m, Fp8Linear) for m in model.modules())
+        flops_per_s = 1.6e15 if fp8 else 8.0e14
         kv_bytes = bytes_per_block(model, 1, kv_cache_dtype)
-        return cls(bandwidth, 8.0e14, 2 * num_params, 2 * num_params, kv_bytes)
+        return cls(bandwidth, flops_per_s, weight_bytes, 2 * num_params, kv_bytes)
 
     def serial_seconds(self, num_tokens: int, context_tokens: int) -> float:
         """A step with nothing overlapped: the weights, the FLOPs and the KV reads one after

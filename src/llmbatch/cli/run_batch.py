@@ -78,6 +78,8 @@ _ENGINE_HELP = {
     "max_loras": "LoRA adapters on the device at once.",
     "max_lora_rank": "Largest LoRA rank.",
     "max_cpu_loras": "LoRA adapters kept in host memory.",
+    "quantization": "The checkpoint's quantization (read from it when left out), or fp8: "
+    "quantize a full-precision checkpoint at load.",
 }
 _OUTPUT_FORMAT_VERSION = "openai-batch-output-1"
 

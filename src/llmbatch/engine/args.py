@@ -15,6 +15,7 @@ from llmbatch.layers.attention import ATTENTION_BACKENDS
 from llmbatch.layers.attention.base import KV_CACHE_DTYPES
 from llmbatch.models.loader import check_dtype
 from llmbatch.models.pooling import check_pooling_args
+from llmbatch.models.quant_formats import ACCEPTED_QUANTIZATION
 from llmbatch.models.registry import MODEL_IMPLS
 from llmbatch.models.weights import LOAD_FORMATS
 
@@ -74,6 +75,11 @@ class EngineArgs:
     - enable_lora: requests may name a LoRA adapter (PEFT format); max_loras adapters are on
       the device at once (least recently used evicted), each of rank at most max_lora_rank;
       max_cpu_loras adapters stay loaded in host memory (default max_loras).
+    - quantization (vLLM's name): None reads it from the checkpoint's config.json
+      (``quantization_config``); "fp8" quantizes a full-precision checkpoint's weights to FP8
+      at load (or names an fp8 checkpoint); "awq", "gptq", "compressed-tensors", "modelopt",
+      "fbgemm_fp8" (and vLLM's "awq_marlin", "gptq_marlin", "modelopt_fp8") must name the
+      checkpoint's own format. Quantized weights run on llmbatch's own model code.
     """
 
     model: str
@@ -113,6 +119,7 @@ class EngineArgs:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -184,6 +191,8 @@ def _check_values(a: EngineArgs) -> None:
     _one_of("load_format", a.load_format, LOAD_FORMATS)
     _one_of("attention_backend", a.attention_backend, ("auto", *ATTENTION_BACKENDS))
     _one_of("model_impl", a.model_impl, MODEL_IMPLS)
+    if a.quantization is not None:
+        _one_of("quantization", a.quantization, ACCEPTED_QUANTIZATION)
     for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes"):
         value = getattr(a, name)
         _require(value is None or value >= 1, f"{name} must be a positive integer, got {value}")

@@ -10,7 +10,7 @@ import torch
 from llmbatch.engine.args import EngineArgs
 from llmbatch.layers.attention.base import KV_CACHE_DTYPES
 from llmbatch.models.encoder import encoder_max_length
-from llmbatch.models.loader import read_config, resolve_dtype
+from llmbatch.models.loader import check_own_code_for, read_config, resolve_dtype
 from llmbatch.models.pooling import (
     PoolerConfig,
     build_pooler_config,
@@ -18,6 +18,7 @@ from llmbatch.models.pooling import (
     read_sentence_transformers_pooling,
     wants_pooling,
 )
+from llmbatch.models.quant_formats import CheckpointQuantization, resolve_quantization
 from llmbatch.models.registry import (
     architecture_of,
     max_positions_of,
@@ -64,6 +65,8 @@ class EngineConfig:
     attention_backend: str
     model_impl: str
     """"llmbatch" (our own model code) or "transformers" (the model's transformers code)."""
+    quantization: str | None
+    """vLLM's name of the weights' quantization (the checkpoint's, or "fp8" at load), or None."""
     max_model_len: int
     max_num_batched_tokens: int
     max_num_seqs: int
@@ -176,7 +179,10 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         model_impl = resolve_model_impl(hf_config, args.model_impl, args.trust_remote_code)
     else:
         model_impl = "transformers" if pooler.encoder else "llmbatch"
-    _check_feature_support(args, model_impl, pooler)
+    quantization = resolve_quantization(folder, hf_config, args.quantization)
+    if model_impl == "transformers":
+        check_own_code_for(quantization)
+    _check_feature_support(args, model_impl, pooler, quantization)
     if model_impl == "transformers" and args.tensor_parallel_size > 1:
         raise ValueError(
             f"tensor_parallel_size={args.tensor_parallel_size}: a model run with its transformers "
@@ -199,6 +205,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         device=device,
         attention_backend=backend,
         model_impl=model_impl,
+        quantization=quantization.method if quantization is not None else None,
         max_model_len=max_model_len,
         max_num_batched_tokens=max_batched,
         max_num_seqs=max_num_seqs,
@@ -242,8 +249,14 @@ def resolve_pooler(args: EngineArgs, folder: str, hf_config: object) -> PoolerCo
     )
 
 
-def _check_feature_support(args: EngineArgs, model_impl: str, pooler: PoolerConfig | None) -> None:
-    """Pooling models and LoRA adapters run on one device with llmbatch's own model code."""
+def _check_feature_support(
+    args: EngineArgs,
+    model_impl: str,
+    pooler: PoolerConfig | None,
+    quantization: CheckpointQuantization | None,
+) -> None:
+    """Pooling models and LoRA adapters run on one device with llmbatch's own model code; LoRA
+    on full-precision weights."""
     features = [
         name
         for name, used in (("a pooling model", pooler is not None), ("LoRA", args.enable_lora))
@@ -255,6 +268,11 @@ def _check_feature_support(args: EngineArgs, model_impl: str, pooler: PoolerConf
                 f"{feature} runs with tensor_parallel_size=1; scale it with data-parallel "
                 "replicas (concurrency) instead"
             )
+    if args.enable_lora and quantization is not None:
+        raise ValueError(
+            f"enable_lora runs on full-precision weights; this model's are quantized "
+            f"({quantization.method}): use its unquantized checkpoint for LoRA adapters"
+        )
     if args.enable_lora and model_impl != "llmbatch":
         raise ValueError(
             "enable_lora needs llmbatch's own code for the model (model_impl='llmbatch'); "

@@ -63,6 +63,7 @@ def load_model_for(config: EngineConfig) -> LoadedModel:
         seed=config.seed,
         model_impl=config.model_impl,
         pooler=config.pooler,
+        quantization=config.quantization,
     )
     if config.enable_lora:
         max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)

@@ -14,6 +14,7 @@ from torch import nn
 
 from llmbatch.layers.activation import act_and_mul
 from llmbatch.layers.dispatch import triton_ops_for
+from llmbatch.layers.linear import weight_device
 from llmbatch.layers.tensor_parallel import TensorParallel
 
 
@@ -71,8 +72,10 @@ class MoEExperts(nn.Module):
         self.num_experts = num_experts
         self.intermediate_size = intermediate_size // tp.size
         self.activation = activation
-        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * self.intermediate_size, hidden_size))
-        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, self.intermediate_size))
+        device = weight_device()
+        rows = self.intermediate_size
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * rows, hidden_size, device=device))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, rows, device=device))
 
     def forward(
         self, hidden: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmbatch.layers.linear import weight_device
 from llmbatch.layers.tensor_parallel import TensorParallel
 
 
@@ -38,8 +39,9 @@ class RowParallelLinear(nn.Module):
             raise ValueError("a row-parallel projection with a bias must reduce its results")
         self.tp = tp
         self.reduce_results = reduce_results
-        self.weight = nn.Parameter(torch.empty(out_features, in_features // tp.size))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        device = weight_device()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features // tp.size, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:

@@ -37,6 +37,7 @@ _ENGINE_NAMES = {
     "page_size": "block_size",
     "device": "device",
     "disable_cuda_graph": "enforce_eager",
+    "quantization": "quantization",
 }
 _ATTENTION_BACKENDS = {"triton": "triton", "torch_native": "torch"}
 # Handled one by one in `_engine_kwargs`.

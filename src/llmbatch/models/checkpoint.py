@@ -5,7 +5,8 @@ v into one matrix; gate and up; the experts of a mixture into stacked tensors) a
 over tensor-parallel ranks. The layout is read off the model's modules: a ``MergedLinear`` takes
 its parts from separate checkpoint tensors (or from one fused tensor, as Phi-3 stores them), a
 row-parallel or vocabulary-parallel layer takes its rank's slice, ``MoEExperts`` one tensor per
-expert and projection, and every other parameter the whole tensor of its own name.
+expert and projection, a quantized layer each of its tensors as its ``ParamLayout`` says, and
+every other parameter the whole tensor of its own name.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from llmbatch.layers.parallel import (
     VocabParallelLMHead,
     cdiv,
 )
+from llmbatch.layers.quantization import QuantizedLinear
 from llmbatch.layers.tensor_parallel import TensorParallel
 
 # the per-expert checkpoint projections of MoEExperts' stacked tensors
@@ -100,6 +102,8 @@ def _slots_of(
 ) -> dict[str, WeightSlot]:
     name = f"{module_name}.{leaf}" if module_name else leaf
     data, shape, size = param.data, tuple(param.shape), tp.size
+    if isinstance(module, QuantizedLinear):
+        return _quantized_slots(module, module_name, leaf, data, size, split_projections)
     if isinstance(module, MergedLinear):
         parent, _, attribute = module_name.rpartition(".")
         full_rows = [rows * size for rows in module.part_sizes]
@@ -123,23 +127,76 @@ def _slots_of(
     return {name: WeightSlot(data, shape)}
 
 
+def _quantized_slots(
+    layer: QuantizedLinear,
+    module_name: str,
+    leaf: str,
+    data: torch.Tensor,
+    size: int,
+    split_projections: Mapping[str, tuple[str, ...]],
+) -> dict[str, WeightSlot]:
+    """A quantized layer's checkpoint-form parameter: merged parts stacked along its output
+    dimension (packed values count as their share of the part), a row-parallel layer's input
+    dimension sharded, per-part tensors one after another along the leading dimension."""
+    layout = layer.param_layouts.get(leaf)
+    if layout is None:
+        raise ValueError(f"{module_name} was quantized when it loaded; it cannot load again")
+    shape = layer.shape
+    parent, _, attribute = module_name.rpartition(".")
+    parts = split_projections.get(attribute) if shape.parallel == "column" else None
+    names = [f"{parent}.{part}.{leaf}" for part in parts] if parts else [f"{module_name}.{leaf}"]
+    tensor_shape = list(data.shape[1:] if layout.per_part else data.shape)
+    if layout.input_dim is not None:
+        tensor_shape[layout.input_dim] *= size
+    if layout.per_part:
+        full = tuple(tensor_shape)
+        return {
+            n: WeightSlot(data[i], full, shard_dim=layout.input_dim) for i, n in enumerate(names)
+        }
+    dim = layout.output_dim
+    if dim is None or shape.parallel != "column":
+        return {names[0]: WeightSlot(data, tuple(tensor_shape), shard_dim=layout.input_dim)}
+    pack = shape.out_features // data.shape[dim]
+    rank_rows = [rows // pack for rows in shape.part_sizes]
+    full_rows = [rows * size for rows in rank_rows]
+    if not parts:
+        tensor_shape[dim] = sum(full_rows)
+        return {names[0]: WeightSlot(data, tuple(tensor_shape), 0, dim, tuple(full_rows), dim)}
+    slots, offset = {}, 0
+    for part_name, rows, full_part in zip(names, rank_rows, full_rows):
+        tensor_shape[dim] = full_part
+        slots[part_name] = WeightSlot(data, tuple(tensor_shape), offset, dim, (), dim)
+        offset += rows
+    return slots
+
+
 def _expert_slots(
     experts: MoEExperts, module_name: str, leaf: str, data: torch.Tensor, size: int
 ) -> dict[str, WeightSlot]:
     """w13 ``[E, 2 * rows, hidden]`` from each expert's gate and up projections, w2
-    ``[E, hidden, rows]`` from its down projection (rows: this rank's share)."""
+    ``[E, hidden, rows]`` from its down projection (rows: this rank's share); FP8 experts'
+    ``w13_weight_scale`` and ``w2_weight_scale`` from the projections' ``weight_scale`` (one per
+    output row, or one per projection with ``per_tensor_scales``)."""
     gate, up, down = EXPERT_PROJECTIONS
+    stack, _, tensor = leaf.partition("_")  # "w13" or "w2"; "" (the weight) or "weight_scale"
+    tensor = tensor or "weight"
+    per_tensor = tensor != "weight" and getattr(experts, "per_tensor_scales", False)
     rows = experts.intermediate_size
     slots = {}
     for expert in range(experts.num_experts):
         prefix, target = f"{module_name}.{expert}", data[expert]
-        if leaf == "w13":
-            full = (rows * size, data.shape[2])
-            slots[f"{prefix}.{gate}.weight"] = WeightSlot(target, full, 0, 0, (), 0)
-            slots[f"{prefix}.{up}.weight"] = WeightSlot(target, full, rows, 0, (), 0)
-        else:
-            full = (data.shape[1], rows * size)
-            slots[f"{prefix}.{down}.weight"] = WeightSlot(target, full, shard_dim=1)
+        if per_tensor:
+            for offset, part in enumerate((gate, up) if stack == "w13" else (down,)):
+                slots[f"{prefix}.{part}.{tensor}"] = WeightSlot(target, (1,), offset)
+        elif stack == "w13":
+            full = (rows * size, target.shape[1])
+            slots[f"{prefix}.{gate}.{tensor}"] = WeightSlot(target, full, 0, 0, (), 0)
+            slots[f"{prefix}.{up}.{tensor}"] = WeightSlot(target, full, rows, 0, (), 0)
+        elif tensor == "weight":
+            full = (target.shape[0], rows * size)
+            slots[f"{prefix}.{down}.{tensor}"] = WeightSlot(target, full, shard_dim=1)
+        else:  # the down projection's row scales: its rows (hidden features) are on every rank
+            slots[f"{prefix}.{down}.{tensor}"] = WeightSlot(target, tuple(target.shape))
     return slots
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +17,17 @@ from transformers import (
 )
 
 from llmbatch.layers.attention import get_attention_backend
+from llmbatch.layers.attention.base import AttentionBackend
+from llmbatch.layers.linear import weights_deferred
 from llmbatch.models.base import CausalLM
 from llmbatch.models.pooling import PoolerConfig
+from llmbatch.models.quant_formats import CheckpointQuantization, resolve_quantization
+from llmbatch.models.quantize import (
+    fill_dummy_quantized,
+    finish_loading,
+    quantize_layers,
+    quantized_tensors,
+)
 from llmbatch.models.registry import build_model, resolve_model_impl
 from llmbatch.models.source import resolve_model_folder
 from llmbatch.models.transformers_fallback import TransformersCausalLM, load_transformers_model
@@ -118,9 +127,8 @@ def eos_token_ids_of(
 
 
 def read_config(folder: str, trust_remote_code: bool = False) -> PretrainedConfig:
-    """The folder's config.json as transformers reads it; a ValueError for a quantized
-    checkpoint, which llmbatch cannot run, and for one whose config is the checkpoint's own
-    code while trust_remote_code is off."""
+    """The folder's config.json as transformers reads it; a ValueError for one whose config is
+    the checkpoint's own code while trust_remote_code is off."""
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except ValueError as exc:
@@ -131,18 +139,36 @@ def read_config(folder: str, trust_remote_code: bool = False) -> PretrainedConfi
             "transformers runs only with trust_remote_code=True: set it in engine_kwargs if you "
             "trust that code"
         ) from exc
-    quantization = getattr(config, "quantization_config", None)
-    if quantization:
-        method = (
-            quantization.get("quant_method")
-            if isinstance(quantization, dict)
-            else getattr(quantization, "quant_method", None)
-        )
-        raise ValueError(
-            f"{folder} is a quantized checkpoint ({method}); only unquantized weights (or .gguf "
-            "files, which are dequantized on conversion) are supported"
-        )
     return config
+
+
+def check_own_code_for(quantization: CheckpointQuantization | None) -> None:
+    """Quantized weights run on llmbatch's own model code only."""
+    if quantization is not None:
+        raise ValueError(
+            f"{quantization.description} weights run on llmbatch's own model code only: use "
+            "model_impl='auto' or 'llmbatch' with an architecture it implements"
+        )
+
+
+def _build_own_model(
+    config: PretrainedConfig,
+    backend: AttentionBackend,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: CheckpointQuantization | None,
+    pooler: PoolerConfig | None = None,
+) -> CausalLM:
+    """The model on ``device`` in ``dtype``; a quantized one never allocates the full-precision
+    weights its quantized layers replace."""
+    with torch.device(device), _default_dtype(dtype):
+        with weights_deferred() if quantization is not None else nullcontext():
+            net = build_model(config, backend, pooler)
+        if quantization is not None:
+            quantize_layers(net, quantization, device)
+    net.to(device)
+    net.requires_grad_(False)
+    return net
 
 
 def load_model(
@@ -157,6 +183,7 @@ def load_model(
     seed: int = 0,
     model_impl: str = "auto",
     pooler: PoolerConfig | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Loads a model folder, a .gguf file (converted once, then cached) or a Hub id.
 
@@ -164,6 +191,8 @@ def load_model(
     ``model_impl``: "llmbatch" (our own code), "transformers" (the model's transformers code on
     our paged attention) or "auto" (our own code where it exists). ``pooler``: load it as a
     pooling model (our own code only; `llmbatch.models.encoder` runs the others).
+    ``quantization``: vLLM's name of the checkpoint's quantization (None: read from the
+    checkpoint), or "fp8" to quantize a full-precision checkpoint's weights at load.
     """
     check_dtype(dtype)
     if load_format not in LOAD_FORMATS:
@@ -180,7 +209,9 @@ def load_model(
             "a pooling model run with its transformers code loads with "
             "llmbatch.models.encoder.load_encoder"
         )
+    quantized = resolve_quantization(folder, config, quantization)
     if resolve_model_impl(config, model_impl, trust_remote_code) == "transformers":
+        check_own_code_for(quantized)
         hf_model = load_transformers_model(
             folder, config, torch_dtype, device, not dummy, trust_remote_code
         )
@@ -188,14 +219,16 @@ def load_model(
         if dummy:
             init_dummy_weights(net, seed)
     else:
-        with torch.device(device), _default_dtype(torch_dtype):
-            net = build_model(config, backend, pooler)
-        net.to(device)
-        net.requires_grad_(False)
+        net = _build_own_model(config, backend, device, torch_dtype, quantized, pooler)
         if dummy:
             init_dummy_weights(net, seed)
         else:
-            net.load_weights(iterate_weights(checkpoint_files(folder, load_format)))
+            weights = iterate_weights(checkpoint_files(folder, load_format))
+            net.load_weights(quantized_tensors(weights) if quantized else weights)
+        if quantized is not None:
+            if dummy:
+                fill_dummy_quantized(net, seed)
+            finish_loading(net)
     net.eval()
     return LoadedModel(
         model=net,

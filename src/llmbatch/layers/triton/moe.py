@@ -5,7 +5,8 @@ Each expert's pairs are padded to whole row blocks, so a row block belongs to on
 program multiplies up to ``BLOCK_M`` gathered rows by a tile of that expert's weights. The gate/up
 product and the down product are one launch each, whatever the number of experts; the sort and
 the launch sizes depend only on tensor shapes (no host sync), so the step can be captured in a
-CUDA graph.
+CUDA graph. FP8 expert weights (one float32 scale per expert and output row) are converted to
+the activations' dtype tile by tile and their scales applied to the product (W8A16).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from llmbatch.layers.triton.activation import act_and_mul
 def _grouped_gemm_kernel(
     a_ptr,
     w_ptr,
+    w_scale_ptr,
     out_ptr,
     pair_ids_ptr,
     block_expert_ptr,
@@ -31,9 +33,11 @@ def _grouped_gemm_kernel(
     stride_a_row,
     stride_w_expert,
     stride_w_row,
+    stride_scale_expert,
     stride_out_row,
     A_ROW_DIVISOR: tl.constexpr,
     MUL_WEIGHTS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -64,7 +68,10 @@ def _grouped_gemm_kernel(
             mask=col_valid[None, :] & k_valid[:, None],
             other=0.0,
         )
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a, w.to(a.dtype), acc, input_precision=DOT_PRECISION)
+    if HAS_SCALE:
+        at = w_scale_ptr + expert.to(tl.int64) * stride_scale_expert + cols
+        acc = acc * tl.load(at, mask=col_valid, other=0.0)[None, :]
     if MUL_WEIGHTS:
         acc = acc * tl.load(pair_weights_ptr + pairs, mask=pair_valid, other=0.0)[:, None]
     tl.store(
@@ -120,6 +127,7 @@ def _tile_shape(
 def _grouped_gemm(
     a: torch.Tensor,
     w: torch.Tensor,
+    w_scale: torch.Tensor | None,
     out: torch.Tensor,
     pair_ids: torch.Tensor,
     block_expert: torch.Tensor,
@@ -133,6 +141,7 @@ def _grouped_gemm(
     _grouped_gemm_kernel[grid](
         a,
         w,
+        w_scale if w_scale is not None else out,
         out,
         pair_ids,
         block_expert,
@@ -143,9 +152,11 @@ def _grouped_gemm(
         a.stride(0),
         w.stride(0),
         w.stride(1),
+        w_scale.stride(0) if w_scale is not None else 0,
         out.stride(0),
         A_ROW_DIVISOR=a_row_divisor,
         MUL_WEIGHTS=pair_weights is not None,
+        HAS_SCALE=w_scale is not None,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
@@ -162,10 +173,13 @@ def fused_experts(
     weights: torch.Tensor,
     ids: torch.Tensor,
     activation: str = "silu",
+    w13_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sum_k weights[t, k] * expert_{ids[t, k]}(hidden[t])`` (see layers/moe.py:
     experts_reference): hidden ``[T, H]``, ``w13`` ``[E, 2I, H]``, ``w2`` ``[E, H, I]``,
-    weights and ids ``[T, top_k]``."""
+    weights and ids ``[T, top_k]``. FP8 weights come with float32 row scales ``w13_scale``
+    ``[E, 2I]`` and ``w2_scale`` ``[E, H]``."""
     num_tokens, hidden_size = hidden.shape
     num_experts, gate_up_size, _ = w13.shape
     if w13.shape[2] != hidden_size or w2.shape != (num_experts, hidden_size, gate_up_size // 2):
@@ -188,9 +202,11 @@ def fused_experts(
     tile = _tile_shape(num_pairs, num_experts, hidden.device)
     pair_ids, block_expert = sort_pairs_by_expert(ids, num_experts, tile[0])
     gate_up = torch.empty((num_pairs, gate_up_size), dtype=hidden.dtype, device=hidden.device)
-    _grouped_gemm(hidden, w13, gate_up, pair_ids, block_expert, None, top_k, tile)
+    _grouped_gemm(hidden, w13, w13_scale, gate_up, pair_ids, block_expert, None, top_k, tile)
     activated = act_and_mul(gate_up, activation)
     expert_out = torch.empty((num_pairs, hidden_size), dtype=hidden.dtype, device=hidden.device)
     pair_weights = weights.reshape(-1).to(torch.float32).contiguous()
-    _grouped_gemm(activated, w2, expert_out, pair_ids, block_expert, pair_weights, 1, tile)
+    _grouped_gemm(
+        activated, w2, w2_scale, expert_out, pair_ids, block_expert, pair_weights, 1, tile
+    )
     return expert_out.view(num_tokens, top_k, hidden_size).sum(dim=1)
