@@ -124,16 +124,6 @@ def to_arrow(name: str, values: list[Any]) -> pa.Array:
         ) from exc
 
 
-def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Row dicts as a table with the union of their keys (missing keys are null), in the order
-    the rows first name them."""
-    names: dict[str, None] = {}
-    for row in rows:
-        names.update(dict.fromkeys(row))
-    arrays = [to_arrow(name, [row.get(name) for row in rows]) for name in names]
-    return pa.Table.from_arrays(arrays, names=list(names))
-
-
 def storable_sampling_params(value: Any) -> Any:
     """A row's sampling params with their structured-output constraint in a form every row can
     share in one Arrow column: a JSON schema (a dict, or a pydantic model class) as JSON text.
