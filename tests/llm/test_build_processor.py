@@ -21,7 +21,7 @@ from llmbatch.llm import (
     build_processor,
     vLLMEngineProcessorConfig,
 )
-from llmbatch.llm.columns import rows_to_table
+from llmbatch.llm.row_checks import rows_to_checked_table
 from llmbatch.llm.tokenizer_stages import ChatTemplateStage
 
 MAX_TOKENS = 4
@@ -108,7 +108,7 @@ def test_a_2_60_pipeline_gives_the_older_spellings_rows(older, current, referenc
 
 def test_chat_template_kwargs_reach_the_template(reference_llm):
     messages = [{"role": "user", "content": "Hi"}]
-    table = rows_to_table([{"messages": messages}])
+    table = rows_to_checked_table([{"messages": messages}], "preprocess")
 
     def prompt(kwargs):
         stage = ChatTemplateStage(

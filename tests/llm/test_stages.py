@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 from transformers import AutoTokenizer
 
-from llmbatch.llm.columns import rows_to_table
+from llmbatch.llm.columns import to_arrow
 from llmbatch.llm.summary import RunStats
 from llmbatch.llm.tokenizer_stages import ChatTemplateStage, DetokenizeStage
 from llmbatch.llm.user_stages import OutputStage, PreprocessStage
@@ -133,4 +133,4 @@ def test_output_stage_puts_error_last_and_counts_errors_by_stage():
 
 def test_values_arrow_cannot_store_together_name_their_column():
     with pytest.raises(TypeError, match="column 'score' holds values Arrow cannot store together"):
-        rows_to_table([{"score": 1}, {"score": "high"}])
+        to_arrow("score", [1, "high"])

@@ -23,7 +23,8 @@ from PIL import Image
 import llmbatch.data as data
 from llmbatch.engine.multimodal import MultiModalInputs
 from llmbatch.llm import LLMProcessorConfig, build_llm_processor, vLLMEngineProcessorConfig
-from llmbatch.llm.columns import IMAGES, MULTI_MODAL, rows_to_table
+from llmbatch.llm.columns import IMAGES, MULTI_MODAL
+from llmbatch.llm.row_checks import rows_to_checked_table
 from llmbatch.llm.tokenizer_stages import ChatTemplateStage, TokenizeStage
 from llmbatch.llm.user_stages import PreprocessStage
 from llmbatch.models.processor import load_processor
@@ -222,14 +223,15 @@ def test_the_stages_give_the_models_processor_output(tiny_vl_dir: str, image_ser
     def url(address: str) -> dict:
         return {"type": "image_url", "image_url": address}
 
-    table = rows_to_table(
+    table = rows_to_checked_table(
         [
             {"messages": user()},
             {"messages": user(url(data_url(first)))},
             {"messages": user(url(data_url(first)), url(f"{image_server}/served.png"))},
             {"messages": user(url(missing))},
             {"prompt": "A raw prompt"},
-        ]
+        ],
+        "preprocess",
     )
     stages = [
         PreprocessStage(None, 8, has_image=True),
