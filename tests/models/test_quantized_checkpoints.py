@@ -114,3 +114,9 @@ def test_dummy_weights_in_a_quantized_layout_run(tmp_path):
         assert layers_of(llm).count(Int4Linear) == 2 * 4
         outputs = llm.generate(PROMPTS, params)
     assert all(len(output.outputs[0].token_ids) == 4 for output in outputs)
+
+
+def test_lora_on_quantized_weights_is_an_error_naming_the_format(tmp_path):
+    save_quantized_model(tmp_path, quantization_configs()["llama"], "awq-g128")
+    with pytest.raises(ValueError, match=r"enable_lora runs on full-precision weights.*\(awq\)"):
+        LLM(str(tmp_path), enable_lora=True, **ENGINE_KWARGS)
