@@ -85,9 +85,11 @@ def run_llmbatch(
     folder: Path, docs: list[list[int]], args: argparse.Namespace
 ) -> tuple[float, list]:
     from llmbatch import LLM
+    from llmbatch._fixtures.smollm2 import smollm2_dir
 
     llm = LLM(
         str(folder),
+        tokenizer=smollm2_dir(),  # the documents are token ids: any tokenizer loads the model
         dtype="bfloat16",
         max_model_len=1024,
         max_num_batched_tokens=args.max_num_batched_tokens,

@@ -246,8 +246,14 @@ def test_gpu_per_token_quantization_matches_reference(shape):
     q, scales = quantize_fp8_per_token(x)
     expected_q, expected_scales = fp8.quantize_per_token(x.cpu())
     torch.testing.assert_close(scales.cpu(), expected_scales, rtol=1e-6, atol=0)
-    # rounding to e4m3 of the same float32 quotient: equal but for rare ties
-    assert (q.cpu().float() != expected_q.float()).float().mean() < 1e-3
+    # the same quotient up to float32 rounding (Triton's float32 division is approximate): a
+    # value that lands next to a rounding boundary may round to the neighbouring e4m3 value
+    ours, theirs = q.cpu().float(), expected_q.float()
+    differ = ours != theirs
+    assert differ.float().mean() < 1e-2
+    larger = torch.maximum(ours[differ].abs(), theirs[differ].abs())
+    one_step = torch.exp2(torch.floor(torch.log2(larger)) - 3).clamp(min=2.0**-9)
+    assert ((ours[differ] - theirs[differ]).abs() <= one_step).all()
 
 
 @pytest.mark.gpu

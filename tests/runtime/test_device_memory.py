@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from quantized_checkpoints import quantization_configs, save_quantized_model
 from safetensors import safe_open
+from tiny_models import fallback_configs, save_tiny_model
 
 import llmbatch.data as data
 from llmbatch.engine.args import EngineArgs
@@ -49,6 +51,30 @@ def test_weight_bytes_count_every_tensor_of_the_checkpoint(smollm2_dir):
     elements = sum(torch.Size(shape).numel() for shape in shapes)
     assert config.dtype == torch.float32
     assert weight_bytes(config) == elements * 4
+
+
+def test_weight_bytes_of_a_model_on_its_transformers_code(tmp_path):
+    hf_model = save_tiny_model(tmp_path, fallback_configs()["granite"])
+    config = resolve_config(EngineArgs.from_kwargs(model=str(tmp_path), device="cpu"))
+    assert config.model_impl == "transformers"
+    assert weight_bytes(config) == sum(p.numel() for p in hf_model.parameters()) * 4
+
+
+def test_weight_bytes_of_a_4_bit_checkpoint_are_its_packed_weights(tmp_path):
+    """AWQ's 4-bit layers count a quarter of their float32 bytes and more (scales, zero points),
+    far less than the full-precision model: a 70B AWQ checkpoint fits one 80 GB card."""
+    hf_model = save_quantized_model(tmp_path, quantization_configs()["llama"], "awq-g128")
+    config = resolve_config(EngineArgs.from_kwargs(model=str(tmp_path), device="cpu"))
+    assert config.quantization == "awq"
+    linear = sum(
+        module.weight.numel()
+        for name, module in hf_model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "lm_head"
+    )
+    full = sum(p.numel() for p in hf_model.parameters()) * 4
+    packed = full - linear * 4 + linear // 2
+    # the scales and zero points of groups of 128 add about 0.07 bytes per weight
+    assert packed < weight_bytes(config) < packed + linear * 0.1
 
 
 def test_llama_8b_on_a_tenth_of_an_80_gib_card_does_not_fit(llama_8b_shapes):

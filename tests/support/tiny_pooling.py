@@ -40,14 +40,12 @@ _ST_NORMALIZE = {
 
 
 def qwen3_config(**overrides) -> Qwen3Config:
-    return Qwen3Config(
-        **{**_COMMON, "num_key_value_heads": 2, "head_dim": 32, "max_position_embeddings": 256},
-        **overrides,
-    )
+    defaults = {"num_key_value_heads": 2, "head_dim": 32, "max_position_embeddings": 256}
+    return Qwen3Config(**{**_COMMON, **defaults, **overrides})
 
 
 def bert_config(**overrides) -> BertConfig:
-    return BertConfig(
+    defaults = dict(
         vocab_size=VOCAB_SIZE,
         hidden_size=64,
         intermediate_size=96,
@@ -55,8 +53,8 @@ def bert_config(**overrides) -> BertConfig:
         num_attention_heads=4,
         max_position_embeddings=128,
         pad_token_id=0,
-        **overrides,
     )
+    return BertConfig(**{**defaults, **overrides})
 
 
 def _randomize(model: PreTrainedModel, seed: int) -> PreTrainedModel:

@@ -171,6 +171,26 @@ def _build_own_model(
     return net
 
 
+def model_on_meta(
+    folder: str,
+    config: PretrainedConfig,
+    dtype: torch.dtype,
+    attention_backend: str,
+    model_impl: str,
+    quantization: str | None,
+    trust_remote_code: bool,
+) -> torch.nn.Module:
+    """The model `load_model` builds for these settings, on the meta device: its parameters
+    have their real shapes and dtypes (quantized ones included) and take no memory."""
+    meta = torch.device("meta")
+    quantized = resolve_quantization(folder, config, quantization)
+    if resolve_model_impl(config, model_impl, trust_remote_code) == "transformers":
+        return load_transformers_model(folder, config, dtype, meta, False, trust_remote_code)
+    return _build_own_model(
+        config, get_attention_backend(attention_backend), meta, dtype, quantized
+    )
+
+
 def load_model(
     model: str,
     *,

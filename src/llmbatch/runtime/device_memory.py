@@ -8,19 +8,24 @@ import math
 import torch
 
 from llmbatch.engine.config import EngineConfig
-from llmbatch.layers.attention import get_attention_backend
-from llmbatch.models.loader import read_config
-from llmbatch.models.registry import build_model
+from llmbatch.models.loader import model_on_meta, read_config
 
 
 def weight_bytes(config: EngineConfig) -> int:
-    """The bytes of the model's weights in its dtype (all ranks together), counted on a model
-    built on the meta device, which allocates nothing."""
+    """The bytes of the model's weights as they will sit on the device (all ranks together; a
+    quantized checkpoint's in their quantized form), counted on the model built on the meta
+    device, which allocates nothing."""
     hf_config = read_config(config.model, config.trust_remote_code)
-    with torch.device("meta"):
-        model = build_model(hf_config, get_attention_backend(config.attention_backend))
-    element = torch.empty((), dtype=config.dtype).element_size()
-    return sum(parameter.numel() for parameter in model.parameters()) * element
+    model = model_on_meta(
+        config.model,
+        hf_config,
+        config.dtype,
+        config.attention_backend,
+        config.model_impl,
+        config.quantization,
+        config.trust_remote_code,
+    )
+    return sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
 
 
 def check_model_fits(config: EngineConfig) -> None:

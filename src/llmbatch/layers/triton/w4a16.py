@@ -91,19 +91,35 @@ def _w4a16_kernel(
         tl.atomic_add(at, acc, mask=mask)
 
 
-def _tile_shape(m: int, n: int, k: int, device: torch.device) -> tuple[int, ...]:
+# shared memory per block on an H100 (the most any CUDA device of compute capability 9.0 gives)
+_DEFAULT_SHARED_BYTES = 232_448
+
+
+def _shared_bytes(block_m: int, block_n: int, block_k: int, stages: int, element: int) -> int:
+    """An upper bound of the kernel's shared memory: each pipeline stage holds an input tile and
+    a packed-weight tile (int32 per k row), plus the dequantized tile and the output tile."""
+    staged = stages * (block_m * block_k * element + block_k * block_n * 4)
+    return staged + block_k * block_n * element + block_m * block_n * 4
+
+
+def _tile_shape(m: int, n: int, k: int, device: torch.device, element: int) -> tuple[int, ...]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) for an ``[m, k] x [k, n]``
-    product."""
+    product of inputs of ``element`` bytes; fewer stages where float32 tiles would not fit
+    the device's shared memory."""
     if device.type != "cuda":
         # the interpreter: small tiles keep it quick and still cross tile boundaries in tests
         return 16, 32, 32, 2 if k >= 128 else 1, 1, 1
-    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    properties = torch.cuda.get_device_properties(device)
+    programs = 2 * properties.multi_processor_count
+    limit = getattr(properties, "shared_memory_per_block_optin", 0) or _DEFAULT_SHARED_BYTES
     if m <= 16:
         block_m, block_n, block_k, warps, stages = 16, 64, 128, 4, 4
     elif m <= 64:
         block_m, block_n, block_k, warps, stages = 64, 64, 128, 4, 4
     else:
         block_m, block_n, block_k, warps, stages = 128, 128, 64, 8, 3
+    while stages > 1 and _shared_bytes(block_m, block_n, block_k, stages, element) > limit:
+        stages -= 1
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     split = 1
     # split K while the tiles alone leave the card idle and each split keeps 4+ K blocks
@@ -134,7 +150,9 @@ def w4a16_matmul(
             f"[{k // 8}, N]) with scales {tuple(scales.shape)} and zeros {tuple(zeros.shape)}"
         )
     x = x.contiguous()
-    block_m, block_n, block_k, split, warps, stages = tile or _tile_shape(m, n, k, x.device)
+    block_m, block_n, block_k, split, warps, stages = tile or _tile_shape(
+        m, n, k, x.device, x.element_size()
+    )
     if split == 1:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     else:
