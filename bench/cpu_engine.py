@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from report import commit
+from report import commit, record
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and clearly."
 SUBJECTS = [
     "a cat",
@@ -206,12 +205,7 @@ def main() -> None:
         f"- generation seconds per round: {rounds}\n\n"
         f"{table}\n"
     )
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# Benchmark results\n\nAppended by the scripts in bench/; newest last.\n"
-        )
-    with RESULTS.open("a") as results:
-        results.write(entry)
+    record(entry)
     print(
         f"\nSmolLM2-135M float32, {args.requests} requests x {args.max_tokens} tokens "
         f"(mean prompt {mean_prompt:.0f} tokens); target: llmbatch >= 1.5x\n"

@@ -25,11 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from report import commit
+from report import commit, record
 from tutorial_cpu import machine
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
 def one_run(csv: str, rows: int, max_tokens: int, dashboard: bool, output: str) -> dict:
@@ -169,10 +168,7 @@ def main() -> None:
         "alternating\n\n"
         f"{table}\n"
     )
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n")
-    with RESULTS.open("a") as f:
-        f.write(entry)
+    record(entry)
     print(table)
 
 

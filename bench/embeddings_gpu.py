@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from report import commit
+from report import commit, record
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 QWEN3_EMBEDDING_0_6B = dict(
     architectures=["Qwen3ForCausalLM"],
     model_type="qwen3",
@@ -190,8 +189,7 @@ def report(args, ours_s, ours_rate, theirs_s, theirs_rate, cosine) -> None:
     ]
     text = "\n".join(lines)
     print("\n" + text)
-    with RESULTS.open("a") as f:
-        f.write("\n" + text)
+    record(text)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from report import ROOT, commit
+from report import ROOT, commit, record
 from workloads import build
 
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 NUM_ADAPTERS = 8
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -121,8 +120,7 @@ def report(args, workload, results: dict[str, dict]) -> None:
     ]
     text = "\n".join(lines)
     print("\n" + text)
-    with RESULTS.open("a") as f:
-        f.write("\n" + text)
+    record(text)
 
 
 if __name__ == "__main__":

@@ -17,3 +17,16 @@ def commit() -> str:
     except OSError:
         return "unknown"
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def record(entry: str) -> None:
+    """Appends a result's entry to bench/RESULTS.md; what is there is never rewritten."""
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "# Benchmark results\n\nAppended by the scripts in bench/; newest last.\n"
+        )
+    with RESULTS.open("a") as results:
+        results.write(entry if entry.startswith("\n") else "\n" + entry)

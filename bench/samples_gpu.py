@@ -20,13 +20,11 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-from report import commit
+from report import commit, record
 from workloads import seed_workload
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SAMPLES = 8
 
 
@@ -127,8 +125,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
     ]
     text = "\n".join(lines)
     print("\n" + text)
-    with RESULTS.open("a") as f:
-        f.write("\n" + text)
+    record(text)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from gpu_throughput import SHAPES
-from report import commit
+from report import commit, record
 from workloads import build
 
 TOKENIZER_FILES = (
@@ -184,9 +184,7 @@ def main() -> None:
     args.out.write_text(json.dumps(rows, indent=2))
     text = table(rows, card, torch.cuda.device_count())
     print(text)
-    results = Path(__file__).with_name("RESULTS.md")
-    with results.open("a") as f:
-        f.write("\n" + text + "\n")
+    record(text + "\n")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,12 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-from report import commit
+from report import commit, record
 from tutorial_cpu import machine
 from workloads import seed_workload
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 # An extraction record: a date in a pattern, a boolean, an enum, then free text that every
 # answer is still writing when --max-tokens ends it.
 SCHEMA = {
@@ -141,8 +139,7 @@ def report(args: argparse.Namespace, results: dict[bool, list[dict]]) -> None:
     ]
     text = "\n".join(lines)
     print("\n" + text)
-    with RESULTS.open("a") as f:
-        f.write("\n" + text)
+    record(text)
 
 
 if __name__ == "__main__":

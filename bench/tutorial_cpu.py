@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import commit
+from report import commit, record
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tutorial_text.py"
-RESULTS = ROOT / "bench" / "RESULTS.md"
 TARGET_SECONDS = 30.0
 
 
@@ -95,10 +94,7 @@ def main() -> None:
         f"- workload: the tutorial (examples/tutorial_text.py), {args.rows} rows, "
         f"max_tokens={args.max_tokens} (ignore_eos), SmolLM2-135M-Instruct, float32\n\n{table}\n"
     )
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n")
-    with RESULTS.open("a") as f:
-        f.write(entry)
+    record(entry)
     print(table)
 
 

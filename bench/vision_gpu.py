@@ -350,8 +350,7 @@ def main() -> None:
     text = table(record)
     print("\n" + text)
     if args.device.startswith("cuda") and not args.no_record:
-        with Path(__file__).with_name("RESULTS.md").open("a") as f:
-            f.write("\n" + text + "\n")
+        record(text + "\n")
 
 
 if __name__ == "__main__":
