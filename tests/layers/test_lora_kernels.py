@@ -4,16 +4,14 @@ the kernels are decorated) and on a GPU."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import traceback
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from interpreted import interpreted_results as run_interpreted
+from interpreted import print_results
 
 from llmbatch.layers.lora import BLOCK_M, LoRABatch, lora_delta, lora_reference, plan_blocks
 
@@ -69,24 +67,9 @@ def run_kernel_case(case: LoRACase, device: str, dtype: torch.dtype = torch.floa
     }
 
 
-def _run_interpreted_cases() -> None:
-    results = {}
-    for case in CASES:
-        try:
-            results[case.name] = run_kernel_case(case, "cpu")
-        except Exception:
-            results[case.name] = {"failure": traceback.format_exc()}
-    print(json.dumps(results))
-
-
 @pytest.fixture(scope="module")
 def interpreted_results() -> dict[str, dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert child.returncode == 0, child.stderr
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", [case.name for case in CASES])
@@ -131,4 +114,4 @@ def test_kernels_on_gpu_match_the_per_token_reference(case, dtype):
 
 
 if __name__ == "__main__":
-    _run_interpreted_cases()
+    print_results({case.name: partial(run_kernel_case, case, "cpu") for case in CASES})

@@ -7,15 +7,13 @@ test_triton_attention.py.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import traceback
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import torch
+from interpreted import interpreted_results as run_interpreted
+from interpreted import print_results
 from transformers import MixtralConfig, Qwen3MoeConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralExperts, MixtralTopKRouter
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeTopKRouter
@@ -74,24 +72,9 @@ INTERPRETED_CASES = [
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-def _run_interpreted_cases() -> None:
-    results = {}
-    for case in INTERPRETED_CASES:
-        try:
-            results[case.name] = run_case(case, "cpu")
-        except Exception:
-            results[case.name] = {"failure": traceback.format_exc()}
-    print(json.dumps(results))
-
-
 @pytest.fixture(scope="module")
 def interpreted_results() -> dict[str, dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert child.returncode == 0, child.stderr
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", [case.name for case in INTERPRETED_CASES])
@@ -197,4 +180,4 @@ def test_gpu_kernel_replays_from_a_cuda_graph() -> None:
 
 
 if __name__ == "__main__":
-    _run_interpreted_cases()
+    print_results({case.name: partial(run_case, case, "cpu") for case in INTERPRETED_CASES})

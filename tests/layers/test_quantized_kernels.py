@@ -9,15 +9,13 @@ Llama-3.1-8B and -70B.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import traceback
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import torch
+from interpreted import interpreted_results as run_interpreted
+from interpreted import print_results
 
 from llmbatch.layers.moe import experts_reference, route
 from llmbatch.layers.quantization import fp8, int4
@@ -139,32 +137,9 @@ FP8_EXPERTS_INTERPRETED = [
 ]
 
 
-def _run_interpreted_cases() -> None:
-    results = {}
-    cases = (
-        [(c.name, lambda c=c: run_int4_case(c, "cpu")) for c in INT4_INTERPRETED]
-        + [
-            (f"per_token_{c}", lambda c=c: run_per_token_case(*c, "cpu"))
-            for c in PER_TOKEN_INTERPRETED
-        ]
-        + [(c.name, lambda c=c: run_fp8_experts_case(c, "cpu")) for c in FP8_EXPERTS_INTERPRETED]
-    )
-    for name, run in cases:
-        try:
-            results[name] = run()
-        except Exception:
-            results[name] = {"failure": traceback.format_exc()}
-    print(json.dumps(results))
-
-
 @pytest.fixture(scope="module")
 def interpreted_results() -> dict[str, dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert child.returncode == 0, child.stderr
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("case", INT4_INTERPRETED, ids=lambda c: c.name)
@@ -311,4 +286,8 @@ def test_gpu_w4a16_and_fp8_replay_from_a_cuda_graph():
 
 
 if __name__ == "__main__":
-    _run_interpreted_cases()
+    print_results(
+        {c.name: partial(run_int4_case, c, "cpu") for c in INT4_INTERPRETED}
+        | {f"per_token_{c}": partial(run_per_token_case, *c, "cpu") for c in PER_TOKEN_INTERPRETED}
+        | {c.name: partial(run_fp8_experts_case, c, "cpu") for c in FP8_EXPERTS_INTERPRETED}
+    )

@@ -7,15 +7,13 @@ bfloat16 is checked on the GPU only.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import traceback
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
+from interpreted import interpreted_results as run_interpreted
+from interpreted import print_results
 
 # (atol, rtol) for comparing against a float32 reference rounded to the op's dtype.
 TOLERANCE = {
@@ -237,24 +235,9 @@ INTERPRETED_CHECKS: dict[str, Callable[[str], dict[str, float]]] = {
 }
 
 
-def _run_interpreted_checks() -> None:
-    results = {}
-    for name, check in INTERPRETED_CHECKS.items():
-        try:
-            results[name] = check("cpu")
-        except Exception:
-            results[name] = {"failure": traceback.format_exc()}
-    print(json.dumps(results))
-
-
 @pytest.fixture(scope="module")
 def interpreted_results() -> dict[str, dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert child.returncode == 0, child.stderr
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", list(INTERPRETED_CHECKS))
@@ -321,4 +304,4 @@ def test_gpu_ops_match_reference(name: str) -> None:
 
 
 if __name__ == "__main__":
-    _run_interpreted_checks()
+    print_results({name: partial(check, "cpu") for name, check in INTERPRETED_CHECKS.items()})
