@@ -3,6 +3,7 @@ weights, and SmolLM2 in FP8 (W8A8) against bfloat16."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,10 @@ def fp8_activations(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor
     return (quantized.float() * scale).to(x.dtype)
 
 
+def quantize_input(_module, args: tuple, scale: torch.Tensor | None) -> tuple:
+    return (fp8_activations(args[0], scale), *args[1:])
+
+
 def reference_logits(model, folder, format_name: str, dtype, prompts) -> list[torch.Tensor]:
     """transformers on the dequantized weights in ``dtype``; for FP8 formats each linear
     layer's input is first rounded to FP8 as the format says (W8A8)."""
@@ -63,8 +68,7 @@ def reference_logits(model, folder, format_name: str, dtype, prompts) -> list[to
         static = input_scales(folder)
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and name != "lm_head":
-                scale = static.get(name)
-                hook = lambda _, args, scale=scale: (fp8_activations(args[0], scale),)  # noqa: E731
+                hook = partial(quantize_input, scale=static.get(name))
                 hooks.append(module.register_forward_pre_hook(hook))
     try:
         with torch.inference_mode():

@@ -11,6 +11,8 @@ neighbouring row tiles.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -102,6 +104,8 @@ def _shared_bytes(block_m: int, block_n: int, block_k: int, stages: int, element
     return staged + block_k * block_n * element + block_m * block_n * 4
 
 
+# the host works this out once per shape, not at every product
+@functools.cache
 def _tile_shape(m: int, n: int, k: int, device: torch.device, element: int) -> tuple[int, ...]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) for an ``[m, k] x [k, n]``
     product of inputs of ``element`` bytes; fewer stages where float32 tiles would not fit
